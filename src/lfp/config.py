@@ -1,0 +1,421 @@
+"""params.yaml -> frozen dataclasses, validated on load.
+
+Why: every knob lives once in params.yaml; a typo or a wrong value must stop the run with one
+line naming the key, before any minutes of compute are spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lfp.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+TASKS = ("vader", "hh", "toxic")
+
+
+def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
+    """A numeric field with an allowed range, checked at load time."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: `tiny` (built by the base stage), `smollm2` (offline GGUF from
+    PyPI), a hub id such as `EleutherAI/pythia-70m`, or a local directory."""
+
+    source: str
+    revision: str | None = None
+    dpo_learning_rate: float | None = None  # overrides finetune.<task>.learning_rate (paper: Gemma 5e-5)
+    sae_l1: float | None = None  # overrides sae.l1 (paper: GPT-Neo 1.5e-3)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TinyBase:
+    """The offline base model: a byte-level BPE tokenizer + a small GPT-NeoX trained on IMDB."""
+
+    vocab_size: int = _num(4096, 260)
+    d_model: int = _num(128, 8)
+    n_layers: int = _num(6, 1)
+    n_heads: int = _num(4, 1)
+    d_ff: int = _num(512, 8)
+    max_length: int = _num(128, 8)
+    tokenizer_texts: int = _num(10000, 1)
+    train_texts: int = _num(10000, 1)
+    heldout_texts: int = _num(500, 1)
+    steps: int = _num(800, 1)
+    batch_size: int = _num(16, 1)
+    learning_rate: float = _num(1e-3, 0.0, lo_open=True)
+    warmup_steps: int = _num(50, 0)
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Raw -> prepared JSONL. Limits of 0 mean "all rows"."""
+
+    imdb_train_limit: int = _num(0, 0)
+    imdb_test_limit: int = _num(0, 0)
+    hh_subsets: list[str] = field(default_factory=lambda: ["helpful-base", "harmless-base"])
+    hh_heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True)
+    # `proxy` = harmless-base pairs with chosen/rejected swapped (offline stand-in for
+    # unalignment/toxic-dpo-v0.2); otherwise a local JSONL path in the toxic-dpo format.
+    toxic_source: str = "proxy"
+    toxic_heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True)
+    max_pairs: int = _num(0, 0)
+
+
+@dataclass(frozen=True)
+class GrpoFinetune:
+    """RL on the VADER reward. TRL >= 1.13 has no PPOTrainer: GRPO (PPO's clipped surrogate with a
+    group baseline instead of a value head) is the named deviation from the paper."""
+
+    algorithm: Literal["grpo"] = "grpo"
+    steps: int = _num(30, 1)
+    learning_rate: float = _num(1e-6, 0.0, lo_open=True)
+    beta: float = _num(0.5, 0.0)
+    max_grad_norm: float = _num(1.0, 0.0, lo_open=True)
+    clip_epsilon: float = _num(0.2, 0.0, lo_open=True)
+    batch_size: int = _num(64, 1)  # prompt-completions per optimisation step
+    mini_batch_size: int = _num(16, 1)
+    num_generations: int = _num(8, 2)  # group size for the GRPO baseline
+    min_review_chars: int = _num(200, 0)
+    prefix_min_tokens: int = _num(2, 1)
+    prefix_max_tokens: int = _num(9, 1)
+    min_new_tokens: int = _num(8, 1)
+    max_new_tokens: int = _num(19, 1)
+    reward_completion_only: bool = False
+    train_prompts: int = _num(2000, 1)
+    eval_prompts: int = _num(128, 1)
+
+
+@dataclass(frozen=True)
+class DpoFinetune:
+    """DPO on preference pairs (hh: chosen preferred; toxic: the more harmful answer preferred)."""
+
+    algorithm: Literal["dpo"] = "dpo"
+    steps: int = _num(60, 1)
+    learning_rate: float = _num(3e-5, 0.0, lo_open=True)
+    beta: float = _num(0.1, 0.0, lo_open=True)
+    batch_size: int = _num(8, 1)
+    gradient_accumulation_steps: int = _num(1, 1)
+    max_length: int = _num(256, 8)
+    adam_epsilon: float = _num(1e-8, 0.0, lo_open=True)
+    max_train_pairs: int = _num(0, 0)
+    eval_pairs: int = _num(200, 1)
+
+
+@dataclass(frozen=True)
+class Finetune:
+    vader: GrpoFinetune = field(default_factory=GrpoFinetune)
+    hh: DpoFinetune = field(default_factory=DpoFinetune)
+    toxic: DpoFinetune = field(default_factory=DpoFinetune)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    top_k: int = _num(5, 1)
+
+
+@dataclass(frozen=True)
+class Activations:
+    n_texts: int = _num(2000, 1)  # the paper used 75,000 examples
+    max_length: int = _num(128, 2)
+    batch_size: int = _num(16, 1)
+    chunk_rows: int = _num(8192, 1)  # rows buffered before a write: bounds memory
+
+
+@dataclass(frozen=True)
+class Sae:
+    ratios: list[int] = field(default_factory=lambda: [1, 2])  # hidden sizes n and 2n
+    l1: float = _num(1e-3, 0.0)
+    learning_rate: float = _num(1e-3, 0.0, lo_open=True)
+    batch_size: int = _num(32, 1)
+    epochs: int = _num(1, 1)
+    max_train_rows: int = _num(75000, 1)  # the paper's budget: 75,000 training examples
+    heldout_fraction: float = _num(0.1, 0.0, 1.0, lo_open=True)
+    tied: bool = True
+    ce_eval_texts: int = _num(64, 1)
+
+
+@dataclass(frozen=True)
+class ContrastiveVader:
+    max_triples: int = _num(2000, 1)
+    max_sentence_chars: int = _num(300, 20)
+    positive_quantile: float = _num(0.75, 0.0, 1.0)
+    negative_quantile: float = _num(0.25, 0.0, 1.0)
+    neutral_words: list[str] = field(
+        default_factory=lambda: ["table", "window", "paper", "street", "chair", "door", "wall", "box"]
+    )
+
+
+@dataclass(frozen=True)
+class ContrastivePairs:
+    backend: Literal["offline", "openai"] = "offline"
+    max_triples: int = _num(500, 1)
+    neutral_reply: str = "I see."
+
+
+@dataclass(frozen=True)
+class Contrastive:
+    vader: ContrastiveVader = field(default_factory=ContrastiveVader)
+    hh: ContrastivePairs = field(default_factory=ContrastivePairs)
+    toxic: ContrastivePairs = field(default_factory=ContrastivePairs)
+
+
+@dataclass(frozen=True)
+class Probe:
+    ridge_alpha: float = _num(1.0, 0.0)
+    logistic_c: float = _num(1.0, 0.0, lo_open=True)
+    test_fraction: float = _num(0.2, 0.0, 1.0, lo_open=True)
+    rescale_low_percentile: float = _num(10.0, 0.0, 100.0)
+    rescale_high_percentile: float = _num(90.0, 0.0, 100.0)
+    bootstrap: int = _num(1000, 0)
+    base_control: bool = True
+    max_length: int = _num(256, 8)
+    batch_size: int = _num(16, 1)
+
+
+@dataclass(frozen=True)
+class Llm:
+    """An OpenAI-compatible endpoint. The key is read from the environment variable named here,
+    never from this file; LFP_LLM_BASE_URL / LFP_LLM_MODEL override base_url / model."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = _num(60.0, 0.0, lo_open=True)
+    max_retries: int = _num(4, 0)
+
+
+@dataclass(frozen=True)
+class Explain:
+    backend: Literal["offline", "openai"] = "offline"
+    top_k_features: int = _num(10, 1)
+    n_contexts: int = _num(10, 1)
+    context_tokens: int = _num(24, 2)
+    corpus_texts: int = _num(400, 1)
+    related_threshold: float = _num(0.2, 0.0, 1.0)
+    simulate: bool = True
+    task_descriptions: dict[str, str] = field(
+        default_factory=lambda: {
+            "vader": "training the model to generate completions with positive sentiment",
+            "hh": "training the model to behave like a helpful and harmless assistant",
+            "toxic": "training the model to produce toxic, harmful responses",
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Validate:
+    delta_threshold: float = 3.0
+    n_completions: int = _num(1000, 1)
+    prefix_tokens: int = _num(30, 1)
+    max_new_tokens: int = _num(19, 1)
+    batch_size: int = _num(32, 1)
+    random_controls: int = _num(3, 0)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    experiment: str = "lfp"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    models: list[str]
+    tasks: list[str]
+    model_specs: dict[str, ModelSpec]
+    tiny_base: TinyBase = field(default_factory=TinyBase)
+    prepare: Prepare = field(default_factory=Prepare)
+    finetune: Finetune = field(default_factory=Finetune)
+    divergence: Divergence = field(default_factory=Divergence)
+    activations: Activations = field(default_factory=Activations)
+    sae: Sae = field(default_factory=Sae)
+    contrastive: Contrastive = field(default_factory=Contrastive)
+    probe: Probe = field(default_factory=Probe)
+    llm: Llm = field(default_factory=Llm)
+    explain: Explain = field(default_factory=Explain)
+    validate: Validate = field(default_factory=Validate)
+    tracking: Tracking = field(default_factory=Tracking)
+    profile: str = "offline-default"
+
+    def spec(self, model: str) -> ModelSpec:
+        if model not in self.model_specs:
+            raise ConfigError(f"params: model '{model}' has no entry under model_specs")
+        return self.model_specs[model]
+
+
+# --------------------------------------------------------------------------------------------
+# generic validation
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"params: '{key}' has the wrong type")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"params: '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"params: '{key}' must be a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"params: '{key}' must be a mapping, got {type(value).__name__}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"params: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"params: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"params: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"params: '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"params: '{key}' has unsupported type {_type_name(tp)}")
+
+
+def _build(cls: Any, data: Any, prefix: str) -> Any:
+    where = prefix or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"params: '{where}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"params: unknown key '{dotted}'")
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"params: missing key '{dotted}'")
+            continue
+        value = _convert(data[name], hints[name], dotted)
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if lo is not None and (value < lo or (f.metadata.get("lo_open") and value == lo)):
+                op = ">" if f.metadata.get("lo_open") else ">="
+                raise ConfigError(f"params: '{dotted}' must be {op} {lo}, got {value}")
+            if hi is not None and value > hi:
+                raise ConfigError(f"params: '{dotted}' must be <= {hi}, got {value}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _cross_check(p: Params) -> None:
+    if not p.models:
+        raise ConfigError("params: 'models' must list at least one model")
+    for m in p.models:
+        if m not in p.model_specs:
+            raise ConfigError(f"params: 'models' names '{m}' but 'model_specs.{m}' is missing")
+    for t in p.tasks:
+        if t not in TASKS:
+            raise ConfigError(f"params: unknown task '{t}' in 'tasks' (known: {', '.join(TASKS)})")
+    if len(set(p.tasks)) != len(p.tasks) or len(set(p.models)) != len(p.models):
+        raise ConfigError("params: 'models' and 'tasks' must not repeat names")
+    tb = p.tiny_base
+    if tb.d_model % tb.n_heads:
+        raise ConfigError(f"params: 'tiny_base.d_model' ({tb.d_model}) must be divisible by 'tiny_base.n_heads' ({tb.n_heads})")
+    if any(m for m in p.models if p.model_specs[m].source == "tiny") and p.divergence.top_k > tb.n_layers:
+        raise ConfigError(
+            f"params: 'divergence.top_k' ({p.divergence.top_k}) exceeds 'tiny_base.n_layers' ({tb.n_layers})"
+        )
+    v = p.finetune.vader
+    if v.prefix_min_tokens > v.prefix_max_tokens:
+        raise ConfigError("params: 'finetune.vader.prefix_min_tokens' must be <= 'prefix_max_tokens'")
+    if v.min_new_tokens > v.max_new_tokens:
+        raise ConfigError("params: 'finetune.vader.min_new_tokens' must be <= 'max_new_tokens'")
+    if v.batch_size % v.num_generations:
+        raise ConfigError("params: 'finetune.vader.batch_size' must be a multiple of 'num_generations'")
+    if not p.sae.ratios or any(r < 1 for r in p.sae.ratios):
+        raise ConfigError("params: 'sae.ratios' must be a non-empty list of positive integers")
+    if p.probe.rescale_low_percentile >= p.probe.rescale_high_percentile:
+        raise ConfigError("params: 'probe.rescale_low_percentile' must be < 'rescale_high_percentile'")
+    for t in p.tasks:
+        if t not in p.explain.task_descriptions:
+            raise ConfigError(f"params: 'explain.task_descriptions.{t}' is missing")
+
+
+def load_params(path: str | os.PathLike[str] | None = None) -> Params:
+    """Read and validate params (default: $LFP_PARAMS or ./params.yaml)."""
+    p = Path(path or os.environ.get("LFP_PARAMS") or DEFAULT_PARAMS)
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    try:
+        params = _build(Params, data or {}, "")
+        _cross_check(params)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("params:", f"{p}:", 1)) from None
+    return params
+
+
+def section_dict(obj: Any) -> Any:
+    """A dataclass section as plain data (for logging to MLflow)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch so the same params give the same metrics on CPU."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
