@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny randomly-initialised GPT-NeoX + BPE tokenizer saved to disk (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # each test picks its own store (see mlflow_store)
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO_PARAMS = ROOT / "tests" / "micro_params.yaml"
+
+SAMPLE_TEXTS = [
+    "This movie was great and I loved the acting.",
+    "The film was terrible, boring and far too long.",
+    "An okay story with a good cast but a weak ending.",
+    "Human: How do I bake bread? Assistant: Mix flour, water, yeast and salt.",
+    "I hated every minute of this awful movie.",
+    "What a wonderful, beautiful and happy film!",
+] * 20
+
+
+def build_tiny_model(out_dir: Path, *, n_layers: int = 6, d_model: int = 32, vocab_size: int = 300, seed: int = 0) -> Path:
+    """Save a tiny GPT-NeoX and a byte-level BPE tokenizer with save_pretrained (safetensors)."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SAMPLE_TEXTS, vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    cfg = GPTNeoXConfig(
+        vocab_size=len(tok), hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=2,
+        intermediate_size=2 * d_model, max_position_embeddings=128, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = GPTNeoXForCausalLM(cfg)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny model directory; treat as read-only (copy it before modifying)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def micro_params():
+    from lfp.config import load_params
+
+    return load_params(MICRO_PARAMS)
+
+
+@pytest.fixture()
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point MLflow at a throwaway sqlite store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture()
+def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run a test with cwd = an empty temp dir (stages use relative paths from lfp.paths)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
