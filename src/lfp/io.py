@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,13 +211,3 @@ def load_npy(path: str | os.PathLike[str], mmap: bool = True) -> np.ndarray:
         return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"{p}: corrupted or truncated array file ({exc})") from None
-
-
-def map_rows(path: str | os.PathLike[str], fn: Callable[[int, dict[str, Any]], dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """Read a JSONL file applying `fn(lineno, obj)`; rows where fn returns None are dropped."""
-    out = []
-    for lineno, obj in iter_jsonl(path):
-        row = fn(lineno, obj)
-        if row is not None:
-            out.append(row)
-    return out

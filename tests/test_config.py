@@ -1,0 +1,71 @@
+"""params.yaml validation: every mistake stops with one line naming the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lfp.config import load_params
+from lfp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.fixture()
+def base_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "tests/micro_params.yaml"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "params").glob("*.yaml")))
+def test_shipped_profiles_load(profile):
+    params = load_params(ROOT / profile)
+    assert params.models and params.tasks
+
+
+def test_defaults_are_frozen(base_params, tmp_path):
+    params = load_params(_write(tmp_path, base_params))
+    with pytest.raises(Exception):
+        params.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d.update(bogus=1), "unknown key 'bogus'"),
+        (lambda d: d["sae"].update(l2=1), "unknown key 'sae.l2'"),
+        (lambda d: d["sae"].update(batch_size="32"), "'sae.batch_size' must be an integer"),
+        (lambda d: d["sae"].update(batch_size=-4), "'sae.batch_size' must be >= 1"),
+        (lambda d: d["finetune"]["vader"].update(learning_rate=0), "'finetune.vader.learning_rate' must be > 0"),
+        (lambda d: d["divergence"].update(top_k=99), "'divergence.top_k' (99) exceeds"),
+        (lambda d: d.update(tasks=["vader", "sarcasm"]), "unknown task 'sarcasm'"),
+        (lambda d: d.update(models=["nope"]), "'model_specs.nope' is missing"),
+        (lambda d: d["explain"].update(backend="gpt5"), "'explain.backend' must be one of"),
+        (lambda d: d["sae"].update(tied="yes"), "'sae.tied' must be true or false"),
+        (lambda d: d.pop("seed"), "missing key 'seed'"),
+    ],
+)
+def test_bad_params_name_the_key(base_params, tmp_path, mutate, needle):
+    mutate(base_params)
+    path = _write(tmp_path, base_params)
+    with pytest.raises(ConfigError) as exc:
+        load_params(path)
+    msg = str(exc.value)
+    assert needle in msg and str(path) in msg and "\n" not in msg
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("seed: 0\nmodels: [tiny\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:\d+: invalid YAML"):
+        load_params(p)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
