@@ -1,0 +1,127 @@
+"""End-to-end: the real `dvc repro` on the micro profile in a temp copy of the project.
+
+Checks every stage's outputs, that a second `dvc repro` re-runs nothing, that MLflow holds one
+finished run per stage instance with the same numbers as the DVC metrics files, and that
+`dvc push` + `dvc pull` into a fresh clone restores everything so `dvc repro` re-runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lfp.tracking import numeric_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LFP_", "OPENAI_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def sh(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_project(dst: Path) -> Path:
+    """A fresh-clone-like copy: tracked + untracked-not-ignored files, micro params, new git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    shutil.copy2(ROOT / "tests" / "micro_params.yaml", dst / "params.yaml")
+    sh(["git", "init", "-q"], dst)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    proj = copy_project(tmp_path_factory.mktemp("e2e"))
+    sh([str(BIN / "dvc"), "repro"], proj)
+    return proj
+
+
+def stage_instances(proj: Path) -> list[tuple[str, str | None, str | None]]:
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    out: list[tuple[str, str | None, str | None]] = [("prepare", None, None), ("report", None, None)]
+    out += [("base", m, None) for m in params["models"]]
+    out += [("contrastive", None, t) for t in params["tasks"]]
+    for stage in ("finetune", "divergence", "activations", "sae", "probe", "explain", "validate"):
+        out += [(stage, m, t) for m in params["models"] for t in params["tasks"]]
+    return out
+
+
+def test_every_stage_wrote_its_outputs(project):
+    for m_t in ("tiny-vader", "tiny-hh", "tiny-toxic"):
+        run = project / "reports" / "runs" / m_t
+        for name in ("finetune.json", "divergence.json", "divergence.png", "sae.json", "probe.json", "features.jsonl", "explain.json", "validate.json"):
+            assert (run / name).is_file(), f"missing {run / name}"
+        assert (project / "models" / "finetuned" / m_t / "model.safetensors").is_file()
+        assert list((project / "models" / "sae" / m_t).glob("layer*-x1.safetensors"))
+        assert (project / "data" / "activations" / m_t / "index.json").is_file()
+    assert (project / "reports" / "runs" / "tiny-vader" / "probe_words.csv").is_file()
+    report = (project / "reports" / "report.md").read_text()
+    for title in ("Kendall", "Sign accuracy", "Probe accuracy", "ablation", "Feature explanations", "(paper)"):
+        assert title in report
+    assert (project / "reports" / "report.html").is_file()
+
+
+def test_second_repro_reruns_nothing(project):
+    out = sh([str(BIN / "dvc"), "repro"], project).stdout
+    assert "Running stage" not in out, out
+    status = sh([str(BIN / "dvc"), "status"], project).stdout
+    assert "up to date" in status
+
+
+def test_mlflow_has_one_finished_run_per_stage_with_the_dvc_numbers(project):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("lfp")
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    by_name = {r.info.run_name: r for r in runs}
+    for stage, model, task in stage_instances(project):
+        suffix = f"@{model}-{task}" if model and task else f"@{model or task}" if (model or task) else ""
+        name = stage + suffix
+        assert name in by_name, f"no MLflow run {name}"
+        assert by_name[name].info.status == "FINISHED"
+    for m_t in ("tiny-vader", "tiny-hh", "tiny-toxic"):
+        for stage in ("finetune", "probe", "sae", "validate"):
+            on_disk = numeric_metrics(json.loads((project / "reports" / "runs" / m_t / f"{stage}.json").read_text()))
+            logged = by_name[f"{stage}@{m_t}"].data.metrics
+            assert logged == pytest.approx(on_disk), f"{stage}@{m_t}: MLflow differs from the DVC metrics file"
+
+
+def test_push_then_pull_into_fresh_clone_reruns_nothing(project, tmp_path):
+    remote = tmp_path / "remote"
+    dvc = str(BIN / "dvc")
+    sh([dvc, "remote", "add", "-d", "localremote", str(remote)], project)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], project)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "pipeline outputs + remote"], project)
+    sh([dvc, "push"], project)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    sh([dvc, "pull"], clone)
+    assert (clone / "models" / "finetuned" / "tiny-vader" / "model.safetensors").is_file()
+    out = sh([dvc, "repro"], clone).stdout
+    assert "Running stage" not in out, out
