@@ -21,8 +21,11 @@ def test_stage_run_logs_tags_params_and_the_same_metrics(mlflow_store, tmp_path)
                    params={"probe": {"alpha": 1.0}, "llm": {"api_key": "sk-SECRET", "api_key_env": "OPENAI_API_KEY"}},
                    tags={"explainer": "offline"}) as run:
         run.write_metrics(metrics_path, {"kendall_tau": 0.25, "n_words": 12, "note": "text", "beats_base": True})
-    (r,) = _runs(mlflow_store)
-    assert r.info.run_name == "probe@tiny-vader"
+    runs = {r.info.run_name: r for r in _runs(mlflow_store)}
+    r = runs["probe@tiny-vader"]
+    (parent,) = [x for name, x in runs.items() if name.startswith("pipeline@")]
+    assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert r.data.tags["pipeline"] == parent.data.tags["pipeline"]
     assert r.data.tags["model"] == "tiny" and r.data.tags["task"] == "vader" and r.data.tags["stage"] == "probe"
     assert r.data.tags["explainer"] == "offline" and "git_commit" in r.data.tags
     assert r.data.params["probe.alpha"] == "1.0"
@@ -36,8 +39,19 @@ def test_failed_stage_marks_run_failed(mlflow_store):
     with pytest.raises(RuntimeError):
         with stage_run("sae", experiment="lfp-test", model="tiny", task="hh"):
             raise RuntimeError("boom")
-    (r,) = _runs(mlflow_store)
+    (r,) = [x for x in _runs(mlflow_store) if x.info.run_name == "sae@tiny-hh"]
     assert r.info.status == "FAILED"
+
+
+def test_stage_runs_of_one_execution_share_one_parent(mlflow_store):
+    for task in ("vader", "hh"):
+        with stage_run("probe", experiment="lfp-test", model="tiny", task=task):
+            pass
+    runs = _runs(mlflow_store)
+    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    children = [r for r in runs if r.data.tags.get("kind") == "stage"]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):

@@ -20,13 +20,31 @@ from typing import Any
 from lfp import io
 from lfp.errors import BackendError
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-ARTIFACT_ROOT = Path("mlartifacts")
 _SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
+def project_root() -> Path:
+    """The DVC project root: `dvc exp run` may execute stages in a temp copy, but sets DVC_ROOT
+    to the real repo, so local MLflow data lands in one place for every experiment."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """MLFLOW_TRACKING_URI, else a local sqlite file `mlflow.db` at the project root (offline)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def pipeline_id(params_file: str | os.PathLike[str] | None = None) -> str:
+    """One pipeline execution = one code version x one params file content (x one DVC experiment).
+
+    Every stage run of that execution becomes a child of the run named `pipeline@<id>`.
+    """
+    import hashlib
+
+    path = Path(params_file or os.environ.get("LFP_PARAMS") or "params.yaml")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8] if path.is_file() else "noparams"
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    return f"{git_commit()[:8]}-{digest}" + (f"-{exp}" if exp else "")
 
 
 def git_commit() -> str:
@@ -97,6 +115,22 @@ class StageRun:
         self.log_metrics(metrics)
 
 
+def _parent_run_id(client: Any, experiment_id: str, pid: str) -> str:
+    """Find or create the parent run `pipeline@<pid>` that groups this execution's stage runs."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.pipeline = '{pid}' and tags.kind = 'pipeline'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"pipeline@{pid}",
+        tags={"pipeline": pid, "kind": "pipeline", "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")},
+    )
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -123,10 +157,11 @@ def stage_run(
         if exp is None:
             location = None
             if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-                location = ARTIFACT_ROOT.resolve().as_uri()
+                location = (project_root() / "mlartifacts").as_uri()
             client.create_experiment(experiment, artifact_location=location)
-        mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=name)
+        exp_id = mlflow.set_experiment(experiment).experiment_id
+        parent = _parent_run_id(client, exp_id, pipeline_id())
+        run = mlflow.start_run(run_name=name, tags={"mlflow.parentRunId": parent, "pipeline": pipeline_id()})
     except Exception as exc:  # noqa: BLE001
         raise BackendError(f"MLflow at {uri}: cannot start a run ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     handle = StageRun(mlflow, run)
@@ -138,6 +173,7 @@ def stage_run(
             "task": task or "",
             "git_commit": git_commit(),
             "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
+            "kind": "stage",
         }
         handle.set_tags({**base_tags, **dict(tags or {})})
         if params:

@@ -1,0 +1,81 @@
+"""Against a real `mlflow server` on 127.0.0.1 (sqlite backend): a stage run through the CLI logs
+its metrics, and they read back over REST equal to the DVC metrics file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, payload: dict | None = None) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = resp.read().decode()
+    return json.loads(body) if body.strip().startswith("{") else {"text": body}
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--default-artifact-root", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # setsid: own process group
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if "OK" in _get(f"{url}/health").get("text", ""):
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail("mlflow server did not answer /health within 120 s")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server leaves worker processes otherwise
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_stage_metrics_read_back_over_rest(mlflow_server, tmp_path):
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "data" / "raw", proj / "data" / "raw")
+    shutil.copy2(ROOT / "tests" / "micro_params.yaml", proj / "params.yaml")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(BIN / "lfp"), "prepare"], cwd=proj, env=env, check=True, capture_output=True, timeout=300)
+    on_disk = json.loads((proj / "reports" / "runs" / "prepare.json").read_text())
+
+    exps = _get(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lfp")
+    exp_id = exps["experiment"]["experiment_id"]
+    found = _get(f"{mlflow_server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "filter": "tags.stage = 'prepare'"})
+    (run,) = found["runs"]
+    logged = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+    expected = {k: float(v) for k, v in on_disk.items() if isinstance(v, (int, float))}
+    assert logged == pytest.approx(expected) and logged
+    assert run["info"]["status"] == "FINISHED"
