@@ -85,13 +85,14 @@ class GrpoFinetune:
     group baseline instead of a value head) is the named deviation from the paper."""
 
     algorithm: Literal["grpo"] = "grpo"
-    steps: int = _num(30, 1)
+    steps: int = _num(30, 1)  # PPO steps: batches of `batch_size` sampled prompt-completions
     learning_rate: float = _num(1e-6, 0.0, lo_open=True)
     beta: float = _num(0.5, 0.0)
     max_grad_norm: float = _num(1.0, 0.0, lo_open=True)
     clip_epsilon: float = _num(0.2, 0.0, lo_open=True)
-    batch_size: int = _num(64, 1)  # prompt-completions per optimisation step
-    mini_batch_size: int = _num(16, 1)
+    batch_size: int = _num(64, 1)  # prompt-completions per PPO step (GRPO generation_batch_size)
+    mini_batch_size: int = _num(16, 1)  # one optimizer step each
+    ppo_epochs: int = _num(1, 1)  # passes over each batch (GRPO num_iterations; paper's TRL default: 4)
     num_generations: int = _num(8, 2)  # group size for the GRPO baseline
     min_review_chars: int = _num(200, 0)
     prefix_min_tokens: int = _num(2, 1)
@@ -158,9 +159,20 @@ class ContrastiveVader:
     max_sentence_chars: int = _num(300, 20)
     positive_quantile: float = _num(0.75, 0.0, 1.0)
     negative_quantile: float = _num(0.25, 0.0, 1.0)
+    # each positive/negative replacement word is used about this many times, so the probe can
+    # average its predictions per word (a pool of n_triples / word_repeats words per polarity)
+    word_repeats: int = _num(5, 1)
+    # replacement words must occur this often in the IMDB test reviews (0 = any lexicon word)
+    min_word_count: int = _num(5, 0)
     neutral_words: list[str] = field(
         default_factory=lambda: ["table", "window", "paper", "street", "chair", "door", "wall", "box"]
     )
+
+    def __post_init__(self) -> None:
+        if self.negative_quantile >= self.positive_quantile:
+            raise ConfigError("params: 'contrastive.vader.negative_quantile' must be < 'positive_quantile'")
+        if not self.neutral_words:
+            raise ConfigError("params: 'contrastive.vader.neutral_words' must not be empty")
 
 
 @dataclass(frozen=True)
@@ -185,9 +197,14 @@ class Probe:
     rescale_low_percentile: float = _num(10.0, 0.0, 100.0)
     rescale_high_percentile: float = _num(90.0, 0.0, 100.0)
     bootstrap: int = _num(1000, 0)
-    base_control: bool = True
+    base_control: bool = True  # also probe the base model through SAEs trained on its activations
     max_length: int = _num(256, 8)
     batch_size: int = _num(16, 1)
+    # Figure 4: how often the fine-tuned model generates each word, from sampled completions of a
+    # fixed seeded set of IMDB test prefixes.
+    generation_prompts: int = _num(64, 1)
+    generation_prefix_tokens: int = _num(8, 1)
+    generation_max_new_tokens: int = _num(19, 1)
 
 
 @dataclass(frozen=True)
@@ -208,7 +225,9 @@ class Explain:
     top_k_features: int = _num(10, 1)
     n_contexts: int = _num(10, 1)
     context_tokens: int = _num(24, 2)
-    corpus_texts: int = _num(400, 1)
+    corpus_texts: int = _num(400, 1)  # half IMDB test reviews, half HH held-out dialogues
+    max_length: int = _num(128, 2)  # tokens per corpus text
+    batch_size: int = _num(16, 1)
     related_threshold: float = _num(0.2, 0.0, 1.0)
     simulate: bool = True
     task_descriptions: dict[str, str] = field(
@@ -227,7 +246,9 @@ class Validate:
     prefix_tokens: int = _num(30, 1)
     max_new_tokens: int = _num(19, 1)
     batch_size: int = _num(32, 1)
-    random_controls: int = _num(3, 0)
+    random_controls: int = _num(3, 0)  # ablations of as many random features (the paper had none)
+    max_pairs: int = _num(200, 1)  # hh/toxic: held-out pairs scored by the DPO implicit reward
+    max_length: int = _num(256, 8)  # hh/toxic: tokens per prompt + response
 
 
 @dataclass(frozen=True)
@@ -372,6 +393,8 @@ def _cross_check(p: Params) -> None:
         raise ConfigError("params: 'finetune.vader.min_new_tokens' must be <= 'max_new_tokens'")
     if v.batch_size % v.num_generations:
         raise ConfigError("params: 'finetune.vader.batch_size' must be a multiple of 'num_generations'")
+    if v.batch_size % v.mini_batch_size:
+        raise ConfigError("params: 'finetune.vader.batch_size' must be a multiple of 'mini_batch_size'")
     if not p.sae.ratios or any(r < 1 for r in p.sae.ratios):
         raise ConfigError("params: 'sae.ratios' must be a non-empty list of positive integers")
     if p.probe.rescale_low_percentile >= p.probe.rescale_high_percentile:

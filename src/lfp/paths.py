@@ -46,5 +46,10 @@ def base_report_dir(model: str) -> Path:
     return REPORTS / "base" / model
 
 
+def base_metrics_file(model: str) -> Path:
+    """`reports/runs/base/{model}.json`: the base stage's DVC metrics."""
+    return REPORTS / "runs" / "base" / f"{model}.json"
+
+
 def contrastive_file(task: str) -> Path:
     return CONTRASTIVE / f"{task}.jsonl"

@@ -1,0 +1,200 @@
+"""The prepare stage: validation with file:line errors and no partial output, stable splits, the toxic proxy."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lfp import cli, io, paths
+from lfp.errors import DataError
+from lfp.stages import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dialogue(*turns: str) -> str:
+    """HH format: alternating Human / Assistant turns, each preceded by a blank line."""
+    return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(turns))
+
+
+def write_gz(path: Path, lines: list[str] | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = lines if isinstance(lines, bytes) else "".join(line + "\n" for line in lines).encode()
+    with gzip.open(path, "wb") as fh:
+        fh.write(data)
+
+
+def hh_lines(subset: str, n: int) -> list[str]:
+    """n good pairs, then one with different prompts and one with an empty reply (both dropped)."""
+    rows = [
+        {"chosen": dialogue(f"{subset} question {i}?", "Hi.", "More?", f"Helpful answer {i}."),
+         "rejected": dialogue(f"{subset} question {i}?", "Hi.", "More?", f"Rude answer {i}.")}
+        for i in range(n)
+    ]
+    rows.append({"chosen": dialogue("a?", "yes"), "rejected": dialogue("b?", "no")})
+    rows.append({"chosen": dialogue("c?", "yes"), "rejected": dialogue("c?", "")})
+    return [json.dumps(r) for r in rows]
+
+
+def write_raw(root: Path, n_imdb: int = 12, n_pairs: int = 10) -> None:
+    for split in ("train", "test"):
+        reviews = [{"text": f"Review {i} of {split}.<br /><br />It was {'good' if i % 2 else 'bad'}.", "label": i % 2, "id": i}
+                   for i in range(n_imdb)]
+        write_gz(root / prepare.imdb_path(split), [json.dumps(r) for r in reviews])
+    for subset in ("helpful-base", "harmless-base"):
+        write_gz(root / prepare.hh_path(subset), hh_lines(subset, n_pairs))
+
+
+def with_prepare(params, **changes):
+    return dataclasses.replace(params, prepare=dataclasses.replace(params.prepare, **changes))
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module: creating a fresh store costs ~10 s on a loaded 2-core box."""
+    return f"sqlite:///{tmp_path_factory.mktemp('prepare_mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture()
+def raw_project(in_tmp_project: Path, shared_mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_uri)
+    write_raw(in_tmp_project)
+    return in_tmp_project
+
+
+def latest_run(experiment: str):
+    import mlflow
+
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["start_time DESC"])[0]
+
+
+def read(task: str, split: str) -> list[dict]:
+    return io.read_jsonl(prepare.prepared_file(task, split))
+
+
+def test_prepare_writes_contract_files(raw_project: Path, micro_params) -> None:
+    params = with_prepare(micro_params, imdb_train_limit=0, imdb_test_limit=0, max_pairs=0)
+    prepare.run(params)
+    train = read("vader", "train")
+    assert len(train) == 12 and train[0] == {"id": "imdb-train-000000", "text": "Review 0 of train.\nIt was bad.", "label": 0}
+    hh_ft, hh_ho = read("hh", "finetune"), read("hh", "heldout")
+    assert len(hh_ft) + len(hh_ho) == 20 and len(hh_ho) == 10  # 2 x (10 good pairs), 2 dropped per subset
+    row = hh_ho[0]
+    assert set(row) == {"id", "prompt", "chosen", "rejected", "subset"}
+    assert row["prompt"].endswith("\n\nAssistant:") and row["prompt"].count("\n\nHuman:") == 2
+    assert row["chosen"].startswith(" Helpful answer") and row["rejected"].startswith(" Rude answer")
+    metrics = io.read_json(paths.REPORTS / "runs" / "prepare.json")
+    assert metrics["hh_finetune"] == len(hh_ft) and metrics["vader_test"] == 12
+    assert metrics["dropped"]["hh_prompt_mismatch"] == 2 and metrics["dropped"]["hh_empty_response"] == 2
+    assert metrics["dropped"]["toxic_prompt_mismatch"] == 1 and metrics["toxic_is_proxy"] is True
+
+    run = latest_run(params.tracking.experiment)
+    assert run.data.tags["toxic_source"] == "proxy" and run.data.metrics["hh_heldout"] == len(hh_ho)
+
+
+def test_hh_split_is_disjoint_deterministic_and_stable(raw_project: Path, micro_params) -> None:
+    params = with_prepare(micro_params, max_pairs=0)
+    prepare.run(params)
+    first = {s: [r["id"] for r in read("hh", s)] for s in ("finetune", "heldout")}
+    assert not set(first["finetune"]) & set(first["heldout"])
+    assert {i.split("-")[1] for i in first["heldout"]} == {"helpful", "harmless"}
+    prepare.run(params)
+    assert {s: [r["id"] for r in read("hh", s)] for s in ("finetune", "heldout")} == first
+    # a pair's side depends only on (seed, id): adding rows never moves an existing pair
+    rows = [{"id": f"p{i}"} for i in range(200)]
+    ft_small, ho_small = prepare.split_heldout(rows[:100], 0.5, 0, "x")
+    ft_big, ho_big = prepare.split_heldout(rows, 0.5, 0, "x")
+    moved = {r["id"] for r in ho_small} - {r["id"] for r in ho_big}
+    assert len(ho_big) == 100 and len(moved) < 25
+    assert prepare.split_heldout(rows, 0.5, 1, "x")[1] != ho_big  # the seed matters
+
+
+def test_toxic_proxy_swaps_harmless_pairs(raw_project: Path, micro_params) -> None:
+    prepare.run(with_prepare(micro_params, max_pairs=0))
+    hh = {r["id"].removeprefix("hh-"): r for r in read("hh", "finetune") + read("hh", "heldout")}
+    toxic = read("toxic", "finetune") + read("toxic", "heldout")
+    assert len(toxic) == 10
+    for row in toxic:
+        src = hh[row["id"].removeprefix("toxic-")]
+        assert row["subset"] == "harmless-base" and row["proxy"] is True
+        assert (row["chosen"], row["rejected"]) == (src["rejected"], src["chosen"])
+        assert row["chosen"].startswith(" Rude answer")
+
+
+def test_toxic_local_source(raw_project: Path, micro_params) -> None:
+    local = raw_project / "toxic.jsonl"
+    local.write_text("".join(json.dumps({"prompt": f"Insult {i}", "chosen": f"You fool {i}", "rejected": "No."}) + "\n" for i in range(6)))
+    prepare.run(with_prepare(micro_params, toxic_source=str(local), max_pairs=0))
+    rows = read("toxic", "heldout") + read("toxic", "finetune")
+    assert len(rows) == 6 and all(r["proxy"] is False for r in rows)
+    row = min(rows, key=lambda r: r["id"])
+    assert row["id"] == "toxic-dpo-00000" and row["prompt"] == "\n\nHuman: Insult 0\n\nAssistant:"
+    assert row["chosen"] == " You fool 0" and row["rejected"] == " No."
+    assert io.read_json(paths.REPORTS / "runs" / "prepare.json")["toxic_is_proxy"] is False
+
+
+def test_limits_are_seeded_subsamples(raw_project: Path, micro_params) -> None:
+    params = with_prepare(micro_params, imdb_train_limit=6, imdb_test_limit=5, max_pairs=8)
+    prepare.run(params)
+    train = read("vader", "train")
+    assert len(train) == 6 and len(read("vader", "test")) == 5
+    assert [r["id"] for r in train] == sorted(r["id"] for r in train)  # original order kept
+    assert len(read("hh", "finetune")) + len(read("hh", "heldout")) == 8
+    prepare.run(params)
+    assert read("vader", "train") == train
+
+
+BAD_CASES = {
+    "bad_json": (lambda: prepare.imdb_path("test"), [json.dumps({"text": "ok", "label": 1}), "{not json"], r":2: invalid JSON"),
+    "missing_field": (lambda: prepare.hh_path("helpful-base"), [json.dumps({"chosen": dialogue("q", "a")})], r":1: missing field 'rejected'"),
+    "wrong_label": (lambda: prepare.imdb_path("train"), [json.dumps({"text": "ok", "label": 3})], r":1: field 'label' must be 0 or 1"),
+    "empty_file": (lambda: prepare.hh_path("harmless-base"), [], r": empty file"),
+    "not_utf8": (lambda: prepare.imdb_path("train"), b'{"text": "caf\xe9", "label": 1}\n', r":1: not UTF-8"),
+    "missing_file": (lambda: prepare.hh_path("harmless-base"), None, r": file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_raw_input_raises_and_writes_nothing(raw_project: Path, micro_params, case: str) -> None:
+    where, content, message = BAD_CASES[case]
+    path = where()
+    if content is None:
+        path.unlink()
+    else:
+        write_gz(path, content)
+    with pytest.raises(DataError, match=re.escape(str(path)) + message):
+        prepare.run(micro_params)
+    assert not paths.PREPARED.exists() and not (paths.REPORTS / "runs" / "prepare.json").exists()
+
+
+def test_bad_input_keeps_previous_outputs_and_cli_exits_2(raw_project: Path, micro_params, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("lfp.config.seed_everything", lambda seed: None)  # skips a slow torch import
+    prepare.run(micro_params)
+    before = read("hh", "heldout")
+    write_gz(prepare.imdb_path("test"), [json.dumps({"text": "ok", "label": 0}), json.dumps({"label": 0})])
+    assert cli.main(["--params", str(ROOT / "tests" / "micro_params.yaml"), "prepare"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{prepare.imdb_path('test')}:2: missing field 'text'" in err
+    assert read("hh", "heldout") == before
+
+
+def test_prepare_on_real_raw_data(raw_project: Path, micro_params) -> None:
+    """The shipped data/raw through the micro limits (reads all 50k reviews: ~3 s)."""
+    import shutil
+
+    shutil.rmtree(raw_project / "data" / "raw")
+    (raw_project / "data" / "raw").symlink_to(ROOT / "data" / "raw")
+    prepare.run(micro_params)
+    metrics = io.read_json(paths.REPORTS / "runs" / "prepare.json")
+    assert metrics["vader_train"] == micro_params.prepare.imdb_train_limit
+    assert metrics["hh_finetune"] + metrics["hh_heldout"] == micro_params.prepare.max_pairs
+    assert metrics["imdb_test_raw"] == 25000 and metrics["hh_valid_pairs"] > 4000
+    labels = {r["label"] for r in read("vader", "test")}
+    assert labels == {0, 1}  # the raw files are sorted by label: a head-N limit would fail this
+    assert not any("<br" in r["text"] for r in read("vader", "train"))
+    assert {r["subset"] for r in read("hh", "heldout")} == {"helpful-base", "harmless-base"}
