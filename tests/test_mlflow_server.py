@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lfp.tracking import numeric_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -76,6 +78,6 @@ def test_stage_metrics_read_back_over_rest(mlflow_server, tmp_path):
     found = _get(f"{mlflow_server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "filter": "tags.stage = 'prepare'"})
     (run,) = found["runs"]
     logged = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
-    expected = {k: float(v) for k, v in on_disk.items() if isinstance(v, (int, float))}
+    expected = numeric_metrics(on_disk)
     assert logged == pytest.approx(expected) and logged
     assert run["info"]["status"] == "FINISHED"
