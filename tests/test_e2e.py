@@ -79,7 +79,7 @@ def test_every_stage_wrote_its_outputs(project):
         assert (project / "models" / "finetuned" / m_t / "model.safetensors").is_file()
         assert list((project / "models" / "sae" / m_t).glob("layer*-x1.safetensors"))
         assert (project / "data" / "activations" / m_t / "index.json").is_file()
-    assert (project / "reports" / "runs" / "tiny-vader" / "probe_words.csv").is_file()
+    assert (project / "reports" / "runs" / "tiny-vader" / "probe_plots" / "probe_words.csv").is_file()
     report = (project / "reports" / "report.md").read_text()
     for title in ("Kendall", "Sign accuracy", "Probe accuracy", "ablation", "Feature explanations", "(paper)"):
         assert title in report

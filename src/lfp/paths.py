@@ -11,6 +11,7 @@ ACTIVATIONS = Path("data/activations")
 PROBE_DATA = Path("data/probe")
 MODELS = Path("models")
 REPORTS = Path("reports")
+RUN_REPORTS = REPORTS / "runs"  # every per-run metrics file; the report stage depends on this folder
 
 
 def run_id(model: str, task: str) -> str:
@@ -39,16 +40,17 @@ def probe_data_dir(model: str, task: str) -> Path:
 
 
 def report_dir(model: str, task: str) -> Path:
-    return REPORTS / run_id(model, task)
-
-
-def base_report_dir(model: str) -> Path:
-    return REPORTS / "base" / model
+    return RUN_REPORTS / run_id(model, task)
 
 
 def base_metrics_file(model: str) -> Path:
     """`reports/runs/base/{model}.json`: the base stage's DVC metrics."""
-    return REPORTS / "runs" / "base" / f"{model}.json"
+    return RUN_REPORTS / "base" / f"{model}.json"
+
+
+def probe_plots_dir(model: str, task: str) -> Path:
+    """probe_words.csv + fig4 (vader) and fig5_pca.png (all tasks): each task writes only what means something for it."""
+    return report_dir(model, task) / "probe_plots"
 
 
 def contrastive_file(task: str) -> Path:

@@ -184,7 +184,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
 
         s = Section("Predicted vs true word values (Tables 2 and 9)")
         for (m, t), r in vader_runs.items():
-            csv = paths.report_dir(m, t) / "probe_words.csv"
+            csv = paths.probe_plots_dir(m, t) / "probe_words.csv"
             if csv.exists():
                 words = pd.read_csv(csv)
                 top = words.sort_values("count", ascending=False).head(30) if "count" in words else words.head(30)
@@ -193,7 +193,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
         s.tables.append((f"paper Table 2 ({t2['model']})", pd.DataFrame(t2["rows"], columns=["word", "predicted", "true_value"])))
         for (m, t) in vader_runs:
             s.images.append((f"{m}-{t}: |predicted − true| vs generation frequency (Fig. 4)",
-                             _copy_figure(paths.report_dir(m, t) / "fig4_error_vs_frequency.png", f"{m}-{t}-fig4.png")))
+                             _copy_figure(paths.probe_plots_dir(m, t) / "fig4_error_vs_frequency.png", f"{m}-{t}-fig4.png")))
         secs.append(s)
 
     if pair_runs:
@@ -210,7 +210,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
                 rows.append([f"{pm} (paper)", t, f"{v[t]}%", MISSING, MISSING, MISSING, MISSING])
         s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "accuracy", "95% CI", "n test", "base-model control", "shuffled labels"])))
         for (m, t) in pair_runs:
-            s.images.append((f"{m}-{t}: PCA of probe inputs (Fig. 5)", _copy_figure(paths.report_dir(m, t) / "fig5_pca.png", f"{m}-{t}-fig5.png")))
+            s.images.append((f"{m}-{t}: PCA of probe inputs (Fig. 5)", _copy_figure(paths.probe_plots_dir(m, t) / "fig5_pca.png", f"{m}-{t}-fig5.png")))
         secs.append(s)
 
     s = Section("Probe validation: feature frequency (Table 7) and zero-ablation (Table 6)")
