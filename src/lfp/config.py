@@ -49,19 +49,19 @@ class ModelSpec:
 class TinyBase:
     """The offline base model: a byte-level BPE tokenizer + a small GPT-NeoX trained on IMDB."""
 
-    vocab_size: int = _num(4096, 260)
-    d_model: int = _num(128, 8)
+    vocab_size: int = _num(2048, 260)  # byte-level BPE: 256 bytes + eos + merges
+    d_model: int = _num(64, 8)
     n_layers: int = _num(6, 1)
     n_heads: int = _num(4, 1)
-    d_ff: int = _num(512, 8)
-    max_length: int = _num(128, 8)
-    tokenizer_texts: int = _num(10000, 1)
-    train_texts: int = _num(10000, 1)
-    heldout_texts: int = _num(500, 1)
-    steps: int = _num(800, 1)
-    batch_size: int = _num(16, 1)
-    learning_rate: float = _num(1e-3, 0.0, lo_open=True)
-    warmup_steps: int = _num(50, 0)
+    d_ff: int = _num(256, 8)
+    max_length: int = _num(128, 8)  # tokens per packed training block
+    tokenizer_texts: int = _num(2000, 1)
+    train_texts: int = _num(2000, 1)
+    heldout_texts: int = _num(100, 1)  # also scores hub / smollm2 base models
+    steps: int = _num(300, 1)
+    batch_size: int = _num(8, 1)
+    learning_rate: float = _num(3e-3, 0.0, lo_open=True)
+    warmup_steps: int = _num(30, 0)
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,7 @@ class Probe:
     rescale_high_percentile: float = _num(90.0, 0.0, 100.0)
     bootstrap: int = _num(1000, 0)
     base_control: bool = True  # also probe the base model through SAEs trained on its activations
+    shuffled_repeats: int = _num(5, 1)  # refits on permuted labels; their mean is the chance level
     max_length: int = _num(256, 8)
     batch_size: int = _num(16, 1)
     # Figure 4: how often the fine-tuned model generates each word, from sampled completions of a

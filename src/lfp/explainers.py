@@ -1,0 +1,260 @@
+"""Feature explanations, task-relatedness labels and explanation scores (Bills et al. 2023 style).
+
+Two backends with the same interface:
+- `OpenAIExplainer`: an LLM explains a feature from token<TAB>activation records (0-10), labels it
+  related / unrelated to a task description, and simulates activations from the explanation;
+  the score is the Pearson r of simulated vs real activations.
+- `OfflineExplainer`: a deterministic, clearly-named proxy. The explanation lists the words the
+  feature peaks on; relatedness comes from the VADER lexicon (vader: share of peak words with
+  |valence| >= 1; toxic: share with valence <= -1; hh: no label, never invented); the simulator
+  predicts 10 on tokens whose word is in the explanation's top-token list, else 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from lfp.errors import BackendError
+from lfp.llm import LlmClient
+
+MAX_ACT = 10
+N_TOP_TOKENS = 8
+HH_OFFLINE_NOTE = "relatedness not available offline"
+_STRIP = string.punctuation + string.whitespace + "“”‘’«»…"
+
+
+@dataclass(frozen=True)
+class Context:
+    """A window of tokens around one activation of a feature, activations scaled to 0..10."""
+
+    tokens: list[str]  # decoded token strings
+    words: list[str]  # the normalized word each token belongs to ("" for punctuation/space)
+    acts: list[int]  # 0..10, scaled by the feature's max over the corpus
+    peak: int  # index of the strongest token in this window
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """Everything an explainer sees about one feature of the small (x1) dictionary."""
+
+    layer: int
+    feature: int
+    similarity: float  # max cosine to the large dictionary (matching.json max_cos)
+    max_activation: float  # the feature's largest code value over the corpus
+    top: list[Context]  # the highest-activating contexts (shown to the explainer)
+    random: list[Context]  # random contexts (only used to score simulations)
+
+    @property
+    def peak_words(self) -> list[str]:
+        return [c.words[c.peak] for c in self.top]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    explanation: str
+    related: bool | None
+    top_tokens: list[str]
+    simulation_score: float | None
+
+
+def normalize_word(word: str) -> str:
+    """Lowercase and strip surrounding punctuation, so ' Great!' and 'great' count as one word."""
+    return word.strip(_STRIP).lower()
+
+
+def top_tokens(record: FeatureRecord) -> list[str]:
+    """Distinct peak words, most frequent first (ties: first seen)."""
+    words = [w for w in record.peak_words if w]
+    order = {w: i for i, w in reversed(list(enumerate(words)))}
+    return sorted(order, key=lambda w: (-words.count(w), order[w]))[:N_TOP_TOKENS]
+
+
+def scale_activations(values: np.ndarray, max_activation: float) -> list[int]:
+    """Bills et al.: activations discretized to integers 0..10 by the feature's max."""
+    if max_activation <= 0:
+        return [0] * len(values)
+    scaled = np.rint(np.clip(values, 0.0, None) / max_activation * MAX_ACT)
+    return [int(v) for v in np.clip(scaled, 0, MAX_ACT)]
+
+
+def correlation(predicted: list[float], real: list[float]) -> float | None:
+    """Pearson r of simulated vs real activations; None where undefined (a constant side)."""
+    from scipy.stats import pearsonr
+
+    p, r = np.asarray(predicted, dtype=float), np.asarray(real, dtype=float)
+    if len(p) < 2 or np.ptp(p) == 0 or np.ptp(r) == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(pearsonr(p, r).statistic)
+
+
+def simulation_contexts(record: FeatureRecord) -> list[Context]:
+    """Top + random contexts: scoring on random ones too keeps the score from being in-sample only."""
+    return [*record.top, *record.random]
+
+
+# --------------------------------------------------------------------------------------------
+# offline
+# --------------------------------------------------------------------------------------------
+
+
+def word_valences(word: str) -> list[float]:
+    from lfp.reward import lexicon, tokens
+
+    lex = lexicon()
+    return [lex[t] for t in tokens(word) if t in lex]
+
+
+def related_share(words: list[str], task: str) -> float | None:
+    """Share of peak words carrying the task's signal in the VADER lexicon; None for hh."""
+    if task == "hh" or not words:
+        return None
+    if task == "vader":
+        hits = [any(abs(v) >= 1.0 for v in word_valences(w)) for w in words]
+    elif task == "toxic":
+        hits = [any(v <= -1.0 for v in word_valences(w)) for w in words]
+    else:
+        raise BackendError(f"offline explainer: no relatedness rule for task '{task}'")
+    return float(np.mean(hits))
+
+
+def _snippet(ctx: Context, before: int = 6) -> str:
+    """A few tokens before the peak through the end of the peak's word (BPE pieces kept whole)."""
+    end = ctx.peak + 1
+    while end < len(ctx.tokens) and ctx.tokens[end][:1].isalnum() and ctx.words[end] == ctx.words[ctx.peak]:
+        end += 1
+    return " ".join("".join(ctx.tokens[max(0, ctx.peak - before) : end]).split())
+
+
+class OfflineExplainer:
+    """Deterministic lexical proxy for the GPT-4 explainer (`explainer_is_proxy=true`)."""
+
+    name = "offline"
+    simulation_backend = "offline-lexical"
+
+    def __init__(self, task: str, related_threshold: float, simulate: bool) -> None:
+        self.task = task
+        self.threshold = related_threshold
+        self.simulate = simulate
+
+    def explain(self, record: FeatureRecord) -> Explanation:
+        if not record.top:
+            return Explanation("never activates on the corpus", None, [], None)
+        words = top_tokens(record)
+        snippet = _snippet(record.top[0])
+        text = f"peaks on {', '.join(repr(w) for w in words[:5]) or 'punctuation/whitespace'}; e.g. “{snippet}”"
+        share = related_share(record.peak_words, self.task)
+        if share is None:
+            related = None
+            text += f"; {HH_OFFLINE_NOTE}"
+        else:
+            related = share >= self.threshold
+            text += f"; {share:.0%} of peak words carry the task's VADER valence"
+        score = self._simulate(record, set(words)) if self.simulate else None
+        return Explanation(text, related, words, score)
+
+    @staticmethod
+    def _simulate(record: FeatureRecord, words: set[str]) -> float | None:
+        """Predict 10 where the token's word is one of the explanation's top tokens, else 0."""
+        predicted, real = [], []
+        for ctx in simulation_contexts(record):
+            predicted += [MAX_ACT if w and w in words else 0 for w in ctx.words]
+            real += ctx.acts
+        return correlation(predicted, real)
+
+
+# --------------------------------------------------------------------------------------------
+# openai-compatible LLM
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def load_prompt(name: str) -> tuple[str, str]:
+    """(system, user template) from src/lfp/prompts/<name>.txt, split at the '---' line."""
+    text = resources.files("lfp").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8")
+    system, sep, user = text.partition("\n---\n")
+    if not sep:
+        raise BackendError(f"prompts/{name}.txt: missing the '---' line between system and user prompt")
+    return system.strip(), user.strip()
+
+
+def _show(token: str) -> str:
+    return token.replace("\n", "\\n").replace("\t", "\\t")
+
+
+def format_records(contexts: list[Context]) -> str:
+    """Bills et al. record format: <start>, token<TAB>activation lines, <end>."""
+    blocks = []
+    for ctx in contexts:
+        lines = [f"{_show(t)}\t{a}" for t, a in zip(ctx.tokens, ctx.acts)]
+        blocks.append("<start>\n" + "\n".join(lines) + "\n<end>")
+    return "\n".join(blocks)
+
+
+def format_documents(contexts: list[Context]) -> str:
+    blocks = []
+    for ctx in contexts:
+        blocks.append("<start>\n" + "\n".join(_show(t) for t in ctx.tokens) + "\n<end>")
+    return "\n".join(blocks)
+
+
+class OpenAIExplainer:
+    """GPT-4-style explainer over any OpenAI-compatible endpoint (see lfp.llm)."""
+
+    name = "openai"
+    simulation_backend = "openai"
+
+    def __init__(self, client: LlmClient, task_description: str, simulate: bool, seed: int) -> None:
+        self.client = client
+        self.task_description = task_description
+        self.simulate = simulate
+        self.seed = seed
+
+    def explain(self, record: FeatureRecord) -> Explanation:
+        if not record.top:
+            return Explanation("never activates on the corpus", None, [], None)
+        system, user = load_prompt("explain")
+        reply = self.client.complete(system, user.format(feature=record.feature, records=format_records(record.top)))
+        text = " ".join(reply.strip().split())
+        if not text:
+            raise BackendError(f"LLM endpoint {self.client.base_url}: empty explanation for layer {record.layer} feature {record.feature}")
+        related = self._related(text)
+        score = self._simulate(record, text) if self.simulate else None
+        return Explanation(text, related, top_tokens(record), score)
+
+    def _related(self, explanation: str) -> bool:
+        system, user = load_prompt("relatedness")
+        kw: dict[str, Any] = {"task_description": self.task_description, "explanation": explanation}
+        answer = self.client.complete_json(system.format(**kw), user.format(**kw))
+        if not isinstance(answer.get("related"), bool):
+            raise BackendError(f"LLM endpoint {self.client.base_url}: relatedness reply lacks a boolean 'related': {str(answer)[:80]}")
+        return answer["related"]
+
+    def _simulate(self, record: FeatureRecord, explanation: str) -> float | None:
+        """Ask for 0..10 per token; a reply of the wrong shape scores None (counted, not faked)."""
+        contexts = simulation_contexts(record)
+        order = np.random.default_rng([self.seed, record.layer, record.feature]).permutation(len(contexts))
+        shown = [contexts[i] for i in order]
+        shape = "lists of lengths " + ", ".join(str(len(c.tokens)) for c in shown)
+        system, user = load_prompt("simulate")
+        answer = self.client.complete_json(system, user.format(explanation=explanation, documents=format_documents(shown), shape=shape))
+        lists = answer.get("activations")
+        if not isinstance(lists, list) or len(lists) != len(shown):
+            return None
+        predicted, real = [], []
+        for ctx, values in zip(shown, lists):
+            if not isinstance(values, list) or len(values) != len(ctx.tokens):
+                return None
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                return None
+            predicted += [float(v) for v in values]
+            real += ctx.acts
+        return correlation(predicted, real)

@@ -1,0 +1,265 @@
+"""explain@{m}-{t}: explain the best-matched features of each chosen layer's small SAE and label
+them related / unrelated to the fine-tuning task.
+
+Why these choices: the paper explains only features that the n and 2n dictionaries share (highest
+cross-dictionary cosine), reading *feature codes* of the small dictionary (the paper's code read
+reconstruction dims and used small-dictionary indices on the large one). Activation records come
+from a diverse corpus (IMDB reviews + HH dialogues): the paper's appendix B notes that an
+IMDB-only sample skews every explanation towards "movie reviews".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lfp import io, paths
+from lfp.config import Params, section_dict
+from lfp.errors import ArtifactError, DataError, LfpError
+from lfp.explainers import (
+    Context,
+    FeatureRecord,
+    OfflineExplainer,
+    OpenAIExplainer,
+    normalize_word,
+    scale_activations,
+)
+
+STAGE = "explain"
+
+
+@dataclass
+class EncodedText:
+    """One corpus text after the forward pass: token strings, words, and the chosen features' codes."""
+
+    tokens: list[str]
+    words: list[str]
+    codes: dict[int, np.ndarray]  # layer -> [n_tokens, n_selected_features]
+
+
+# --------------------------------------------------------------------------------------------
+# upstream artifacts
+# --------------------------------------------------------------------------------------------
+
+
+def small_sae_path(params: Params, model: str, task: str, layer: int) -> Path:
+    """The small dictionary (smallest ratio) of a layer: the one matching.json's indices refer to."""
+    from lfp.sae import sae_file
+
+    return sae_file(model, task, layer, min(params.sae.ratios))
+
+
+def chosen_layers(model: str, task: str) -> list[int]:
+    path = paths.report_dir(model, task) / "divergence.json"
+    layers = io.read_json(path).get("chosen_layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) for x in layers):
+        raise ArtifactError(f"{path}: 'chosen_layers' must be a non-empty list of integers")
+    return layers
+
+
+def selected_features(model: str, task: str, layers: list[int], top_k: int) -> dict[int, list[tuple[int, float]]]:
+    """layer -> [(small-dict feature index, max cosine to the large dict)], best first."""
+    path = paths.sae_dir(model, task) / "matching.json"
+    data = io.read_json(path).get("layers", {})
+    out = {}
+    for layer in layers:
+        entry = data.get(str(layer))
+        if not isinstance(entry, dict) or "ranked_features" not in entry or "max_cos" not in entry:
+            raise ArtifactError(f"{path}: layers.{layer} lacks 'ranked_features' / 'max_cos'")
+        ranked, max_cos = entry["ranked_features"], entry["max_cos"]
+        if any(not isinstance(f, int) or not 0 <= f < len(max_cos) for f in ranked):
+            raise ArtifactError(f"{path}: layers.{layer}.ranked_features has an index outside max_cos")
+        out[layer] = [(f, float(max_cos[f])) for f in ranked[:top_k]]
+    return out
+
+
+def load_corpus(n_texts: int, seed: int) -> list[str]:
+    """Half IMDB test reviews, half HH held-out dialogues (prompt + chosen reply), seeded."""
+    rng = np.random.default_rng(seed)
+    imdb = [row["text"] for row in io.read_jsonl(paths.PREPARED / "vader" / "test.jsonl", {"text": str})]
+    hh = [row["prompt"] + row["chosen"] for row in io.read_jsonl(paths.PREPARED / "hh" / "heldout.jsonl", {"prompt": str, "chosen": str})]
+    n_imdb = n_texts // 2
+    picked = []
+    for rows, n in ((imdb, n_imdb), (hh, n_texts - n_imdb)):
+        idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
+        picked += [rows[i] for i in sorted(idx)]
+    if not picked:
+        raise DataError(f"{paths.PREPARED}: no texts for the explanation corpus")
+    return picked
+
+
+# --------------------------------------------------------------------------------------------
+# activation records
+# --------------------------------------------------------------------------------------------
+
+
+def token_words(text: str, offsets: list[tuple[int, int]]) -> list[str]:
+    """The normalized whitespace-delimited word containing each token (BPE pieces -> whole words)."""
+    words = []
+    for start, end in offsets:
+        if end <= start:
+            words.append("")
+            continue
+        lo, hi = start, end
+        while lo < hi and text[lo].isspace():
+            lo += 1
+        if lo == hi:
+            words.append("")
+            continue
+        while lo > 0 and not text[lo - 1].isspace():
+            lo -= 1
+        while hi < len(text) and not text[hi].isspace():
+            hi += 1
+        words.append(normalize_word(text[lo:hi]))
+    return words
+
+
+@torch.no_grad()
+def encode_corpus(
+    model: Any, tokenizer: Any, saes: dict[int, Any], features: dict[int, list[int]], texts: list[str],
+    max_length: int, batch_size: int, device: torch.device,
+) -> list[EncodedText]:
+    """One forward pass of the fine-tuned model per batch; SAE codes of the selected features only."""
+    from lfp.modeling import capture_mlp_outputs
+
+    tokenizer.padding_side = "right"
+    out: list[EncodedText] = []
+    layers = sorted(saes)
+    for start in tqdm(range(0, len(texts), batch_size), desc="explain corpus", leave=False):
+        batch = texts[start : start + batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping").tolist()
+        with capture_mlp_outputs(model, layers) as captured:
+            model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+        codes = {L: saes[L].encode(captured[L].float())[..., features[L]].cpu().numpy() for L in layers}
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        for i, text in enumerate(batch):
+            n = int(lengths[i])
+            ids = enc["input_ids"][i, :n].tolist()
+            out.append(EncodedText(
+                tokens=[tokenizer.decode([t]) for t in ids],
+                words=token_words(text, [tuple(o) for o in offsets[i][:n]]),
+                codes={L: codes[L][i, :n] for L in layers},
+            ))
+    return out
+
+
+def _window(n_tokens: int, peak: int, size: int) -> tuple[int, int]:
+    """A `size`-token window with the peak 3/4 of the way in: a causal model's context is before it."""
+    start = max(0, peak - (size * 3) // 4)
+    end = min(n_tokens, start + size)
+    return max(0, end - size), end
+
+
+def _context(text: EncodedText, values: np.ndarray, peak: int, size: int, max_act: float) -> Context:
+    lo, hi = _window(len(text.tokens), peak, size)
+    return Context(
+        tokens=text.tokens[lo:hi], words=text.words[lo:hi],
+        acts=scale_activations(values[lo:hi], max_act), peak=peak - lo,
+    )
+
+
+def feature_record(
+    corpus: list[EncodedText], layer: int, column: int, feature: int, similarity: float,
+    n_contexts: int, size: int, rng: np.random.Generator,
+) -> FeatureRecord:
+    """Top-n contexts (one per text, by the text's max activation) + n random held-out contexts."""
+    per_text = [t.codes[layer][:, column] for t in corpus]
+    maxima = np.array([v.max() if len(v) else 0.0 for v in per_text])
+    max_act = float(maxima.max()) if len(maxima) else 0.0
+    order = [int(i) for i in np.argsort(-maxima, kind="stable") if maxima[i] > 0][:n_contexts]
+    if not order:  # a dead feature: nothing to explain or to score
+        return FeatureRecord(layer, feature, similarity, max_act, [], [])
+    top = [_context(corpus[i], per_text[i], int(per_text[i].argmax()), size, max_act) for i in order]
+    taken = set(order)
+    rest = [i for i in range(len(corpus)) if i not in taken and len(per_text[i])]
+    random = []
+    for i in rng.choice(rest, size=min(n_contexts, len(rest)), replace=False) if rest else []:
+        pos = int(rng.integers(len(per_text[i])))
+        random.append(_context(corpus[int(i)], per_text[int(i)], pos, size, max_act))
+    return FeatureRecord(layer, feature, similarity, max_act, top, random)
+
+
+# --------------------------------------------------------------------------------------------
+# stage
+# --------------------------------------------------------------------------------------------
+
+
+def make_explainer(params: Params, task: str) -> OfflineExplainer | OpenAIExplainer:
+    cfg = params.explain
+    if cfg.backend == "openai":
+        from lfp.llm import LlmClient
+
+        return OpenAIExplainer(LlmClient(params.llm), cfg.task_descriptions[task], cfg.simulate, params.seed)
+    return OfflineExplainer(task, cfg.related_threshold, cfg.simulate)
+
+
+def summarize(rows: list[dict[str, Any]], explainer: Any, n_texts: int) -> dict[str, Any]:
+    scores = [r["simulation_score"] for r in rows if r["simulation_score"] is not None]
+    related = [r["related"] for r in rows]
+    return {
+        "backend": explainer.name,
+        "simulation_backend": explainer.simulation_backend if explainer.simulate else "none",
+        "explainer_is_proxy": explainer.name == "offline",
+        "n_features": len(rows),
+        "n_layers": len({r["layer"] for r in rows}),
+        "n_related": sum(r is True for r in related),
+        "n_unrelated": sum(r is False for r in related),
+        "n_unlabelled": sum(r is None for r in related),
+        "n_simulation_scored": len(scores),
+        "mean_simulation_score": float(np.mean(scores)) if scores else None,
+        "corpus_texts": n_texts,
+    }
+
+
+def run(params: Params, model: str | None, task: str | None) -> None:
+    """Explain, label and score the top matched features of every chosen layer."""
+    from accelerate import Accelerator
+
+    from lfp.modeling import load_model
+    from lfp.sae import load_sae
+    from lfp.tracking import stage_run
+
+    if model is None or task is None:
+        raise LfpError("explain needs --model and --task")
+    cfg = params.explain
+    layers = chosen_layers(model, task)
+    selected = selected_features(model, task, layers, cfg.top_k_features)
+    explainer = make_explainer(params, task)  # fails fast on a bad endpoint config / missing key
+    tags = {"explainer": explainer.name, "simulation_backend": explainer.simulation_backend if cfg.simulate else "none"}
+    if explainer.name == "offline":
+        tags["explainer_is_proxy"] = "true"
+    else:
+        tags.update({"llm_base_url": explainer.client.base_url, "llm_model": explainer.client.model})
+    log_params = {"explain": section_dict(cfg), "sae_ratio": min(params.sae.ratios)}
+    if explainer.name == "openai":
+        log_params["llm"] = section_dict(params.llm)
+    with stage_run(STAGE, experiment=params.tracking.experiment, model=model, task=task, params=log_params, tags=tags) as run_:
+        device = Accelerator().device
+        lm, tokenizer = load_model(paths.finetuned_dir(model, task))
+        lm.to(device)
+        saes = {L: load_sae(small_sae_path(params, model, task, L)).to(device).eval() for L in layers}
+        texts = load_corpus(cfg.corpus_texts, params.seed)
+        corpus = encode_corpus(lm, tokenizer, saes, {L: [f for f, _ in selected[L]] for L in layers}, texts,
+                               cfg.max_length, cfg.batch_size, device)
+        rng = np.random.default_rng(params.seed)
+        rows = []
+        for L in layers:
+            for column, (feature, sim) in enumerate(tqdm(selected[L], desc=f"explain layer {L}", leave=False)):
+                record = feature_record(corpus, L, column, feature, sim, cfg.n_contexts, cfg.context_tokens, rng)
+                result = explainer.explain(record)
+                rows.append({
+                    "layer": L, "feature": feature, "similarity": sim, "explanation": result.explanation,
+                    "related": result.related, "backend": explainer.name, "top_tokens": result.top_tokens,
+                    "simulation_score": result.simulation_score,
+                })
+        out_dir = paths.report_dir(model, task)
+        io.write_jsonl(out_dir / "features.jsonl", rows)
+        run_.write_metrics(out_dir / "explain.json", summarize(rows, explainer, len(texts)))
+        run_.log_artifact(out_dir / "features.jsonl")
+
