@@ -16,8 +16,6 @@ import torch
 
 from lfp.errors import ModelLoadError
 
-OFFLINE_SOURCES = ("tiny", "smollm2")
-
 
 def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Return (model, tokenizer) from a local directory or a hub id; never trusts remote code.
@@ -32,6 +30,8 @@ def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: to
         raise ModelLoadError(f"{source}: model path is a file, expected a directory with config.json")
     if local.is_dir() and not (local / "config.json").is_file():
         raise ModelLoadError(f"{source}: no config.json in model directory")
+    if not local.exists() and (local.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
+        raise ModelLoadError(f"{source}: no such model directory (and not a hub id of the form org/name)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
@@ -62,9 +62,12 @@ def transformer_blocks(model: Any) -> list[Any]:
 
 
 def block_prefix(model: Any, layer: int) -> str:
-    """The parameter-name prefix of block `layer` (for per-block divergence)."""
+    """The parameter-name prefix of block `layer` (for per-block divergence), e.g. `gpt_neox.layers.3.`."""
+    blocks = transformer_blocks(model)
+    if not 0 <= layer < len(blocks):
+        raise ModelLoadError(f"layer {layer} out of range: model has {len(blocks)} blocks")
     for name, module in model.named_modules():
-        if module is transformer_blocks(model)[layer]:
+        if module is blocks[layer]:
             return name + "."
     raise ModelLoadError(f"layer {layer} not found in {type(model).__name__}")
 
