@@ -1,0 +1,161 @@
+"""DPO on preference pairs with TRL's DPOTrainer, and held-out evidence that it worked.
+
+Evidence (on `eval_pairs` held-out pairs; log-probabilities are sums over response tokens, the
+response tokenized as TRL does: prompt + response + EOS, response = tokens after the common prefix):
+
+- preference margin of a model pi:  m_pi = beta * (log pi(chosen|x) - log pi(rejected|x))
+- `reward_accuracy_{base,finetuned}` = fraction of pairs with m_pi > 0; `reward_margin_*` = mean m_pi.
+  For the base model this is its own preference (its DPO implicit reward against itself is 0).
+- `implicit_reward_accuracy/margin`: DPO's implicit reward with the base as reference,
+  r(x, y) = beta * (log pi_ft(y|x) - log pi_base(y|x)); margin = r(chosen) - r(rejected) = m_ft - m_base
+  (what TRL logs as rewards/accuracies and rewards/margins during training).
+- `beats_base`: reward_accuracy_finetuned > reward_accuracy_base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lfp import io
+from lfp.config import DpoFinetune
+from lfp.errors import DataError
+
+PAIR_FIELDS = {"id": str, "prompt": str, "chosen": str, "rejected": str}
+
+
+def load_pairs(path: Path) -> list[dict[str, Any]]:
+    return io.read_jsonl(path, PAIR_FIELDS)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["prompt"], row["chosen"], row["rejected"]
+
+
+def exclude_heldout(train: Sequence[dict[str, Any]], heldout: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Training pairs minus any pair whose id or (prompt, chosen, rejected) is in the held-out set."""
+    ids = {r["id"] for r in heldout}
+    keys = {_key(r) for r in heldout}
+    kept = [r for r in train if r["id"] not in ids and _key(r) not in keys]
+    return kept, len(train) - len(kept)
+
+
+def seeded_subset(rows: Sequence[dict[str, Any]], limit: int, seed: int) -> list[dict[str, Any]]:
+    """`limit` rows in a seeded random order (0 = all rows, in that order)."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    if limit:
+        order = order[:limit]
+    return [rows[int(i)] for i in order]
+
+
+def encode(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
+    """(ids of prompt + response + EOS, index of the first response token), as DPOTrainer tokenizes."""
+    prompt_ids = tokenizer(text=prompt)["input_ids"]
+    full = tokenizer(text=prompt + response + tokenizer.eos_token)["input_ids"]
+    start = 0
+    while start < min(len(prompt_ids), len(full)) and prompt_ids[start] == full[start]:
+        start += 1
+    return full, start
+
+
+def fitting_pairs(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+    """Pairs whose prompt + longer response + EOS fit `max_length` tokens, so training and evaluation
+    compare whole responses (TRL would otherwise cut the response end or drop the pair)."""
+    kept = []
+    for row in rows:
+        lengths = [len(encode(tokenizer, row["prompt"], row[side])[0]) for side in ("chosen", "rejected")]
+        if max(lengths) <= max_length:
+            kept.append(row)
+    return kept
+
+
+def dpo_config(cfg: DpoFinetune, learning_rate: float, output_dir: str, seed: int, bf16: bool) -> Any:
+    """DPOConfig from params.finetune.<task>: AdamW with adam_epsilon, fp32 unless bf16 is supported."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=output_dir,
+        max_steps=cfg.steps,
+        learning_rate=learning_rate,
+        beta=cfg.beta,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_length,
+        optim="adamw_torch",
+        adam_epsilon=cfg.adam_epsilon,
+        bf16=bf16,
+        fp16=False,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def train(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], args: Any) -> Any:
+    """Run DPOTrainer (reference = a frozen copy of the base, loaded by TRL); returns the trainer."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    data = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    return trainer
+
+
+@torch.inference_mode()
+def response_log_probs(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], device: Any, batch_size: int) -> np.ndarray:
+    """Sum of log pi(response token | prefix) over the response tokens (EOS included), per pair."""
+    model.eval()
+    pad = tokenizer.pad_token_id
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [encode(tokenizer, p, r) for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        resp = torch.zeros_like(ids)
+        for i, (seq, first) in enumerate(encoded):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            att[i, : len(seq)] = 1
+            resp[i, first : len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float().cpu()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        out.append((logp * resp[:, 1:]).sum(dim=1))
+    return torch.cat(out).double().numpy()
+
+
+def pair_log_probs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], device: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    prompts = [r["prompt"] for r in rows]
+    chosen = response_log_probs(model, tokenizer, prompts, [r["chosen"] for r in rows], device, batch_size)
+    rejected = response_log_probs(model, tokenizer, prompts, [r["rejected"] for r in rows], device, batch_size)
+    return chosen, rejected
+
+
+def preference_metrics(base: tuple[np.ndarray, np.ndarray], finetuned: tuple[np.ndarray, np.ndarray], beta: float) -> dict[str, Any]:
+    """Accuracies and margins of base vs fine-tuned (definitions in the module docstring)."""
+    m_base = beta * (base[0] - base[1])
+    m_ft = beta * (finetuned[0] - finetuned[1])
+    implicit = m_ft - m_base
+    acc_base, acc_ft = float(np.mean(m_base > 0)), float(np.mean(m_ft > 0))
+    return {
+        "reward_accuracy_base": acc_base,
+        "reward_accuracy_finetuned": acc_ft,
+        "reward_margin_base": float(np.mean(m_base)),
+        "reward_margin_finetuned": float(np.mean(m_ft)),
+        "implicit_reward_accuracy": float(np.mean(implicit > 0)),
+        "implicit_reward_margin": float(np.mean(implicit)),
+        "beats_base": acc_ft > acc_base,
+    }
+
+
+def require_pairs(rows: Sequence[dict[str, Any]], source: Path, what: str) -> None:
+    if not rows:
+        raise DataError(f"{source}: no {what} left (check finetune.<task>.max_length and the prepared data)")

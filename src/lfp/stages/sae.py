@@ -1,0 +1,215 @@
+"""`lfp sae --model M --task T`: two sparse autoencoders per chosen layer, their matching and quality.
+
+Per layer (§3.2): dictionaries of r·d_model features for r in `sae.ratios` (paper: n and 2n), tied
+weights unless `sae.tied: false` (Table 11's comparison), l1 from `model_specs.M.sae_l1` or
+`sae.l1`, trained on at most `sae.max_train_rows` cached rows. A seeded `sae.heldout_fraction` of
+the cached *texts* (not rows: rows of one text are correlated) is held out for evaluation.
+
+Matching (§3.4, Sharkey et al.): cosine similarity between the smallest and largest dictionaries'
+decoder directions → per small feature its max cosine, their mean (MMCS), the ranking the
+explain stage uses, and a one-to-one Hungarian matching (models/sae/{m}-{t}/matching.json).
+
+Quality (reports/runs/{m}-{t}/sae.json, same numbers in MLflow), on held-out rows / texts:
+mse (the paper's "normalized reconstruction loss": mean over elements), fvu, l0, dead_fraction,
+and the LM's next-token cross-entropy with the layer's MLP output replaced by the reconstruction
+(ce_recon), left alone (ce_clean) or zeroed (ce_zero): ce_recovered = (zero − recon)/(zero − clean).
+Table-11-style summaries: table11_x{r}_sparsity = mean L0 / 100 (the paper's "scaled true
+sparsity") and table11_x{r}_reconstruction = mean mse, averaged over the chosen layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lfp import io, paths
+from lfp.config import Params, section_dict
+from lfp.errors import ArtifactError, ConfigError
+from lfp.modeling import load_model, replace_mlp_outputs
+from lfp.sae import (
+    SparseAutoencoder,
+    dictionary_matching,
+    matching_file,
+    reconstruction_metrics,
+    save_sae,
+    select_rows,
+    train_saes,
+)
+from lfp.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+CE_BATCH = 8  # texts per forward pass when scoring cross-entropy
+INDEX_FIELDS = ("layers", "n_rows", "d_model", "n_texts", "text_offsets")
+
+
+def metrics_file(model: str, task: str) -> Path:
+    return paths.report_dir(model, task) / "sae.json"
+
+
+def read_index(directory: Path) -> dict[str, Any]:
+    path = directory / "index.json"
+    index = io.read_json(path)
+    for key in INDEX_FIELDS:
+        if key not in index:
+            raise ArtifactError(f"{path}: missing field '{key}'")
+    if len(index["text_offsets"]) != index["n_texts"] + 1 or index["text_offsets"][-1] != index["n_rows"]:
+        raise ArtifactError(f"{path}: 'text_offsets' does not match 'n_texts' / 'n_rows'")
+    return index
+
+
+def load_layer(directory: Path, layer: int, index: dict[str, Any]) -> np.ndarray:
+    path = directory / f"layer{layer}.npy"
+    acts = io.load_npy(path)
+    if acts.shape != (index["n_rows"], index["d_model"]) or acts.dtype != np.float32:
+        raise ArtifactError(f"{path}: expected float32 {(index['n_rows'], index['d_model'])}, got {acts.dtype} {acts.shape}")
+    return acts
+
+
+def heldout_texts(offsets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Seeded held-out indices among the texts that have rows (≥ 1, leaving ≥ 1 for training),
+    in seeded order."""
+    candidates = np.flatnonzero(np.diff(offsets) > 0)
+    if len(candidates) < 2:
+        raise ArtifactError(f"activations: {len(candidates)} cached non-empty text(s); need at least 2 to hold some out")
+    n_held = min(max(round(fraction * len(candidates)), 1), len(candidates) - 1)
+    return np.random.default_rng(seed).permutation(candidates)[:n_held]
+
+
+def split_rows(offsets: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train row indices, held-out row indices), each ascending."""
+    is_held = np.zeros(int(offsets[-1]), dtype=bool)
+    for i in held:
+        is_held[offsets[i] : offsets[i + 1]] = True
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def subset(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    return rows[select_rows(len(rows), limit, seed)]
+
+
+@torch.inference_mode()
+def cross_entropy(model: Any, sequences: list[np.ndarray], pad_id: int, device: torch.device | str) -> float:
+    """Mean next-token cross-entropy over all real (non-padding) target tokens."""
+    total, count = 0.0, 0
+    for lo in range(0, len(sequences), CE_BATCH):
+        seqs = sequences[lo : lo + CE_BATCH]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.from_numpy(s)
+            mask[i, : len(s)] = True
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits[:, :-1].float()
+        target_mask = mask[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[target_mask], ids[:, 1:][target_mask], reduction="sum")
+        total += float(losses)
+        count += int(target_mask.sum())
+    if count == 0:
+        raise ArtifactError("sae: the cross-entropy texts have no next-token targets (all one token long)")
+    return total / count
+
+
+def reconstruction_hook(sae: SparseAutoencoder):
+    def replace(out: torch.Tensor) -> torch.Tensor:
+        return sae(out.float())[0].to(out.dtype)
+
+    return replace
+
+
+def ce_recovered(clean: float, recon: float, zero: float) -> float:
+    denom = zero - clean
+    return (zero - recon) / denom if abs(denom) > 1e-12 else float("nan")
+
+
+def run(params: Params, model: str | None, task: str | None) -> None:
+    assert model is not None and task is not None
+    from accelerate import Accelerator
+
+    cfg = params.sae
+    if len(set(cfg.ratios)) < 2:
+        raise ConfigError("params: 'sae.ratios' needs two different sizes (small and large dictionary) for matching")
+    small_r, large_r = min(cfg.ratios), max(cfg.ratios)
+    l1 = params.spec(model).sae_l1 if params.spec(model).sae_l1 is not None else cfg.l1
+    act_dir = paths.activations_dir(model, task)
+    index = read_index(act_dir)
+    layers, offsets = [int(x) for x in index["layers"]], np.asarray(index["text_offsets"], dtype=np.int64)
+    held = heldout_texts(offsets, cfg.heldout_fraction, params.seed)
+    train_rows, held_rows = split_rows(offsets, held)
+    train_rows = subset(train_rows, cfg.max_train_rows, params.seed)
+    held_rows = subset(held_rows, cfg.max_train_rows, params.seed)
+    input_ids = io.load_npy(act_dir / "input_ids.npy")
+    ce_texts = [np.array(input_ids[offsets[i] : offsets[i + 1]], dtype=np.int64) for i in held[: cfg.ce_eval_texts]]
+    ce_texts = [s for s in ce_texts if len(s) > 1]
+
+    with stage_run(
+        "sae", experiment=params.tracking.experiment, model=model, task=task,
+        params={"seed": params.seed, "sae": section_dict(cfg), "l1_effective": l1},
+        tags={"tied": cfg.tied, "model_source": params.spec(model).source},
+    ) as tracking:
+        lm, tokenizer = load_model(paths.finetuned_dir(model, task))
+        device = Accelerator().device
+        lm.to(device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ce_clean = cross_entropy(lm, ce_texts, pad_id, device)
+        metrics: dict[str, Any] = {"train_rows": len(train_rows), "heldout_rows": len(held_rows),
+                                   "ce_texts": len(ce_texts), "l1": l1, "ce_clean": ce_clean}
+        matching: dict[str, Any] = {"small_ratio": small_r, "large_ratio": large_r, "layers": {}}
+        start = time.perf_counter()
+        keys = [(layer, ratio) for layer in layers for ratio in cfg.ratios]
+        jobs = [(lambda L=layer: load_layer(act_dir, L, index)[train_rows], ratio * index["d_model"]) for layer, ratio in keys]
+        trained = dict(zip(keys, train_saes(
+            jobs, l1=l1, lr=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=params.seed, tied=cfg.tied,
+        )))
+        metrics["train_seconds"] = time.perf_counter() - start
+        with io.atomic_dir(paths.sae_dir(model, task)) as out:
+            for layer in layers:
+                held_x = load_layer(act_dir, layer, index)[held_rows]
+                with replace_mlp_outputs(lm, {layer: torch.zeros_like}):
+                    ce_zero = cross_entropy(lm, ce_texts, pad_id, device)
+                saes = {}
+                for ratio in cfg.ratios:
+                    sae, info = trained[(layer, ratio)]
+                    save_sae(sae, out / f"layer{layer}-x{ratio}.safetensors", {
+                        "layer": layer, "ratio": ratio, "l1": l1, "learning_rate": cfg.learning_rate,
+                        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": params.seed,
+                        "train_rows": info["rows"], "final_loss": info["final_loss"], "model": model, "task": task,
+                    })
+                    saes[ratio] = sae
+                    q = reconstruction_metrics(sae, held_x)
+                    with replace_mlp_outputs(lm, {layer: reconstruction_hook(sae.to(device))}):
+                        q["ce_recon"] = cross_entropy(lm, ce_texts, pad_id, device)
+                    sae.cpu()
+                    q.update(ce_clean=ce_clean, ce_zero=ce_zero, ce_recovered=ce_recovered(ce_clean, q["ce_recon"], ce_zero))
+                    q["final_train_loss"] = info["final_loss"]
+                    metrics.update({f"layer{layer}_x{ratio}_{k}": v for k, v in q.items()})
+                    log.info("sae %s-%s layer %d x%d: %s", model, task, layer, ratio, q)
+                m = dictionary_matching(saes[small_r].dictionary(), saes[large_r].dictionary())
+                matching["layers"][str(layer)] = m
+                metrics[f"layer{layer}_mmcs"] = m["mmcs"]
+                metrics[f"layer{layer}_hungarian_mean_cos"] = m["hungarian_mean_cos"]
+            io.write_json(out / "matching.json", matching)
+        metrics.update(summaries(metrics, layers, cfg.ratios))
+        tracking.write_metrics(metrics_file(model, task), metrics)
+        tracking.log_artifact(matching_file(model, task))
+
+
+def summaries(metrics: dict[str, Any], layers: list[int], ratios: list[int]) -> dict[str, float]:
+    """Means over the chosen layers, per dictionary size, plus Table 11's normalised numbers."""
+    def mean(keys: list[str]) -> float:
+        values = [metrics[k] for k in keys if metrics.get(k) is not None and np.isfinite(metrics[k])]
+        return float(np.mean(values)) if values else float("nan")
+
+    out = {"mean_mmcs": mean([f"layer{L}_mmcs" for L in layers])}
+    for r in ratios:
+        for name in ("mse", "fvu", "l0", "dead_fraction", "ce_recovered"):
+            out[f"mean_x{r}_{name}"] = mean([f"layer{L}_x{r}_{name}" for L in layers])
+        out[f"table11_x{r}_sparsity"] = out[f"mean_x{r}_l0"] / 100.0
+        out[f"table11_x{r}_reconstruction"] = out[f"mean_x{r}_mse"]
+    return out

@@ -1,0 +1,202 @@
+"""The sparse autoencoder: fast loop == autograd reference, learns planted structure, exact I/O,
+dictionary matching, and the sae stage's outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lfp import io, paths
+from lfp.errors import ArtifactError
+from lfp.sae import (
+    SparseAutoencoder,
+    dictionary_matching,
+    load_sae,
+    reconstruction_metrics,
+    sae_file,
+    save_sae,
+    train_sae,
+    train_sae_reference,
+    train_saes,
+)
+
+
+def planted(n_rows: int = 3000, d: int = 32, n_features: int = 64, p_active: float = 0.04, seed: int = 0) -> np.ndarray:
+    """Rows = sparse non-negative combinations of unit feature directions + small noise."""
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n_features, d))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    codes = (rng.random((n_rows, n_features)) < p_active) * rng.exponential(1.0, (n_rows, n_features))
+    return (codes @ feats + 0.01 * rng.standard_normal((n_rows, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_fast_loop_matches_autograd_reference(tied: bool) -> None:
+    x = planted(1000)
+    kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=2, seed=3, tied=tied, max_rows=900)
+    fast, stats = train_sae(x, 48, **kw)
+    ref = train_sae_reference(x, 48, **kw)
+    assert stats["rows"] == 900 and stats["steps"] == 2 * 29  # last batch of each epoch is partial
+    for (name, a), (_, b) in zip(fast.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4, msg=name)
+    assert (fast.decoder_weight is None) == tied
+
+
+def test_parallel_training_equals_one_at_a_time() -> None:
+    data = {s: planted(400, seed=s) for s in (0, 1)}
+    kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0)
+    jobs = [(lambda s=s: data[s], h) for s in (0, 1) for h in (32, 64)]
+    together = train_saes(jobs, workers=2, **kw)
+    for (load, h), (sae, stats) in zip(jobs, together):
+        alone, _ = train_sae(load(), h, threads=1, **kw)
+        assert sae.d_hidden == h and stats["rows"] == 400
+        assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), alone.state_dict().values()))
+
+
+def test_training_learns_planted_sparse_structure() -> None:
+    x = planted(4000)
+    held = x[-500:]
+    sae, stats = train_sae(x[:-500], 64, l1=1e-3, lr=3e-3, batch_size=32, epochs=3, seed=0)
+    before = SparseAutoencoder(32, 64)
+    before.reset_parameters(torch.Generator().manual_seed(0))
+    q0, q = reconstruction_metrics(before, held), reconstruction_metrics(sae, held)
+    assert stats["final_loss"] < 0.5 * stats["first_loss"]
+    assert stats["epoch_loss"][-1] < stats["epoch_loss"][0]
+    assert q["fvu"] < 0.25 < q0["fvu"]
+    assert q["l0"] < 32  # sparse: fewer active codes than input dimensions
+    assert np.allclose(np.linalg.norm(sae.encoder_weight.detach().numpy(), axis=1), 1.0, atol=1e-5)
+
+
+def test_reconstruction_metrics_formulas() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    sae = SparseAutoencoder(8, 16)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.encoder_bias[:4] = -100.0  # four features can never fire
+        x_hat, codes = sae(torch.from_numpy(x))
+    x_hat, codes = x_hat.numpy().astype(np.float64), codes.numpy()
+    q = reconstruction_metrics(sae, x)
+    err = ((x - x_hat) ** 2).sum()
+    assert q["mse"] == pytest.approx(err / x.size, rel=1e-6)
+    assert q["fvu"] == pytest.approx(err / ((x - x.mean(0)) ** 2).sum(), rel=1e-6)
+    assert q["l0"] == pytest.approx((codes > 0).sum(1).mean())
+    assert q["dead_fraction"] == pytest.approx((~(codes > 0).any(0)).mean()) and q["dead_fraction"] >= 0.25
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_save_load_round_trip_is_bit_exact(tmp_path: Path, tied: bool) -> None:
+    sae, _ = train_sae(planted(300), 40, l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0, tied=tied)
+    path = tmp_path / "layer3-x2.safetensors"
+    save_sae(sae, path, {"layer": 3, "ratio": 2, "l1": 1e-3})
+    back = load_sae(path)
+    assert (back.d_in, back.d_hidden, back.tied, back.training) == (32, 40, tied, False)
+    for (k, a), (k2, b) in zip(sae.state_dict().items(), back.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.from_numpy(planted(50, seed=5))
+    assert torch.equal(sae.encode(x), back.encode(x)) and torch.equal(sae(x)[0], back(x)[0])
+    cfg = io.read_json(path.with_suffix(".json"))
+    assert cfg["layer"] == 3 and cfg["d_hidden"] == 40 and cfg["tied"] is tied
+
+
+def test_corrupt_or_mismatched_files_raise(tmp_path: Path) -> None:
+    sae = SparseAutoencoder(8, 16)
+    sae.reset_parameters()
+    path = tmp_path / "s.safetensors"
+    save_sae(sae, path, {})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="s.safetensors"):
+        load_sae(path)
+    save_sae(sae, path, {})
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**cfg, "d_hidden": 17}))
+    with pytest.raises(ArtifactError, match="do not match"):
+        load_sae(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ArtifactError, match="s.json"):
+        load_sae(path)
+
+
+def test_matching_of_permuted_copy_recovers_permutation() -> None:
+    rng = np.random.default_rng(0)
+    small = torch.from_numpy(rng.standard_normal((20, 16)))
+    perm = rng.permutation(40)
+    large = torch.cat([small, torch.from_numpy(rng.standard_normal((20, 16)))])[perm] * 3.0  # scale-free
+    m = dictionary_matching(small, large)
+    assert m["mmcs"] == pytest.approx(1.0) and m["hungarian_mean_cos"] == pytest.approx(1.0)
+    inverse = np.argsort(perm)
+    assert m["hungarian"] == [[i, int(inverse[i])] for i in range(20)]
+    assert sorted(m["ranked_features"]) == list(range(20)) and len(m["max_cos"]) == 20
+    # a worse-matched feature ranks last
+    noisy = small.clone()
+    noisy[7] = torch.from_numpy(rng.standard_normal(16))
+    m2 = dictionary_matching(noisy, large)
+    assert m2["ranked_features"][-1] == 7 and m2["mmcs"] < 1.0
+
+
+def test_small_and_large_dictionaries_start_independent() -> None:
+    """Untrained (lr ~ 0) n and 2n dictionaries must not match: shared init would fake MMCS ≈ 1."""
+    x = planted(64)
+    kw = dict(l1=1e-3, lr=1e-12, batch_size=32, epochs=1, seed=0)
+    small, _ = train_sae(x, 32, **kw)
+    large, _ = train_sae(x, 64, **kw)
+    assert dictionary_matching(small.dictionary(), large.dictionary())["mmcs"] < 0.8
+
+
+def test_sae_stage_end_to_end(tiny_model_dir: Path, in_tmp_project: Path, micro_params) -> None:
+    from lfp.stages import activations
+    from lfp.stages import sae as stage
+
+    texts = ["This movie was great and I loved the acting.", "The film was terrible, boring and long.",
+             "An okay story with a good cast but a weak ending.", "What a wonderful, beautiful and happy film!"]
+    train = in_tmp_project / "data/prepared/vader/train.jsonl"
+    train.parent.mkdir(parents=True)
+    train.write_text("".join(json.dumps({"id": f"imdb-train-{i:06d}", "text": f"{texts[i % 4]} Take {i}.", "label": 1}) + "\n" for i in range(60)))
+    shutil.copytree(tiny_model_dir, in_tmp_project / "models/finetuned/tiny-vader")
+    layers = [2, 5]
+    io.write_json(in_tmp_project / paths.report_dir("tiny", "vader") / "divergence.json", {"chosen_layers": layers})
+    activations.run(micro_params, "tiny", "vader")
+    stage.run(micro_params, "tiny", "vader")
+
+    for L in layers:
+        for r in (1, 2):
+            s = load_sae(sae_file("tiny", "vader", L, r))
+            assert (s.d_in, s.d_hidden, s.tied) == (32, 32 * r, True)
+    matching = io.read_json(in_tmp_project / "models/sae/tiny-vader/matching.json")
+    assert sorted(matching["layers"]) == ["2", "5"]
+    entry = matching["layers"]["5"]
+    assert len(entry["max_cos"]) == 32 and sorted(entry["ranked_features"]) == list(range(32))
+    assert 0 < entry["mmcs"] <= 1 and len(entry["hungarian"]) == 32
+    metrics = io.read_json(in_tmp_project / paths.report_dir("tiny", "vader") / "sae.json")
+    for L in layers:
+        for r in (1, 2):
+            for k in ("mse", "fvu", "l0", "dead_fraction", "ce_clean", "ce_recon", "ce_zero", "ce_recovered"):
+                assert f"layer{L}_x{r}_{k}" in metrics
+        assert metrics[f"layer{L}_mmcs"] == pytest.approx(matching["layers"][str(L)]["mmcs"])
+    assert metrics["train_rows"] + metrics["heldout_rows"] == io.read_json(in_tmp_project / "data/activations/tiny-vader/index.json")["n_rows"]
+    assert metrics["table11_x1_sparsity"] == pytest.approx(metrics["mean_x1_l0"] / 100)
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[micro_params.tracking.experiment], output_format="list")
+    (run,) = [r for r in runs if r.info.run_name == "sae@tiny-vader"]
+    assert run.data.metrics["layer5_x2_fvu"] == pytest.approx(metrics["layer5_x2_fvu"])
+    assert run.data.tags["tied"] == "True"
+
+
+def test_heldout_split_is_by_text_and_skips_empty_texts() -> None:
+    from lfp.stages.sae import heldout_texts, split_rows
+
+    offsets = np.array([0, 3, 3, 7, 8, 12, 15])  # text 1 is empty
+    held = heldout_texts(offsets, 0.4, seed=0)
+    assert len(held) == 2 and 1 not in held
+    train, test = split_rows(offsets, held)
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(15))
+    owner = np.searchsorted(offsets, np.arange(15), side="right") - 1
+    assert set(owner[test]) == set(held.tolist()) and not set(owner[train]) & set(held.tolist())
