@@ -199,7 +199,7 @@ def element_codes(
 def base_control_saes(params: Params, model_name: str, task: str, base: Any, tokenizer: Any, layers: list[int], widths: dict[int, int]) -> dict[int, Any]:
     """Small SAEs trained on the *base* model's MLP outputs exactly as the activations and sae stages
     train the fine-tuned model's: same texts, truncation, held-out texts, row subset and settings."""
-    from lfp.sae import train_sae
+    from lfp.sae import train_saes
     from lfp.stages.activations import activation_corpus, cache_activations, layer_file
     from lfp.stages.sae import heldout_texts, split_rows, subset
 
@@ -207,18 +207,15 @@ def base_control_saes(params: Params, model_name: str, task: str, base: Any, tok
     l1 = params.spec(model_name).sae_l1 if params.spec(model_name).sae_l1 is not None else s.l1
     device = next(base.parameters()).device
     _, texts, _ = activation_corpus(params, task)
-    saes = {}
     with tempfile.TemporaryDirectory(prefix="lfp-probe-base-") as tmp:
         info = cache_activations(base, tokenizer, texts, layers, Path(tmp), max_length=act.max_length,
                                  batch_size=act.batch_size, chunk_rows=act.chunk_rows, device=device)
-        train_rows, _ = split_rows(np.asarray(info["text_offsets"]), heldout_texts(len(texts), s.heldout_fraction, params.seed))
+        offsets = np.asarray(info["text_offsets"])
+        train_rows, _ = split_rows(offsets, heldout_texts(offsets, s.heldout_fraction, params.seed))
         train_rows = subset(train_rows, s.max_train_rows, params.seed)
-        for layer in layers:
-            train_x = np.asarray(io.load_npy(layer_file(Path(tmp), layer))[train_rows])
-            sae, _info = train_sae(train_x, widths[layer], l1=l1, lr=s.learning_rate, batch_size=s.batch_size,
-                                   epochs=s.epochs, seed=params.seed, tied=s.tied)
-            saes[layer] = sae.to(device).eval()
-    return saes
+        jobs = [(lambda layer=layer: np.asarray(io.load_npy(layer_file(Path(tmp), layer))[train_rows]), widths[layer]) for layer in layers]
+        trained = train_saes(jobs, l1=l1, lr=s.learning_rate, batch_size=s.batch_size, epochs=s.epochs, seed=params.seed, tied=s.tied)
+    return {layer: sae.to(device).eval() for layer, (sae, _info) in zip(layers, trained)}
 
 
 # --------------------------------------------------------------------------------------------
