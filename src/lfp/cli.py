@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from lfp.errors import LfpError
@@ -49,9 +50,16 @@ def _configure_threads() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """Turn SIGTERM into an exception so atomic writes discard their temp files and the MLflow
+    run is closed as FAILED (SIGKILL cannot be caught: temp files `.*.tmp` may then remain)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_threads()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         from lfp.config import load_params, seed_everything
 
@@ -66,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"lfp.stages.{args.stage}")
         module.run(params, model=model, task=task)
     except LfpError as exc:
+        print(f"lfp {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions: outputs stay intact thanks to atomic writes
         print(f"lfp {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: to
 
     A hub id that cannot be reached fails with one line naming it.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = str(path_or_id)
@@ -40,6 +41,8 @@ def load_model(path_or_id: str | Path, *, revision: str | None = None, dtype: to
     except OSError as exc:
         hint = "" if local.is_dir() else " (hub unreachable offline? use a local path or source: tiny)"
         raise ModelLoadError(f"{source}: cannot load model{hint}: {str(exc).splitlines()[0][:200]}") from None
+    except SafetensorError as exc:
+        raise ModelLoadError(f"{source}/model.safetensors: corrupted or truncated weights ({exc})") from None
     except ValueError as exc:
         raise ModelLoadError(f"{source}: cannot load model: {str(exc).splitlines()[0][:200]}") from None
     if tokenizer.pad_token is None:

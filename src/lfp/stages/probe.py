@@ -101,6 +101,8 @@ def load_triples(task: str) -> Triples:
                 span = el["span"]
                 if len(span) != 2 or not all(isinstance(x, int) for x in span) or not 0 <= span[0] < span[1] <= len(el["text"]):
                     raise DataError(f"{where}: field '{role}.span' must be [start, end] inside '{role}.text'")
+                if el["text"][span[0] : span[1]] != el["word"]:
+                    raise DataError(f"{where}: '{role}.word' {el['word']!r} is not at '{role}.span' {span} of '{role}.text'")
                 out.texts[role].append(el["text"])
                 out.spans[role].append((span[0], span[1]))
                 out.words[role].append(el["word"])

@@ -1,0 +1,157 @@
+"""Secrets and unsafe loading: a planted API key never lands in any file or stream the pipeline
+writes; the source tree has no pickle / remote-code / shell-injection paths.
+
+Unit-level counterparts: tests/test_llm.py::test_key_never_leaks_into_logs_or_errors (key echoed by
+the server, logs at debug), tests/test_llm.py::test_bad_base_url_is_a_config_error (no credentials
+or non-http URLs), tests/test_tracking.py::test_stage_run_logs_tags_params_and_the_same_metrics
+(secret-looking params are not logged to MLflow).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rel_helpers import PLANTED_KEY, ROOT, assert_user_error, hh_pairs, run_lfp, write_jsonl, write_params
+from rel_helpers import mlflow_uri, project  # noqa: F401 - fixtures
+
+from lfp import paths
+
+# --------------------------------------------------------------------------------------------
+# a planted key through a real stage run
+# --------------------------------------------------------------------------------------------
+
+REPLY = {"toxicity": 1, "dangerousness": 1, "bias": 1, "positive": "Happy to help.", "neutral": "I see.", "negative": "Go away."}
+
+
+class StubLlm(http.server.ThreadingHTTPServer):
+    """An OpenAI-compatible endpoint on localhost: answers every chat call with REPLY, or, when
+    `echo_key`, fails with a 500 whose body repeats the Authorization header it received."""
+
+    def __init__(self, echo_key: bool) -> None:
+        self.echo_key = echo_key
+        self.auth_headers: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: StubLlm
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        auth = self.headers.get("authorization", "")
+        self.server.auth_headers.append(auth)
+        if self.server.echo_key:
+            status, body = 500, {"error": {"message": f"invalid credentials {auth}", "type": "server_error"}}
+        else:
+            status, body = 200, {"id": "c1", "object": "chat.completion", "created": 0, "model": "stub",
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": json.dumps(REPLY)}}]}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def stub_llm(request: pytest.FixtureRequest) -> Iterator[StubLlm]:
+    server = StubLlm(echo_key=request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def key_hits(*roots: Path) -> list[str]:
+    """Every file below the roots whose bytes contain the planted key (sqlite pages included)."""
+    return [str(p) for root in roots for p in root.rglob("*") if p.is_file() and PLANTED_KEY.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("stub_llm", [False, True], ids=["llm_answers", "llm_echoes_the_key"], indirect=True)
+def test_planted_api_key_is_sent_but_never_written(project, mlflow_uri, stub_llm):
+    """`lfp contrastive --task hh` with the openai backend against a local endpoint: the key goes
+    out in the Authorization header only; outputs, MLflow's database, stdout and stderr hold none
+    of it — also when the server echoes it back in an error."""
+    root, env = project
+    write_params(root, lambda d: (d["contrastive"]["hh"].update(backend="openai", max_triples=2),
+                                  d["llm"].update(max_retries=0, timeout_s=10.0)))
+    write_jsonl(root / "data/prepared/hh/heldout.jsonl", hh_pairs(3))
+    proc = run_lfp(["contrastive", "--task", "hh"], root,
+                   {**env, "OPENAI_API_KEY": PLANTED_KEY, "LFP_LLM_BASE_URL": stub_llm.url, "OPENAI_LOG": "debug"})
+    assert stub_llm.auth_headers and all(h == f"Bearer {PLANTED_KEY}" for h in stub_llm.auth_headers)
+    if stub_llm.echo_key:
+        assert_user_error(proc, "contrastive", f"LLM endpoint {stub_llm.url}", "HTTP 500")
+        assert not (root / paths.contrastive_file("hh")).exists()
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(Path(root / paths.contrastive_file("hh")).read_text().splitlines()) == 2
+    store = Path(mlflow_uri.removeprefix("sqlite:///")).parent
+    assert key_hits(root, store) == []
+    assert PLANTED_KEY not in proc.stdout and PLANTED_KEY not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the source tree
+# --------------------------------------------------------------------------------------------
+
+FORBIDDEN = {
+    r"trust_remote_code\s*=\s*True": "runs code shipped with a model",
+    r"\bimport pickle\b|\bpickle\.load|\bcloudpickle\b|\bjoblib\.load": "unpickling runs arbitrary code",
+    r"\btorch\.load\(": "torch.load unpickles",
+    r"allow_pickle\s*=\s*True": "np.load with pickles",
+    r"shell\s*=\s*True|os\.system\(|os\.popen\(": "shell injection",
+    r"yaml\.load\(|yaml\.unsafe_load|yaml\.full_load": "yaml.load builds arbitrary objects",
+    r"(?<![\w.])(eval|exec)\(": "evaluates strings as code",
+    r"verify\s*=\s*False": "disables TLS verification",
+}
+
+
+def source_lines() -> Iterator[tuple[str, int, str]]:
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            yield f"{path.relative_to(ROOT)}:{lineno}", lineno, line
+
+
+def test_source_has_no_unsafe_loading_or_shell():
+    hits = [f"{where}: {why}: {line.strip()}" for where, _, line in source_lines()
+            for pattern, why in FORBIDDEN.items() if re.search(pattern, line)]
+    assert hits == []
+
+
+def test_every_from_pretrained_refuses_remote_code():
+    """Each `from_pretrained(` call names trust_remote_code=False within its argument list."""
+    missing = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"from_pretrained\(", text):
+            depth, i = 1, m.end()
+            while depth and i < len(text):
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            if "trust_remote_code=False" not in text[m.end(): i]:
+                missing.append(f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}")
+    assert missing == []
+
+
+def test_the_scanner_can_fail():
+    """The patterns really match the unsafe forms (so an empty hit list means something)."""
+    bad = ["m = AutoModel.from_pretrained(x, trust_remote_code=True)", "import pickle", "torch.load(f)",
+           "np.load(p, allow_pickle=True)", "subprocess.run(c, shell=True)", "yaml.load(s)", "eval(s)",
+           "httpx.get(u, verify=False)"]
+    assert all(any(re.search(p, line) for p in FORBIDDEN) for line in bad)
+    assert not any(re.search(p, "model.eval()") for p in FORBIDDEN)
