@@ -52,7 +52,7 @@ def project(in_tmp_project: Path, tiny_model_dir: Path) -> Path:
     for task in ("hh", "toxic"):
         train, heldout = _pairs(task, "ft", 24, task == "toxic"), _pairs(task, "ho", 20, task == "toxic")
         train.append({**heldout[0], "id": f"{task}-leaked"})  # same content as a held-out pair: must be dropped
-        train.append({**train[0], "id": f"{task}-long", "prompt": "\n\nHuman:" + " bread" * 80 + "\n\nAssistant:"})
+        train.append({**train[0], "id": f"{task}-long", "prompt": "\n\nHuman:" + " bread" * 200 + "\n\nAssistant:"})
         io.write_jsonl(paths.PREPARED / task / "finetune.jsonl", train)
         io.write_jsonl(paths.PREPARED / task / "heldout.jsonl", heldout)
     return in_tmp_project

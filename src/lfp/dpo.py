@@ -23,7 +23,7 @@ import torch
 
 from lfp import io
 from lfp.config import DpoFinetune
-from lfp.errors import DataError
+from lfp.errors import ConfigError, DataError
 
 PAIR_FIELDS = {"id": str, "prompt": str, "chosen": str, "rejected": str}
 
@@ -44,12 +44,9 @@ def exclude_heldout(train: Sequence[dict[str, Any]], heldout: Sequence[dict[str,
     return kept, len(train) - len(kept)
 
 
-def seeded_subset(rows: Sequence[dict[str, Any]], limit: int, seed: int) -> list[dict[str, Any]]:
-    """`limit` rows in a seeded random order (0 = all rows, in that order)."""
-    order = np.random.default_rng(seed).permutation(len(rows))
-    if limit:
-        order = order[:limit]
-    return [rows[int(i)] for i in order]
+def seeded_order(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The rows in a seeded random order (so a prefix of it is a seeded random subset)."""
+    return [rows[int(i)] for i in np.random.default_rng(seed).permutation(len(rows))]
 
 
 def encode(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
@@ -62,27 +59,37 @@ def encode(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
     return full, start
 
 
-def fitting_pairs(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
-    """Pairs whose prompt + longer response + EOS fit `max_length` tokens, so training and evaluation
-    compare whole responses (TRL would otherwise cut the response end or drop the pair)."""
-    kept = []
-    for row in rows:
-        lengths = [len(encode(tokenizer, row["prompt"], row[side])[0]) for side in ("chosen", "rejected")]
-        if max(lengths) <= max_length:
-            kept.append(row)
+def fitting_pairs(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, limit: int = 0) -> list[dict[str, Any]]:
+    """The first `limit` (0 = all) pairs whose prompt + longer response + EOS fit `max_length` tokens,
+    so training and evaluation compare whole responses (TRL would otherwise cut the response end
+    or drop the pair). Tokenizes in chunks: one call per chunk is much faster than one per pair."""
+    kept: list[dict[str, Any]] = []
+    chunk = 256 if not limit else max(limit, 32)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        lengths = {
+            side: [len(ids) for ids in tokenizer(text=[r["prompt"] + r[side] + tokenizer.eos_token for r in part])["input_ids"]]
+            for side in ("chosen", "rejected")
+        }
+        kept += [r for r, c, j in zip(part, lengths["chosen"], lengths["rejected"]) if max(c, j) <= max_length]
+        if limit and len(kept) >= limit:
+            return kept[:limit]
     return kept
 
 
-def dpo_config(cfg: DpoFinetune, learning_rate: float, output_dir: str, seed: int, bf16: bool) -> Any:
-    """DPOConfig from params.finetune.<task>: AdamW with adam_epsilon, fp32 unless bf16 is supported."""
+def dpo_config(cfg: DpoFinetune, learning_rate: float, output_dir: str, seed: int, num_processes: int, bf16: bool) -> Any:
+    """DPOConfig from params.finetune.<task>: AdamW with adam_epsilon, fp32 unless bf16 is supported.
+    `batch_size` is the batch of one optimizer step over all processes (x gradient_accumulation_steps)."""
     from trl import DPOConfig
 
+    if cfg.batch_size % num_processes:
+        raise ConfigError(f"params: 'finetune.<dpo task>.batch_size' ({cfg.batch_size}) must be divisible by the number of processes ({num_processes})")
     return DPOConfig(
         output_dir=output_dir,
         max_steps=cfg.steps,
         learning_rate=learning_rate,
         beta=cfg.beta,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // num_processes,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
         optim="adamw_torch",

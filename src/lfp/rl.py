@@ -26,7 +26,7 @@ import torch
 
 from lfp import reward
 from lfp.config import GrpoFinetune
-from lfp.errors import DataError
+from lfp.errors import ConfigError, DataError
 
 VADER_FIELDS = {"id": str, "text": str}
 
@@ -84,7 +84,7 @@ def grpo_config(cfg: GrpoFinetune, output_dir: str, seed: int, num_processes: in
     from trl import GRPOConfig
 
     if cfg.mini_batch_size % num_processes:
-        raise DataError(f"finetune.vader.mini_batch_size ({cfg.mini_batch_size}) must be divisible by the number of processes ({num_processes})")
+        raise ConfigError(f"params: 'finetune.vader.mini_batch_size' ({cfg.mini_batch_size}) must be divisible by the number of processes ({num_processes})")
     steps_per_generation = cfg.batch_size // cfg.mini_batch_size
     return GRPOConfig(
         output_dir=output_dir,

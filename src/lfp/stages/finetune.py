@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from lfp import dpo, io, paths, rl
 from lfp.config import Params, section_dict
@@ -52,8 +53,6 @@ def _base_dir(model: str) -> Path:
 @contextlib.contextmanager
 def _tracking(params: Params, model: str, task: str, section: Any, extra: dict[str, Any], tags: dict[str, Any]) -> Iterator[StageRun | None]:
     """One MLflow run on the main process; other `accelerate launch` ranks get None."""
-    from accelerate import PartialState
-
     if not PartialState().is_main_process:
         yield None
         return
@@ -108,8 +107,6 @@ def run_vader(params: Params, model: str) -> None:
             "min_new_tokens_via": "generation_kwargs"}
     with _tracking(params, model, "vader", cfg, {}, tags) as tracker:
         with tempfile.TemporaryDirectory(prefix="lfp-grpo-") as tmp:
-            from accelerate import PartialState
-
             args = rl.grpo_config(cfg, tmp, params.seed, PartialState().num_processes, bf16_supported())
             start = time.perf_counter()
             trainer = rl.train(policy, tokenizer, train_prefixes, cfg, args)
@@ -166,17 +163,17 @@ def run_dpo(params: Params, model: str, task: str) -> None:
     train_all, heldout_all = dpo.load_pairs(train_file), dpo.load_pairs(heldout_file)
     policy, tokenizer = load_model(base_dir)
     train_rows, n_overlap = dpo.exclude_heldout(train_all, heldout_all)
-    fitting = dpo.fitting_pairs(tokenizer, train_rows, cfg.max_length)
-    train_rows = dpo.seeded_subset(fitting, cfg.max_train_pairs, params.seed)
+    fitting = dpo.fitting_pairs(tokenizer, dpo.seeded_order(train_rows, params.seed), cfg.max_length)
+    train_rows = fitting[: cfg.max_train_pairs or None]
     dpo.require_pairs(train_rows, train_file, f"training pairs within max_length={cfg.max_length}")
-    eval_rows = dpo.seeded_subset(dpo.fitting_pairs(tokenizer, heldout_all, cfg.max_length), cfg.eval_pairs, params.seed)
+    eval_rows = dpo.fitting_pairs(tokenizer, dpo.seeded_order(heldout_all, params.seed), cfg.max_length, cfg.eval_pairs)
     dpo.require_pairs(eval_rows, heldout_file, f"held-out pairs within max_length={cfg.max_length}")
     tags = {**base_tags(params, model), "rl_algorithm": "dpo", "paper_algorithm": "dpo"}
     if task == "toxic":
         tags["toxic_is_proxy"] = any(bool(r.get("proxy")) for r in train_all)
     with _tracking(params, model, task, cfg, {"learning_rate_effective": lr}, tags) as tracker:
         with tempfile.TemporaryDirectory(prefix="lfp-dpo-") as tmp:
-            args = dpo.dpo_config(cfg, lr, tmp, params.seed, bf16_supported())
+            args = dpo.dpo_config(cfg, lr, tmp, params.seed, PartialState().num_processes, bf16_supported())
             start = time.perf_counter()
             trainer = dpo.train(policy, tokenizer, train_rows, args)
             train_seconds = time.perf_counter() - start
@@ -198,7 +195,7 @@ def run_dpo(params: Params, model: str, task: str) -> None:
             "train_seconds": train_seconds,
             "train_pairs": len(train_rows),
             "train_pairs_excluded_heldout": n_overlap,
-            "train_pairs_too_long": len(train_all) - n_overlap - len(fitting),
+            "train_pairs_too_long": len(train_all) - n_overlap - len(fitting),  # of those not held out
             "eval_pairs": len(eval_rows),
             "optimizer_steps": int(trainer.state.global_step),
             "learning_rate": lr,
