@@ -125,3 +125,20 @@ def test_push_then_pull_into_fresh_clone_reruns_nothing(project, tmp_path):
     assert (clone / "models" / "finetuned" / "tiny-vader" / "model.safetensors").is_file()
     out = sh([dvc, "repro"], clone).stdout
     assert "Running stage" not in out, out
+
+
+def test_dvc_experiment_sweep_tags_its_mlflow_runs(project):
+    """`dvc exp run -S` (the Appendix F l1 sweep) logs to the project's MLflow store, tagged with
+    the experiment name. Runs last: it changes params.yaml in the workspace."""
+    import mlflow
+
+    sh([str(BIN / "dvc"), "exp", "run", "-n", "l1-sweep-2e-3", "-S", "sae.l1=0.002", "sae@tiny-vader"], project)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("lfp")
+    runs = mlflow.search_runs([exp.experiment_id], filter_string="tags.dvc_exp = 'l1-sweep-2e-3'", output_format="list")
+    names = {r.info.run_name for r in runs}
+    assert "sae@tiny-vader" in names, names
+    (sae_run,) = [r for r in runs if r.info.run_name == "sae@tiny-vader"]
+    assert sae_run.data.params["sae.l1"] == "0.002"
+    shown = sh([str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv"], project).stdout
+    assert "l1-sweep-2e-3" in shown

@@ -18,7 +18,7 @@ from conftest import SAMPLE_TEXTS
 
 VADER_KEYS = {"reward_base", "reward_finetuned", "reward_gain", "kl_to_base", "beats_base", "train_seconds"}
 DPO_KEYS = {"reward_accuracy_base", "reward_accuracy_finetuned", "reward_margin_base", "reward_margin_finetuned",
-            "implicit_reward_accuracy", "implicit_reward_margin", "beats_base", "train_seconds"}
+            "implicit_reward_accuracy", "implicit_reward_margin", "dpo_loss_base", "dpo_loss_finetuned", "beats_base", "train_seconds"}
 
 
 def _reviews(split: str, n: int) -> list[dict]:
@@ -207,6 +207,8 @@ def test_preference_metrics_definitions() -> None:
     assert m["reward_margin_finetuned"] == pytest.approx(0.1 * np.mean([3, 1, 1, -1]))
     assert m["implicit_reward_margin"] == pytest.approx(m["reward_margin_finetuned"] - m["reward_margin_base"])
     assert m["implicit_reward_accuracy"] == 0.75  # per-pair implicit margins: 1, 3, 2, -2 (x beta)
+    assert m["dpo_loss_base"] == pytest.approx(np.log(2))
+    assert m["dpo_loss_finetuned"] == pytest.approx(np.mean(np.log1p(np.exp(-0.1 * np.array([1, 3, 2, -2])))))
     assert dpo.preference_metrics(ft, base, beta=0.1)["beats_base"] is False
 
 

@@ -9,7 +9,11 @@ response tokenized as TRL does: prompt + response + EOS, response = tokens after
 - `implicit_reward_accuracy/margin`: DPO's implicit reward with the base as reference,
   r(x, y) = beta * (log pi_ft(y|x) - log pi_base(y|x)); margin = r(chosen) - r(rejected) = m_ft - m_base
   (what TRL logs as rewards/accuracies and rewards/margins during training).
-- `beats_base`: reward_accuracy_finetuned > reward_accuracy_base.
+- `dpo_loss_{base,finetuned}`: the held-out DPO loss, mean of -log sigmoid(implicit margin), with
+  the base as reference. It is DPO's own objective; the base model scores exactly ln 2 on it.
+- `beats_base`: dpo_loss_finetuned < dpo_loss_base (the fine-tuned model is better than its base on
+  its own objective, on pairs it never saw). `reward_accuracy_*` is the stricter check that the
+  model's absolute preference flipped towards the preferred answer; it is reported beside it.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def dpo_config(cfg: DpoFinetune, learning_rate: float, output_dir: str, seed: in
     `batch_size` is the batch of one optimizer step over all processes (x gradient_accumulation_steps)."""
     from trl import DPOConfig
 
+    from lfp.rl import trainer_defaults
+
     if cfg.batch_size % num_processes:
         raise ConfigError(f"params: 'finetune.<dpo task>.batch_size' ({cfg.batch_size}) must be divisible by the number of processes ({num_processes})")
     return DPOConfig(
@@ -94,15 +100,7 @@ def dpo_config(cfg: DpoFinetune, learning_rate: float, output_dir: str, seed: in
         max_length=cfg.max_length,
         optim="adamw_torch",
         adam_epsilon=cfg.adam_epsilon,
-        bf16=bf16,
-        fp16=False,
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **trainer_defaults(seed, bf16),
     )
 
 
@@ -152,6 +150,7 @@ def preference_metrics(base: tuple[np.ndarray, np.ndarray], finetuned: tuple[np.
     m_ft = beta * (finetuned[0] - finetuned[1])
     implicit = m_ft - m_base
     acc_base, acc_ft = float(np.mean(m_base > 0)), float(np.mean(m_ft > 0))
+    dpo_loss = float(np.mean(np.logaddexp(0.0, -implicit)))  # -log sigmoid(x) = log(1 + e^-x)
     return {
         "reward_accuracy_base": acc_base,
         "reward_accuracy_finetuned": acc_ft,
@@ -159,7 +158,9 @@ def preference_metrics(base: tuple[np.ndarray, np.ndarray], finetuned: tuple[np.
         "reward_margin_finetuned": float(np.mean(m_ft)),
         "implicit_reward_accuracy": float(np.mean(implicit > 0)),
         "implicit_reward_margin": float(np.mean(implicit)),
-        "beats_base": acc_ft > acc_base,
+        "dpo_loss_base": float(np.log(2.0)),
+        "dpo_loss_finetuned": dpo_loss,
+        "beats_base": dpo_loss < float(np.log(2.0)),
     }
 
 

@@ -79,6 +79,23 @@ def make_reward_fn(completion_only: bool) -> Callable[..., list[float]]:
     return vader_reward
 
 
+def trainer_defaults(seed: int, bf16: bool) -> dict[str, Any]:
+    """TrainingArguments shared by the GRPO and DPO set-ups: fp32 unless the device has bf16 (bf16
+    autocast made a CPU DPO step 4.4x slower), seeded, no checkpoints, our own MLflow logging only
+    (TRL would open a second run), in-process data loading."""
+    return {
+        "bf16": bf16,
+        "fp16": False,
+        "seed": seed,
+        "data_seed": seed,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
 def grpo_config(cfg: GrpoFinetune, output_dir: str, seed: int, num_processes: int, bf16: bool) -> Any:
     """Map the paper's PPO hyper-parameters onto TRL's GRPOConfig (module docstring)."""
     from trl import GRPOConfig
@@ -105,15 +122,7 @@ def grpo_config(cfg: GrpoFinetune, output_dir: str, seed: int, num_processes: in
         top_k=0,
         loss_type="dapo",  # token-level mean over the batch, like PPO's masked mean
         gradient_checkpointing=False,
-        bf16=bf16,
-        fp16=False,
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **trainer_defaults(seed, bf16),
     )
 
 

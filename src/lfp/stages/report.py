@@ -114,9 +114,11 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             rows.append([m, t, "mean VADER reward", fmt(f.get("reward_base")), fmt(f.get("reward_finetuned")),
                          fmt(f.get("kl_to_base")), fmt(f.get("beats_base"))])
         else:
-            rows.append([m, t, "DPO reward accuracy", fmt(f.get("reward_accuracy_base"), pct=True),
-                         fmt(f.get("reward_accuracy_finetuned"), pct=True), MISSING, fmt(f.get("beats_base"))])
-            rows.append([m, t, "DPO reward margin", fmt(f.get("reward_margin_base")),
+            rows.append([m, t, "held-out DPO loss (own objective; base = ln 2)", fmt(f.get("dpo_loss_base")),
+                         fmt(f.get("dpo_loss_finetuned")), MISSING, fmt(f.get("beats_base"))])
+            rows.append([m, t, "absolute preference accuracy (stricter)", fmt(f.get("reward_accuracy_base"), pct=True),
+                         fmt(f.get("reward_accuracy_finetuned"), pct=True), MISSING, ""])
+            rows.append([m, t, "preference margin", fmt(f.get("reward_margin_base")),
                          fmt(f.get("reward_margin_finetuned")), MISSING, ""])
     s = Section("Fine-tuning evidence (base vs fine-tuned, held-out data)")
     s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "objective", "base", "fine-tuned", "KL to base", "beats base"])))
