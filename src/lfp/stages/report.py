@@ -162,7 +162,8 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             rows.append([f"{m} (ours)", fmt(p.get("kendall_tau")), fmt(p.get("kendall_p")), ci(p, "kendall_tau"),
                          fmt(p.get("kendall_tau_negative")), fmt(p.get("kendall_p_negative")), p.get("n_words", MISSING)])
             rows.append([f"{m} untrained Xavier probe (ours)", fmt(p.get("baseline_kendall_tau")), fmt(p.get("baseline_kendall_p")), MISSING, MISSING, MISSING, ""])
-            rows.append([f"{m} base-model control (ours)", fmt(p.get("base_control_kendall_tau")), fmt(p.get("base_control_kendall_p")), MISSING, MISSING, MISSING, ""])
+            rows.append([f"{m} base-model control (ours)", fmt(p.get("base_control_kendall_tau")), fmt(p.get("base_control_kendall_p")),
+                         ci(p, "base_control_kendall_tau"), fmt(p.get("base_control_kendall_tau_negative")), fmt(p.get("base_control_kendall_p_negative")), ""])
             rows.append([f"{m} shuffled-label control (ours)", fmt(p.get("shuffled_kendall_tau")), fmt(p.get("shuffled_kendall_p")), MISSING, MISSING, MISSING, ""])
         t4, t10 = paper["table4_kendall_tau"], paper["table10_negative_kendall_tau"]
         for pm, v in t4.items():
@@ -178,6 +179,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
         for (m, t), r in vader_runs.items():
             p = r["probe"]
             rows.append([f"{m} (ours)", fmt(p.get("sign_acc_positive"), pct=True), fmt(p.get("sign_acc_negative"), pct=True)])
+            rows.append([f"{m} base-model control (ours)", fmt(p.get("base_control_sign_acc_positive"), pct=True), fmt(p.get("base_control_sign_acc_negative"), pct=True)])
         for pm, v in paper["table5_sign_accuracy"].items():
             if not pm.startswith("_"):
                 rows.append([f"{pm} (paper)", f"{v['positive']}%", f"{v['negative']}%"])
