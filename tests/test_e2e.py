@@ -109,7 +109,8 @@ def test_mlflow_has_one_finished_run_per_stage_with_the_dvc_numbers(project):
         for stage in ("finetune", "probe", "sae", "validate"):
             on_disk = numeric_metrics(json.loads((project / "reports" / "runs" / m_t / f"{stage}.json").read_text()))
             logged = by_name[f"{stage}@{m_t}"].data.metrics
-            assert logged == pytest.approx(on_disk), f"{stage}@{m_t}: MLflow differs from the DVC metrics file"
+            # every DVC metric is in MLflow with the same value (MLflow may hold extra step curves)
+            assert {k: logged.get(k) for k in on_disk} == pytest.approx(on_disk), f"{stage}@{m_t}: MLflow differs from the DVC metrics file"
 
 
 def test_push_then_pull_into_fresh_clone_reruns_nothing(project, tmp_path):
