@@ -4,7 +4,9 @@ On a tiny GPT-NeoX (the offline default's shape: d_model 128, 6 layers, vocab 40
 texts, tokens, batch size and length-sorted batches: the cache (tokenize twice, hook 5 layers,
 copy rows out, write .npy files) against the transformer body alone and against the full model
 (with its LM head, i.e. "just run the model over the corpus"). Goal: overhead ratio ≤ 1.15. Also
-prints the peak RSS while caching next to the RSS before it (the cache itself is streamed to disk).
+prints the peak RSS while caching next to the RSS before it (the cache itself is streamed to disk),
+and checks that memory is bounded: the peak RSS growth while caching a corpus 4x as large, over
+the growth for the corpus itself (goal ≤ 1.10: it must not grow with corpus size).
 Run: `python benchmarks/activations_cache.py [--quick]`.
 """
 
@@ -115,6 +117,14 @@ def main() -> None:
             cached.append(time.perf_counter() - start)
             cache_peak.append(rss_mb())
         cache_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
+    growth = {}
+    for scale in (1, 4):  # the same corpus, then 4 copies of it: 4x the rows written
+        with tempfile.TemporaryDirectory() as tmp:
+            before = current_rss_mb()
+            reset_peak_rss()
+            cache_activations(model, tok, corpus * scale, LAYERS, Path(tmp), max_length=max_length,
+                              batch_size=batch_size, chunk_rows=chunk_rows)
+            growth[scale] = max(rss_mb() - before, 1.0)  # MB above the pre-caching RSS (>= 1 MB)
     body, full = min(body), min(full)
     cache_s = min(cached)
     print(
@@ -123,6 +133,11 @@ def main() -> None:
         f"tokens_per_s={info['n_rows'] / cache_s:.0f} cache_mb={cache_mb:.1f} "
         f"peak_rss_mb_while_caching={max(cache_peak):.0f} rss_before_caching_mb={min(base_rss):.0f} "
         f"threads={torch.get_num_threads()}"
+    )
+    print(
+        f"activations_cache: memory_growth_ratio_4x_corpus={growth[4] / growth[1]:.3f} goal=1.10 "
+        f"rss_growth_mb_1x={growth[1]:.0f} rss_growth_mb_4x={growth[4]:.0f} rows_1x={info['n_rows']} rows_4x={4 * info['n_rows']} "
+        f"chunk_rows={chunk_rows}"
     )
 
 

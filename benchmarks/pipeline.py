@@ -35,6 +35,8 @@ GOALS = {"repro_seconds": 15 * 60, "noop_seconds": 5.0, "peak_gib": 4.0}
 PROFILE_RATE = 20  # py-spy samples per second
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 LFP_CMD = re.compile(r"(?:^|[/ ])lfp (\w+)((?: --\w+ \S+)*)")
+LFP_STAGE_FRAME = re.compile(r"\(lfp/stages/(\w+)\.py:")
+LFP_FRAME = re.compile(r"\((?:.*/)?lfp/")
 
 
 def fresh_copy(dst: Path, params: Path) -> None:
@@ -74,15 +76,22 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, dict[str, float]]:
 
 
 def stage_of(stack: str) -> str:
-    """`stage@model-task` of the innermost `lfp <stage>` process in a py-spy stack, else 'dvc'."""
-    name = "dvc"
+    """`stage@model-task` of the innermost `lfp <stage>` process in a py-spy stack.
+
+    py-spy can label a freshly forked process with its parent's command line (it reads it before
+    the exec); such a process is named by the stage module in its frames and its pid instead."""
+    name, pid = "dvc", ""
     for frame in stack.split(";"):
         if frame.startswith("process "):
+            pid = frame.split(":", 1)[0].removeprefix("process ")
             match = LFP_CMD.search(frame)
             if match:
                 args = dict(re.findall(r"--(\w+) (\S+)", match.group(2)))
                 item = "-".join(args[k].strip('"') for k in ("model", "task") if k in args)
-                name = match.group(1) + (f"@{item}" if item else "")
+                name, pid = match.group(1) + (f"@{item}" if item else ""), ""
+    module = LFP_STAGE_FRAME.search(stack)
+    if pid and module:
+        return f"{module.group(1)} (pid {pid})"
     return name
 
 
@@ -98,7 +107,7 @@ def summarize_profile(raw: Path, out: Path, top: int = 6) -> str:
         n, stage = int(count), stage_of(stack)
         frames = [f for f in stack.split(";") if not f.startswith("process ")]
         per_stage[stage] += n
-        ours = [f for f in frames if "/lfp/" in f]
+        ours = [f for f in frames if LFP_FRAME.search(f)]
         lfp_frames[stage][ours[-1] if ours else "(outside lfp code)"] += n
         if frames:
             leaves[stage][frames[-1]] += n

@@ -58,6 +58,65 @@ def test_parallel_training_equals_one_at_a_time() -> None:
         assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), alone.state_dict().values()))
 
 
+@pytest.fixture(params=["onednn", "mm"])
+def gemm_backend(request, monkeypatch) -> str:
+    """Force _Step's GEMM path: oneDNN for any size, or torch.mm (MKL) only."""
+    import lfp.sae as sae_module
+
+    if request.param == "onednn":
+        if sae_module._ONEDNN_LINEAR is None:
+            pytest.skip("torch built without oneDNN")
+        monkeypatch.setattr(sae_module, "_ONEDNN_MIN_WEIGHTS", 0)
+    else:
+        monkeypatch.setattr(sae_module, "_ONEDNN_LINEAR", None)
+    return request.param
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_both_gemm_paths_match_autograd_reference(gemm_backend: str, tied: bool) -> None:
+    from lfp.sae import _Step
+
+    assert (_Step(SparseAutoencoder(32, 48, tied=tied), 1e-3).linear is not None) == (gemm_backend == "onednn")
+    x = planted(1000)
+    kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=2, seed=3, tied=tied, max_rows=900)
+    fast, stats = train_sae(x, 48, **kw)
+    ref = train_sae_reference(x, 48, **kw)
+    assert stats["steps"] == 2 * 29
+    for (name, a), (_, b) in zip(fast.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4, msg=name)
+    assert np.allclose(np.linalg.norm(fast.encoder_weight.detach().numpy(), axis=1), 1.0, atol=1e-6)
+
+
+def test_parallel_training_equals_one_at_a_time_on_both_gemm_paths(gemm_backend: str) -> None:
+    data = {s: planted(300, seed=s) for s in (0, 1)}
+    kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0)
+    jobs = [(lambda s=s: data[s], h) for s in (0, 1) for h in (32, 64)]
+    for workers in (1, 2):
+        for (load, h), (sae, _) in zip(jobs, train_saes(jobs, workers=workers, **kw)):
+            alone, _ = train_sae(load(), h, threads=1, **kw)
+            assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), alone.state_dict().values()))
+
+
+def test_gemm_path_follows_sae_size() -> None:
+    import lfp.sae as sae_module
+
+    small, large = SparseAutoencoder(32, 48), SparseAutoencoder(512, 1024)
+    assert sae_module._Step(small, 1e-3).linear is None
+    assert sae_module._Step(large, 1e-3).linear is sae_module._ONEDNN_LINEAR
+
+
+def test_training_normalisation_matches_normalize_rows() -> None:
+    from lfp.sae import _normalize_rows_with_, normalize_rows_
+
+    w = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 3.0
+    w[7] = 0.0
+    expected = w.clone()
+    normalize_rows_(expected)
+    _normalize_rows_with_(w, torch.empty(50, 1))
+    torch.testing.assert_close(w, expected, atol=0, rtol=2.5e-7)  # within one rounding of the division
+    assert torch.equal(w[7], torch.zeros(20))
+
+
 def test_training_learns_planted_sparse_structure() -> None:
     x = planted(4000)
     held = x[-500:]
