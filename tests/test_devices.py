@@ -329,7 +329,7 @@ def test_explain_stage_encodes_on_accelerates_device(spy: Spy, no_mlflow, in_tmp
 
 @pytest.mark.parametrize(("task", "where", "models"), [
     ("vader", "ablation.py:sample_rewards", 1),  # samples from the fine-tuned model
-    ("toxic", "ablation.py:response_logprobs", 2),  # scores the base model, moved to the fine-tuned model's device
+    ("toxic", "ablation.py:condition_scores", 2),  # scores the base model, moved to the fine-tuned model's device
 ])
 def test_validate_stage_ablates_on_accelerates_device(task: str, where: str, models: int, spy: Spy, no_mlflow, in_tmp_project: Path,
                                                        tiny_model_dir: Path, micro_params) -> None:
@@ -351,7 +351,7 @@ def test_ablation_kl_follows_the_models_device(spy: Spy, tiny_model_dir: Path) -
     lm, tok = tiny_on_meta(tiny_model_dir)
     saes = meta_saes([0, 2], 32)
     seqs = [tok(t)["input_ids"] for t in SAMPLE_TEXTS[:3]]
-    stops_on_meta("ablation.py:mean_next_token_kl", ablation.mean_next_token_kl, lm, saes, {0: [1, 2], 2: []}, seqs, 2, tok.pad_token_id)
+    stops_on_meta("ablation.py:condition_scores", ablation.mean_next_token_kl, lm, saes, {0: [1, 2], 2: []}, seqs, 2, tok.pad_token_id)
     assert spy.ran["SparseAutoencoder.encode"] == 2 and spy.ran["SparseAutoencoder.decode"] == 2  # the hooked pass ran
 
 

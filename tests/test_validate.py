@@ -121,6 +121,41 @@ def test_hook_changes_output_when_and_only_when_features_are_zeroed(model_and_sa
     assert kl["none"] == 0.0 and kl["recon"] > 0 and kl["active"] > 0 and kl["dead"] == pytest.approx(kl["recon"])
 
 
+def test_condition_scores_equal_one_condition_at_a_time(model_and_sae):
+    """The shared pass (unhooked logits once per batch, each condition once) gives exactly what
+    scoring each condition on its own gives: per-sequence response log-probs and the KL check."""
+    model, sae, _ = model_and_sae
+    saes = {1: sae, 3: sae}
+    conds = [("no_hook", None), ("recon", {}), ("some", {1: [0, 3, 5], 3: [2]}), ("other", {1: [7]})]
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, model.config.vocab_size, size=n).tolist() for n in (9, 4, 12, 7, 5)]
+    starts = [3, 1, 6, 2, 4]
+    logps, kls = ablation.condition_scores(model, saes, conds, seqs, 2, 0, response_starts=starts)
+
+    def one_condition(zeroed):  # the plain definition, one sequence at a time
+        lp, kl_sum, n = [], 0.0, 0
+        for seq, first in zip(seqs, starts):
+            ids = torch.tensor([seq])
+            with torch.no_grad():
+                ref = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+                with ablation.sae_hooks(model, saes, zeroed):
+                    cur = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+            lp.append(float(cur[torch.arange(first - 1, len(seq) - 1), ids[0, first:]].sum()))
+            kl_sum += float((ref.exp() * (ref - cur)).sum())
+            n += len(seq)
+        return np.asarray(lp), kl_sum / n
+
+    assert set(logps) == {name for name, _ in conds} and set(kls) == {"recon", "some", "other"}
+    for name, zeroed in conds:
+        lp, kl = one_condition(zeroed)
+        np.testing.assert_allclose(logps[name], lp, rtol=1e-4, atol=1e-4)
+        if zeroed is not None:
+            assert kls[name] == pytest.approx(kl, rel=1e-3, abs=1e-6) and kls[name] > 0
+    assert not np.allclose(logps["some"], logps["no_hook"])  # the hooks acted
+    no_kl, none = ablation.condition_scores(model, saes, conds, seqs, 2, 0, kl=False)
+    assert none == {} and all(len(v) == 0 for v in no_kl.values())
+
+
 def test_sae_replacement_zeroes_only_the_listed_codes(model_and_sae):
     _, sae, _ = model_and_sae
     x = torch.randn(3, 5, sae.d_in)

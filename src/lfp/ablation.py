@@ -54,6 +54,52 @@ def _padded(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
+def condition_scores(
+    model: Any, saes: Mapping[int, Any], conditions: Sequence[tuple[str, Mapping[int, Sequence[int]] | None]],
+    sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int, *,
+    response_starts: Sequence[int] | None = None, kl: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Score `sequences` under every condition (name, zeroed); `zeroed=None` is the unhooked model.
+
+    Returns (log-probs, KLs). log-probs[name][i] = Σ log p(token t | tokens < t) over t from
+    `response_starts[i]` to the end of sequence i (only when `response_starts` is given);
+    KLs[name] = mean KL(unhooked || condition) of the next-token distributions over all real
+    positions, for every hooked condition (when `kl`).
+
+    Why one function: every condition is compared with the same unhooked pass, so each batch runs
+    the unhooked model once and then each hooked condition once (the per-condition KL used to
+    recompute the unhooked pass, and the log-probs ran the hooked pass a second time). The numbers
+    are the same: same batches, same arithmetic, same order of accumulation per condition.
+    """
+    device = next(model.parameters()).device
+    hooked = [(name, zeroed) for name, zeroed in conditions if zeroed is not None]
+    logps: dict[str, list[float]] = {name: [] for name, _ in conditions}
+    kl_sums = {name: 0.0 for name, _ in hooked}
+    count = 0
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        ids, mask = _padded(batch, pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        real = mask.bool()
+        for name, zeroed in conditions:
+            if zeroed is None:
+                logp = ref
+            else:
+                with sae_hooks(model, saes, zeroed):
+                    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+                if kl:
+                    kl_sums[name] += float((ref.exp() * (ref - logp)).sum(-1)[real].sum())
+            if response_starts is not None:
+                taken = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu()
+                for i, seq in enumerate(batch):
+                    first = response_starts[start + i]
+                    logps[name].append(float(taken[i, first - 1 : len(seq) - 1].sum()))
+        count += int(mask.sum())
+    kls = {name: total / max(count, 1) for name, total in kl_sums.items()} if kl else {}
+    return {name: np.asarray(v) for name, v in logps.items()}, kls
+
+
 def mean_next_token_kl(
     model: Any, saes: Mapping[int, Any], zeroed: Mapping[int, Sequence[int]] | None,
     sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int,
@@ -63,18 +109,9 @@ def mean_next_token_kl(
     Why: with a small model, sampled completions can be identical across conditions even though
     the intervention moved the logits; the KL shows whether (and how much) an ablation acted.
     """
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(sequences), batch_size):
-        ids, mask = _padded(sequences[start : start + batch_size], pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        with sae_hooks(model, saes, zeroed):
-            hooked = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        kl = (ref.exp() * (ref - hooked)).sum(-1)
-        total += float(kl[mask.bool()].sum())
-        count += int(mask.sum())
-    return total / max(count, 1)
+    if zeroed is None:
+        return 0.0
+    return condition_scores(model, saes, [("hooked", zeroed)], sequences, batch_size, pad_id)[1]["hooked"]
 
 
 def random_features(
@@ -144,19 +181,11 @@ def encode_pair_side(tokenizer: Any, prompt: str, response: str, max_length: int
     return p + r, len(p)
 
 
-@torch.no_grad()
 def response_logprobs(model: Any, sequences: list[tuple[list[int], int]], batch_size: int, pad_id: int) -> np.ndarray:
-    """Sum of log p(response tokens | prompt) per sequence (padding masked out)."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        ids, mask = _padded([seq for seq, _ in batch], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
-        for i, (seq, first) in enumerate(batch):
-            out.append(float(logp[i, first - 1 : len(seq) - 1].sum()))
-    return np.asarray(out)
+    """Sum of log p(response tokens | prompt) per (ids, first response index) (padding masked out)."""
+    logps, _ = condition_scores(model, {}, [("model", None)], [seq for seq, _ in sequences], batch_size, pad_id,
+                                response_starts=[first for _, first in sequences], kl=False)
+    return logps["model"]
 
 
 def pair_sequences(tokenizer: Any, pairs: Sequence[Mapping[str, str]], max_length: int) -> tuple[list, list]:

@@ -439,7 +439,14 @@ def seed_everything(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # = torch.use_deterministic_algorithms(True, warn_only=True) without its import of
+        # torch._inductor (~1 s in every stage process, the pipeline profile showed): lfp compiles
+        # nothing, so the inductor flag that call also sets has no effect here
+        setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+        if setter is None:  # pragma: no cover - a torch without the private setter
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            setter(True, warn_only=True)
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     os.environ.setdefault("PYTHONHASHSEED", str(seed))

@@ -111,14 +111,13 @@ def score_vader(params: Params, model: str, task: str, lm: Any, tokenizer: Any, 
     cfg = params.validate
     texts = [row["text"] for row in io.read_jsonl(paths.PREPARED / "vader" / "test.jsonl", {"text": str})]
     prefixes = ablation.imdb_prefixes(texts, tokenizer, cfg.n_completions, cfg.prefix_tokens, np.random.default_rng(params.seed))
-    scores, kls = {}, {}
+    scores = {}
     for name, zeroed in conds:
         with ablation.sae_hooks(lm, saes, zeroed):
             rewards = ablation.sample_rewards(lm, tokenizer, prefixes, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=cfg.batch_size, seed=params.seed)
         scores[name] = float(np.mean(rewards))
-        if zeroed is not None:
-            kls[name] = ablation.mean_next_token_kl(lm, saes, zeroed, prefixes, cfg.batch_size, tokenizer.pad_token_id)
+    _, kls = ablation.condition_scores(lm, saes, conds, prefixes, cfg.batch_size, tokenizer.pad_token_id)
     return {"ablation_metric": "vader_reward", "ablation_n": len(prefixes), "scores": scores, "kl": kls}
 
 
@@ -136,14 +135,12 @@ def score_dpo(params: Params, model: str, task: str, lm: Any, tokenizer: Any, sa
     base_c = ablation.response_logprobs(base, chosen, cfg.batch_size, pad)
     base_r = ablation.response_logprobs(base, rejected, cfg.batch_size, pad)
     del base
-    scores, kls = {}, {}
-    for name, zeroed in conds:
-        with ablation.sae_hooks(lm, saes, zeroed):
-            pol_c = ablation.response_logprobs(lm, chosen, cfg.batch_size, pad)
-            pol_r = ablation.response_logprobs(lm, rejected, cfg.batch_size, pad)
-        scores[name] = float(ablation.dpo_margins(pol_c, pol_r, base_c, base_r, beta).mean())
-        if zeroed is not None:
-            kls[name] = ablation.mean_next_token_kl(lm, saes, zeroed, [seq for seq, _ in chosen], cfg.batch_size, pad)
+    # chosen: log-probs and the KL check in one pass per condition; rejected: log-probs only
+    pol_c, kls = ablation.condition_scores(lm, saes, conds, [seq for seq, _ in chosen], cfg.batch_size, pad,
+                                           response_starts=[first for _, first in chosen])
+    pol_r, _ = ablation.condition_scores(lm, saes, conds, [seq for seq, _ in rejected], cfg.batch_size, pad,
+                                         response_starts=[first for _, first in rejected], kl=False)
+    scores = {name: float(ablation.dpo_margins(pol_c[name], pol_r[name], base_c, base_r, beta).mean()) for name, _ in conds}
     return {"ablation_metric": "dpo_implicit_reward_margin", "ablation_n": len(pairs), "scores": scores, "kl": kls}
 
 
