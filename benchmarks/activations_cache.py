@@ -5,9 +5,10 @@ texts, tokens, batch size and length-sorted batches: the cache (tokenize twice, 
 copy rows out, write .npy files) against the transformer body alone and against the full model
 (with its LM head, i.e. "just run the model over the corpus"). Goal: overhead ratio ≤ 1.15. Also
 prints the peak RSS while caching next to the RSS before it (the cache itself is streamed to disk),
-and checks that memory is bounded: the peak RSS of a fresh process caching a corpus 4x as large,
-over that of one caching the corpus itself (goal ≤ 1.10; a cache held in memory would add the
-whole 4x cache, printed beside it).
+and checks that memory is bounded: fresh processes cache the corpus and 8 copies of it, and the
+extra peak RSS of the 8x process is divided by the extra cache it wrote (the fraction of the
+cache held in memory: 1.0 if it were kept whole; goal ≤ 0.10, where allocator noise of a few
+tens of MB sits).
 Run: `python benchmarks/activations_cache.py [--quick]`.
 """
 
@@ -134,11 +135,13 @@ def main() -> None:
         f"peak_rss_mb_while_caching={max(cache_peak):.0f} rss_before_caching_mb={min(base_rss):.0f} "
         f"threads={torch.get_num_threads()}"
     )
-    peak = {scale: peak_rss_of_child(scale, args) for scale in (1, 4)}
+    big = 8
+    peak = {scale: peak_rss_of_child(scale, args) for scale in (1, big)}
+    held = (peak[big] - peak[1]) / ((big - 1) * cache_mb)
     print(
-        f"activations_cache: peak_rss_ratio_4x_corpus={peak[4] / peak[1]:.3f} goal=1.10 "
-        f"peak_rss_mb_1x={peak[1]:.0f} peak_rss_mb_4x={peak[4]:.0f} rows_1x={info['n_rows']} rows_4x={4 * info['n_rows']} "
-        f"cache_mb_4x_if_held_in_memory={4 * cache_mb:.0f} chunk_rows={chunk_rows}"
+        f"activations_cache: memory_held_fraction={held:.3f} goal=0.10 ratio={held / 0.10:.2f} "
+        f"peak_rss_mb_1x={peak[1]:.0f} peak_rss_mb_{big}x={peak[big]:.0f} rows_1x={info['n_rows']} rows_{big}x={big * info['n_rows']} "
+        f"cache_mb_1x={cache_mb:.0f} cache_mb_{big}x={big * cache_mb:.0f} chunk_rows={chunk_rows}"
     )
 
 

@@ -72,3 +72,15 @@ def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Micro models run several times faster on one torch thread (no sync cost); on a loaded
+    2-core machine a 2-thread GEMM of their size can be ~100x slower. Restores the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,13 +22,7 @@ MICRO_TINY = TinyBase(vocab_size=300, d_model=16, n_layers=2, n_heads=2, d_ff=32
                       train_texts=100, heldout_texts=20, steps=30, batch_size=8, learning_rate=0.01, warmup_steps=3)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Micro models run several times faster on one thread (no sync cost), more so on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_reviews(n: int, seed: int = 0) -> None:

@@ -63,12 +63,7 @@ class GenerateReached(Exception):
     """`generate` was called with the model and its inputs on meta (sampling cannot run there)."""
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

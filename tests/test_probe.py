@@ -21,13 +21,7 @@ from lfp.stages import probe
 LAYERS = [1, 2, 3, 4, 5]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """On a loaded 2-core machine a 2-thread GEMM of this size is ~100x slower than 1 thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------
