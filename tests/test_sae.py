@@ -1,5 +1,5 @@
-"""The sparse autoencoder: fast loop == autograd reference, learns planted structure, exact I/O,
-dictionary matching, and the sae stage's outputs."""
+"""The sparse autoencoder: fast loop == autograd reference, learns planted structure, dictionary
+matching, and the sae stage's outputs (the file format: tests/test_sae_files.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,17 @@ import pytest
 import torch
 
 from lfp import io, paths
-from lfp.errors import ArtifactError
 from lfp.sae import (
     SparseAutoencoder,
     dictionary_matching,
     load_sae,
     reconstruction_metrics,
-    sae_file,
-    save_sae,
     train_sae,
     train_sae_reference,
     train_saes,
 )
+from lfp.sae import step as step_module
+from lfp.sae.step import GradientStep
 
 
 def planted(n_rows: int = 3000, d: int = 32, n_features: int = 64, p_active: float = 0.04, seed: int = 0) -> np.ndarray:
@@ -60,23 +59,19 @@ def test_parallel_training_equals_one_at_a_time() -> None:
 
 @pytest.fixture(params=["onednn", "mm"])
 def gemm_backend(request, monkeypatch) -> str:
-    """Force _Step's GEMM path: oneDNN for any size, or torch.mm (MKL) only."""
-    import lfp.sae as sae_module
-
+    """Force GradientStep's GEMM path: oneDNN for any size, or torch.mm (MKL) only."""
     if request.param == "onednn":
-        if sae_module._ONEDNN_LINEAR is None:
+        if step_module.ONEDNN_LINEAR is None:
             pytest.skip("torch built without oneDNN")
-        monkeypatch.setattr(sae_module, "_ONEDNN_MIN_WEIGHTS", 0)
+        monkeypatch.setattr(step_module, "ONEDNN_MIN_WEIGHTS", 0)
     else:
-        monkeypatch.setattr(sae_module, "_ONEDNN_LINEAR", None)
+        monkeypatch.setattr(step_module, "ONEDNN_LINEAR", None)
     return request.param
 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_both_gemm_paths_match_autograd_reference(gemm_backend: str, tied: bool) -> None:
-    from lfp.sae import _Step
-
-    assert (_Step(SparseAutoencoder(32, 48, tied=tied), 1e-3).linear is not None) == (gemm_backend == "onednn")
+    assert (GradientStep(SparseAutoencoder(32, 48, tied=tied), 1e-3).linear is not None) == (gemm_backend == "onednn")
     x = planted(1000)
     kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=2, seed=3, tied=tied, max_rows=900)
     fast, stats = train_sae(x, 48, **kw)
@@ -98,21 +93,20 @@ def test_parallel_training_equals_one_at_a_time_on_both_gemm_paths(gemm_backend:
 
 
 def test_gemm_path_follows_sae_size() -> None:
-    import lfp.sae as sae_module
-
     small, large = SparseAutoencoder(32, 48), SparseAutoencoder(512, 1024)
-    assert sae_module._Step(small, 1e-3).linear is None
-    assert sae_module._Step(large, 1e-3).linear is sae_module._ONEDNN_LINEAR
+    assert GradientStep(small, 1e-3).linear is None
+    assert GradientStep(large, 1e-3).linear is step_module.ONEDNN_LINEAR
 
 
 def test_training_normalisation_matches_normalize_rows() -> None:
-    from lfp.sae import _normalize_rows_with_, normalize_rows_
+    from lfp.sae import normalize_rows_
+    from lfp.sae.step import normalize_rows_with_
 
     w = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 3.0
     w[7] = 0.0
     expected = w.clone()
     normalize_rows_(expected)
-    _normalize_rows_with_(w, torch.empty(50, 1))
+    normalize_rows_with_(w, torch.empty(50, 1))
     torch.testing.assert_close(w, expected, atol=0, rtol=2.5e-7)  # within one rounding of the division
     assert torch.equal(w[7], torch.zeros(20))
 
@@ -148,40 +142,6 @@ def test_reconstruction_metrics_formulas() -> None:
     assert q["dead_fraction"] == pytest.approx((~(codes > 0).any(0)).mean()) and q["dead_fraction"] >= 0.25
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_save_load_round_trip_is_bit_exact(tmp_path: Path, tied: bool) -> None:
-    sae, _ = train_sae(planted(300), 40, l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0, tied=tied)
-    path = tmp_path / "layer3-x2.safetensors"
-    save_sae(sae, path, {"layer": 3, "ratio": 2, "l1": 1e-3})
-    back = load_sae(path)
-    assert (back.d_in, back.d_hidden, back.tied, back.training) == (32, 40, tied, False)
-    for (k, a), (k2, b) in zip(sae.state_dict().items(), back.state_dict().items()):
-        assert k == k2 and torch.equal(a, b)
-    x = torch.from_numpy(planted(50, seed=5))
-    assert torch.equal(sae.encode(x), back.encode(x)) and torch.equal(sae(x)[0], back(x)[0])
-    cfg = io.read_json(path.with_suffix(".json"))
-    assert cfg["layer"] == 3 and cfg["d_hidden"] == 40 and cfg["tied"] is tied
-
-
-def test_corrupt_or_mismatched_files_raise(tmp_path: Path) -> None:
-    sae = SparseAutoencoder(8, 16)
-    sae.reset_parameters()
-    path = tmp_path / "s.safetensors"
-    save_sae(sae, path, {})
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArtifactError, match="s.safetensors"):
-        load_sae(path)
-    save_sae(sae, path, {})
-    cfg = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".json").write_text(json.dumps({**cfg, "d_hidden": 17}))
-    with pytest.raises(ArtifactError, match="do not match"):
-        load_sae(path)
-    path.with_suffix(".json").unlink()
-    with pytest.raises(ArtifactError, match="s.json"):
-        load_sae(path)
-
-
 def test_matching_of_permuted_copy_recovers_permutation() -> None:
     rng = np.random.default_rng(0)
     small = torch.from_numpy(rng.standard_normal((20, 16)))
@@ -209,6 +169,7 @@ def test_small_and_large_dictionaries_start_independent() -> None:
 
 
 def test_sae_stage_end_to_end(tiny_model_dir: Path, in_tmp_project: Path, micro_params) -> None:
+    from lfp.sae import read_sae_config
     from lfp.stages import activations
     from lfp.stages import sae as stage
 
@@ -225,9 +186,11 @@ def test_sae_stage_end_to_end(tiny_model_dir: Path, in_tmp_project: Path, micro_
 
     for L in layers:
         for r in (1, 2):
-            s = load_sae(sae_file("tiny", "vader", L, r))
-            assert (s.d_in, s.d_hidden, s.tied) == (32, 32 * r, True)
-    matching = io.read_json(in_tmp_project / "models/sae/tiny-vader/matching.json")
+            s = load_sae(paths.sae_path("tiny", "vader", L, r))
+            assert (s.d_in, s.d_hidden, s.tied, s.architecture) == (32, 32 * r, True, "relu_l1")
+            meta = read_sae_config(paths.sae_path("tiny", "vader", L, r))["lfp_meta"]
+            assert (meta["layer"], meta["ratio"], meta["model"], meta["task"]) == (L, r, "tiny", "vader")
+    matching = io.read_json(paths.matching_file("tiny", "vader"))
     assert sorted(matching["layers"]) == ["2", "5"]
     entry = matching["layers"]["5"]
     assert len(entry["max_cos"]) == 32 and sorted(entry["ranked_features"]) == list(range(32))
@@ -238,7 +201,7 @@ def test_sae_stage_end_to_end(tiny_model_dir: Path, in_tmp_project: Path, micro_
             for k in ("mse", "fvu", "l0", "dead_fraction", "ce_clean", "ce_recon", "ce_zero", "ce_recovered"):
                 assert f"layer{L}_x{r}_{k}" in metrics
         assert metrics[f"layer{L}_mmcs"] == pytest.approx(matching["layers"][str(L)]["mmcs"])
-    assert metrics["train_rows"] + metrics["heldout_rows"] == io.read_json(in_tmp_project / "data/activations/tiny-vader/index.json")["n_rows"]
+    assert metrics["train_rows"] + metrics["heldout_rows"] == io.read_json(paths.activations_dir("tiny", "vader") / "index.json")["n_rows"]
     assert metrics["table11_x1_sparsity"] == pytest.approx(metrics["mean_x1_l0"] / 100)
 
     import mlflow

@@ -10,36 +10,59 @@ import importlib
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
 from lfp.errors import LfpError
 
-# stage name -> (needs --model, needs --task, help)
-STAGES: dict[str, tuple[bool, bool, str]] = {
-    "prepare": (False, False, "validate and normalize raw data into data/prepared/"),
-    "base": (True, False, "build the offline tiny base model or snapshot a hub/local model"),
-    "finetune": (True, True, "RL (GRPO on the VADER reward) or DPO fine-tuning via TRL"),
-    "divergence": (True, True, "per-layer parameter divergence and the top-k layers"),
-    "activations": (True, True, "cache MLP outputs of the chosen layers (memmap, no padding)"),
-    "sae": (True, True, "two tied sparse autoencoders per layer (n, 2n) + matching + quality"),
-    "contrastive": (False, True, "build (positive, neutral, negative) triples"),
-    "probe": (True, True, "activation deltas, probes, Kendall tau / sign / accuracy + controls"),
-    "explain": (True, True, "feature explanations and task-relatedness labels"),
-    "validate": (True, True, "feature frequency at high predicted delta; zero-ablation reward"),
-    "report": (False, False, "report.md/html with the paper's numbers beside ours"),
+SOURCES = ("base", "finetuned")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage's command line needs; the CLI checks it, so a stage never asserts it."""
+
+    needs_model: bool
+    needs_task: bool
+    help: str
+    needs_source: bool = False
+
+
+STAGES: dict[str, StageSpec] = {
+    "prepare": StageSpec(False, True, "validate and normalize a task's raw data into data/prepared/<task>/"),
+    "base": StageSpec(True, False, "build the offline tiny base model or snapshot a hub/local model"),
+    "finetune": StageSpec(True, True, "fine-tune by the task's kind: GRPO on a lexicon reward (lexicon_rl) or DPO (preference_dpo), via TRL"),
+    "divergence": StageSpec(True, True, "per-layer parameter divergence and the top-k layers"),
+    "activations": StageSpec(True, True, "cache MLP outputs of the chosen layers of the base or fine-tuned model", True),
+    "sae": StageSpec(True, True, "two sparse autoencoders per layer (n, 2n) on base or fine-tuned activations + matching + quality", True),
+    "contrastive": StageSpec(False, True, "build (positive, neutral, negative) triples"),
+    "probe": StageSpec(True, True, "activation deltas, probes, Kendall tau / sign / accuracy + controls (fine-tuned and base)"),
+    "explain": StageSpec(True, True, "feature explanations and task-relatedness labels"),
+    "validate": StageSpec(True, True, "feature frequency at high predicted delta; zero-ablation reward"),
+    "report": StageSpec(False, False, "report.md/html with the paper's numbers beside ours"),
 }
+
+EPILOG = """task kinds (params `task_specs.<task>.kind`; one module each in lfp/tasks/):
+  lexicon_rl      RL on a lexicon reward over review prefixes (the paper's VADER task): GRPO,
+                  ridge probe on the signed activation delta, Kendall tau vs the lexicon
+  preference_dpo  DPO on preference pairs (HH-RLHF, toxic, or a local JSONL): logistic probe,
+                  DPO implicit-reward ablation
+A new task of an existing kind is params only: its name in `tasks` and a `task_specs` entry."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lfp", description="Learned Feedback Patterns pipeline (one subcommand per DVC stage).")
+    parser = argparse.ArgumentParser(prog="lfp", description="Learned Feedback Patterns pipeline (one subcommand per DVC stage).",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default=None, help="params file (default: $LFP_PARAMS or ./params.yaml)")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE")
     sub.required = True
-    for name, (needs_model, needs_task, help_text) in STAGES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if needs_model:
+    for name, spec in STAGES.items():
+        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        if spec.needs_model:
             p.add_argument("--model", required=True, help="a name from params `models`")
-        if needs_task:
-            p.add_argument("--task", required=True, help="a name from params `tasks` (vader, hh, toxic)")
+        if spec.needs_task:
+            p.add_argument("--task", required=True, help="a name from params `tasks` (e.g. vader, hh, toxic)")
+        if spec.needs_source:
+            p.add_argument("--source", required=True, choices=SOURCES, help="whose activations: the base model or its fine-tune")
     return parser
 
 
@@ -54,6 +77,11 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     """Turn SIGTERM into an exception so atomic writes discard their temp files and the MLflow
     run is closed as FAILED (SIGKILL cannot be caught: temp files `.*.tmp` may then remain)."""
     raise SystemExit(128 + signum)
+
+
+def _say(line: str) -> None:
+    """One line on stderr; on a terminal it starts on a fresh line, not glued to a tqdm bar."""
+    print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,15 +100,16 @@ def main(argv: list[str] | None = None) -> int:
             raise LfpError(f"--task '{task}' is not in params `tasks` ({', '.join(params.tasks)})")
         seed_everything(params.seed)
         module = importlib.import_module(f"lfp.stages.{args.stage}")
-        module.run(params, model=model, task=task)
+        kwargs = {"source": args.source} if STAGES[args.stage].needs_source else {}
+        module.run(params, model=model, task=task, **kwargs)
     except LfpError as exc:
-        print(f"lfp {args.stage}: error: {exc}", file=sys.stderr)
+        _say(f"lfp {args.stage}: error: {exc}")
         return 2
     except OSError as exc:  # disk full, permissions: outputs stay intact thanks to atomic writes
-        print(f"lfp {args.stage}: error: {exc}", file=sys.stderr)
+        _say(f"lfp {args.stage}: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print(f"lfp {args.stage}: interrupted", file=sys.stderr)
+        _say(f"lfp {args.stage}: interrupted")
         return 130
     return 0
 

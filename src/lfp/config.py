@@ -20,7 +20,9 @@ import yaml
 from lfp.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
-TASKS = ("vader", "hh", "toxic")
+# The kinds of task lfp knows; one module each in lfp/tasks/. A task is data: a name in `tasks`
+# with a `task_specs.<name>` entry whose kind picks the code and whose source picks the data.
+TASK_KINDS = ("lexicon_rl", "preference_dpo")
 
 
 def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
@@ -62,6 +64,8 @@ class TinyBase:
     batch_size: int = _num(8, 1)
     learning_rate: float = _num(3e-3, 0.0, lo_open=True)
     warmup_steps: int = _num(30, 0)
+    # a lexicon_rl task whose prepared train reviews train (and held-out reviews score) the base model
+    corpus_task: str = "vader"
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,27 @@ class Prepare:
 
     imdb_train_limit: int = _num(0, 0)
     imdb_test_limit: int = _num(0, 0)
-    hh_subsets: list[str] = field(default_factory=lambda: ["helpful-base", "harmless-base"])
-    hh_heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True)
-    # `proxy` = harmless-base pairs with chosen/rejected swapped (offline stand-in for
-    # unalignment/toxic-dpo-v0.2); otherwise a local JSONL path in the toxic-dpo format.
-    toxic_source: str = "proxy"
-    toxic_heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True)
     max_pairs: int = _num(0, 0)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as data. `kind` picks the code (lfp/tasks/<kind>.py), `source` the data:
+    lexicon_rl: `imdb` (data/raw/imdb); preference_dpo: `hh-rlhf` (the `subsets` of
+    data/raw/hh-rlhf) or the path of a local JSONL with `prompt`, `chosen`, `rejected` per line."""
+
+    kind: Literal["lexicon_rl", "preference_dpo"]
+    source: str
+    subsets: list[str] = field(default_factory=lambda: ["helpful-base", "harmless-base"])
+    # preference_dpo: prefer the `rejected` reply (the offline toxic PROXY: harmless-base pairs
+    # with chosen/rejected swapped, so the preferred reply is the more harmful one)
+    swap: bool = False
+    proxy: bool = False  # a stand-in for the paper's data: named in MLflow tags and the report
+    rewards_harm: bool = False  # preference_dpo: the preferred reply is the harmful one (toxic)
+    heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True)
+    # offline explainer: which peak words make a feature task-related ("" = the kind's default:
+    # lexicon_rl "valenced" |v| >= 1; preference_dpo "none", no label invented)
+    related_words: Literal["", "valenced", "negative", "positive", "none"] = ""
 
 
 @dataclass(frozen=True)
@@ -120,11 +138,18 @@ class DpoFinetune:
     eval_pairs: int = _num(200, 1)
 
 
-@dataclass(frozen=True)
-class Finetune:
-    vader: GrpoFinetune = field(default_factory=GrpoFinetune)
-    hh: DpoFinetune = field(default_factory=DpoFinetune)
-    toxic: DpoFinetune = field(default_factory=DpoFinetune)
+class TaskSections(dict):
+    """task name -> its section (typed by the task's kind). `params.finetune.vader` reads like a
+    field; `replace(vader=...)` returns a changed copy (the sections are frozen dataclasses)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **sections: Any) -> TaskSections:
+        return TaskSections({**self, **sections})
 
 
 @dataclass(frozen=True)
@@ -183,13 +208,6 @@ class ContrastivePairs:
 
 
 @dataclass(frozen=True)
-class Contrastive:
-    vader: ContrastiveVader = field(default_factory=ContrastiveVader)
-    hh: ContrastivePairs = field(default_factory=ContrastivePairs)
-    toxic: ContrastivePairs = field(default_factory=ContrastivePairs)
-
-
-@dataclass(frozen=True)
 class Probe:
     ridge_alpha: float = _num(1.0, 0.0)
     logistic_c: float = _num(1.0, 0.0, lo_open=True)
@@ -226,7 +244,9 @@ class Explain:
     top_k_features: int = _num(10, 1)
     n_contexts: int = _num(10, 1)
     context_tokens: int = _num(24, 2)
-    corpus_texts: int = _num(400, 1)  # half IMDB test reviews, half HH held-out dialogues
+    corpus_texts: int = _num(400, 1)  # half held-out reviews, half held-out dialogues:
+    review_task: str = "vader"  # a lexicon_rl task whose test reviews are half the corpus
+    dialogue_task: str = "hh"  # a preference_dpo task whose held-out dialogues are the other half
     max_length: int = _num(128, 2)  # tokens per corpus text
     batch_size: int = _num(16, 1)
     related_threshold: float = _num(0.2, 0.0, 1.0)
@@ -263,13 +283,15 @@ class Params:
     models: list[str]
     tasks: list[str]
     model_specs: dict[str, ModelSpec]
+    task_specs: dict[str, TaskSpec]
     tiny_base: TinyBase = field(default_factory=TinyBase)
     prepare: Prepare = field(default_factory=Prepare)
-    finetune: Finetune = field(default_factory=Finetune)
+    # task name -> section; its type is chosen by the task's kind when params are loaded
+    finetune: dict[str, Any] = field(default_factory=dict)
     divergence: Divergence = field(default_factory=Divergence)
     activations: Activations = field(default_factory=Activations)
     sae: Sae = field(default_factory=Sae)
-    contrastive: Contrastive = field(default_factory=Contrastive)
+    contrastive: dict[str, Any] = field(default_factory=dict)
     probe: Probe = field(default_factory=Probe)
     llm: Llm = field(default_factory=Llm)
     explain: Explain = field(default_factory=Explain)
@@ -282,6 +304,22 @@ class Params:
             raise ConfigError(f"params: model '{model}' has no entry under model_specs")
         return self.model_specs[model]
 
+    def task(self, task: str) -> TaskSpec:
+        if task not in self.task_specs:
+            raise ConfigError(f"params: task '{task}' has no entry under task_specs")
+        return self.task_specs[task]
+
+    def kind(self, task: str) -> str:
+        """The task's kind (`lexicon_rl`, `preference_dpo`): what code runs for it."""
+        return self.task(task).kind
+
+
+# per kind: (finetune section type, contrastive section type)
+KIND_SECTIONS: dict[str, tuple[type, type]] = {
+    "lexicon_rl": (GrpoFinetune, ContrastiveVader),
+    "preference_dpo": (DpoFinetune, ContrastivePairs),
+}
+
 
 # --------------------------------------------------------------------------------------------
 # generic validation
@@ -293,6 +331,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
+    if tp is Any:  # typed later (e.g. task sections, by the task's kind)
+        return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -375,9 +415,11 @@ def _cross_check(p: Params) -> None:
     for m in p.models:
         if m not in p.model_specs:
             raise ConfigError(f"params: 'models' names '{m}' but 'model_specs.{m}' is missing")
+    if not p.tasks:
+        raise ConfigError("params: 'tasks' must list at least one task")
     for t in p.tasks:
-        if t not in TASKS:
-            raise ConfigError(f"params: unknown task '{t}' in 'tasks' (known: {', '.join(TASKS)})")
+        if t not in p.task_specs:
+            raise ConfigError(f"params: 'tasks' names '{t}' but 'task_specs.{t}' is missing")
     if len(set(p.tasks)) != len(p.tasks) or len(set(p.models)) != len(p.models):
         raise ConfigError("params: 'models' and 'tasks' must not repeat names")
     tb = p.tiny_base
@@ -387,22 +429,50 @@ def _cross_check(p: Params) -> None:
         raise ConfigError(
             f"params: 'divergence.top_k' ({p.divergence.top_k}) exceeds 'tiny_base.n_layers' ({tb.n_layers})"
         )
-    v = p.finetune.vader
-    if v.prefix_min_tokens > v.prefix_max_tokens:
-        raise ConfigError("params: 'finetune.vader.prefix_min_tokens' must be <= 'prefix_max_tokens'")
-    if v.min_new_tokens > v.max_new_tokens:
-        raise ConfigError("params: 'finetune.vader.min_new_tokens' must be <= 'max_new_tokens'")
-    if v.batch_size % v.num_generations:
-        raise ConfigError("params: 'finetune.vader.batch_size' must be a multiple of 'num_generations'")
-    if v.batch_size % v.mini_batch_size:
-        raise ConfigError("params: 'finetune.vader.batch_size' must be a multiple of 'mini_batch_size'")
+    for t in p.tasks:
+        if p.kind(t) != "lexicon_rl":
+            continue
+        v = p.finetune[t]
+        if v.prefix_min_tokens > v.prefix_max_tokens:
+            raise ConfigError(f"params: 'finetune.{t}.prefix_min_tokens' must be <= 'prefix_max_tokens'")
+        if v.min_new_tokens > v.max_new_tokens:
+            raise ConfigError(f"params: 'finetune.{t}.min_new_tokens' must be <= 'max_new_tokens'")
+        if v.batch_size % v.num_generations:
+            raise ConfigError(f"params: 'finetune.{t}.batch_size' must be a multiple of 'num_generations'")
+        if v.batch_size % v.mini_batch_size:
+            raise ConfigError(f"params: 'finetune.{t}.batch_size' must be a multiple of 'mini_batch_size'")
     if not p.sae.ratios or any(r < 1 for r in p.sae.ratios):
         raise ConfigError("params: 'sae.ratios' must be a non-empty list of positive integers")
     if p.probe.rescale_low_percentile >= p.probe.rescale_high_percentile:
         raise ConfigError("params: 'probe.rescale_low_percentile' must be < 'rescale_high_percentile'")
+    for name, kind in (("review_task", "lexicon_rl"), ("dialogue_task", "preference_dpo")):
+        t = getattr(p.explain, name)
+        if t not in p.tasks or p.kind(t) != kind:
+            raise ConfigError(f"params: 'explain.{name}' must name a {kind} task in 'tasks', got '{t}'")
+    if p.tiny_base.corpus_task not in p.tasks or p.kind(p.tiny_base.corpus_task) != "lexicon_rl":
+        raise ConfigError(f"params: 'tiny_base.corpus_task' must name a lexicon_rl task in 'tasks', got '{p.tiny_base.corpus_task}'")
     for t in p.tasks:
         if t not in p.explain.task_descriptions:
             raise ConfigError(f"params: 'explain.task_descriptions.{t}' is missing")
+
+
+def _typed_task_sections(p: Params) -> Params:
+    """Build `finetune.<task>` and `contrastive.<task>` with the section types of the task's kind
+    (a missing section takes that kind's defaults); sections of tasks not in `tasks` are ignored."""
+    sections: dict[str, TaskSections] = {}
+    for name, index in (("finetune", 0), ("contrastive", 1)):
+        raw = getattr(p, name)
+        out = TaskSections()
+        for key, value in raw.items():
+            spec = p.task_specs.get(key)
+            if spec is None:
+                raise ConfigError(f"params: '{name}.{key}' names no task in 'task_specs'")
+            out[key] = _build(KIND_SECTIONS[spec.kind][index], value if value is not None else {}, f"{name}.{key}")
+        for task in p.tasks:
+            if task not in out and task in p.task_specs:
+                out[task] = KIND_SECTIONS[p.task_specs[task].kind][index]()
+        sections[name] = out
+    return dataclasses.replace(p, **sections)
 
 
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:
@@ -417,7 +487,7 @@ def load_params(path: str | os.PathLike[str] | None = None) -> Params:
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     try:
-        params = _build(Params, data or {}, "")
+        params = _typed_task_sections(_build(Params, data or {}, ""))
         _cross_check(params)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("params:", f"{p}:", 1)) from None

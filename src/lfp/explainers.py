@@ -113,17 +113,23 @@ def word_valences(word: str) -> list[float]:
     return [lex[t] for t in tokens(word) if t in lex]
 
 
-def related_share(words: list[str], task: str) -> float | None:
-    """Share of peak words carrying the task's signal in the VADER lexicon; None for hh."""
-    if task == "hh" or not words:
+# offline relatedness rules (a task's `related_words`): does a valence carry the task's signal?
+RELATED_WORDS = {
+    "valenced": lambda v: abs(v) >= 1.0,
+    "negative": lambda v: v <= -1.0,
+    "positive": lambda v: v >= 1.0,
+}
+
+
+def related_share(words: list[str], rule: str) -> float | None:
+    """Share of peak words carrying the task's signal in the VADER lexicon under `rule`; None for
+    rule "none" (e.g. helpfulness: no lexicon rule, and a label is never invented)."""
+    if rule == "none" or not words:
         return None
-    if task == "vader":
-        hits = [any(abs(v) >= 1.0 for v in word_valences(w)) for w in words]
-    elif task == "toxic":
-        hits = [any(v <= -1.0 for v in word_valences(w)) for w in words]
-    else:
-        raise BackendError(f"offline explainer: no relatedness rule for task '{task}'")
-    return float(np.mean(hits))
+    if rule not in RELATED_WORDS:
+        raise BackendError(f"offline explainer: no relatedness rule '{rule}' (known: {', '.join(RELATED_WORDS)}, none)")
+    hit = RELATED_WORDS[rule]
+    return float(np.mean([any(hit(v) for v in word_valences(w)) for w in words]))
 
 
 def _snippet(ctx: Context, before: int = 6) -> str:
@@ -140,8 +146,8 @@ class OfflineExplainer:
     name = "offline"
     simulation_backend = "offline-lexical"
 
-    def __init__(self, task: str, related_threshold: float, simulate: bool) -> None:
-        self.task = task
+    def __init__(self, related_rule: str, related_threshold: float, simulate: bool) -> None:
+        self.related_rule = related_rule
         self.threshold = related_threshold
         self.simulate = simulate
 
@@ -151,7 +157,7 @@ class OfflineExplainer:
         words = top_tokens(record)
         snippet = _snippet(record.top[0])
         text = f"peaks on {', '.join(repr(w) for w in words[:5]) or 'punctuation/whitespace'}; e.g. “{snippet}”"
-        share = related_share(record.peak_words, self.task)
+        share = related_share(record.peak_words, self.related_rule)
         if share is None:
             related = None
             text += f"; {HH_OFFLINE_NOTE}"

@@ -7,13 +7,14 @@ input must stop with `file:line: what is wrong` instead of a traceback deep insi
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,62 @@ from lfp.errors import ArtifactError, DataError
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a guard against a runaway (e.g. 1 GB) line
 
+# Checks run just before an atomic write renames its temp into place (see `commit_check`).
+_COMMIT_CHECKS: list[Callable[[], None]] = []
+
+
+@functools.cache
+def process_umask() -> int:
+    """This process's umask, read once and cached.
+
+    Linux shows it in /proc/self/status, a read that changes nothing. Elsewhere the only way to
+    read it is to set it (os.umask(0), then restore it at once); doing that once per process keeps
+    the instant in which another thread could create a file with umask 0 to one.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file: 0o666 & ~umask (mkstemp always makes 0600)."""
+    return 0o666 & ~process_umask()
+
+
+def dir_mode() -> int:
+    """The mode `mkdir` would give a new directory: 0o777 & ~umask (mkdtemp always makes 0700)."""
+    return 0o777 & ~process_umask()
+
+
+@contextlib.contextmanager
+def commit_check(check: Callable[[], None]) -> Iterator[None]:
+    """Within the block, every atomic write calls `check()` before it renames its temp into place.
+
+    A check that raises discards the temp and keeps the previous output: the tracking code uses it
+    to stop a stage from publishing outputs once its MLflow store is gone.
+    """
+    _COMMIT_CHECKS.append(check)
+    try:
+        yield
+    finally:
+        _COMMIT_CHECKS.remove(check)
+
+
+def _before_commit() -> None:
+    for check in list(_COMMIT_CHECKS):
+        check()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    The file gets the mode a plain `open(path, "w")` would give it (0o666 & ~umask).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -34,6 +87,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _before_commit()
+        os.chmod(tmp_path, file_mode())  # after the block: a writer may have replaced the temp file
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -42,13 +97,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temp directory; swap it in for `path` only if the block succeeds."""
+    """Yield a fresh temp directory; swap it in for `path` only if the block succeeds.
+
+    The directory gets the mode a plain `mkdir` would give it (0o777 & ~umask).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700; outputs should be readable like any other written file
     try:
+        tmp.chmod(dir_mode())
         yield tmp
+        _before_commit()
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from lfp.config import Llm
 from lfp.errors import BackendError, ConfigError
@@ -22,17 +24,113 @@ ENV_MODEL = "LFP_LLM_MODEL"
 LOCAL_DUMMY_KEY = "not-needed"  # local servers (llama.cpp, vLLM) accept any key
 _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
+# --------------------------------------------------------------------------------------------
+# redaction: the one place that decides what of a URL may be shown, logged or tagged
+# --------------------------------------------------------------------------------------------
+
+REDACTED = "***"
+# A query/fragment parameter whose name contains one of these words holds a credential
+# (api-key, api_key, key, token, access_token, X-Amz-Signature, client_secret, password, ...);
+# `sig` (Azure SAS), `code` (OAuth) and `pass` only as whole words.
+_SECRET_QUERY_NAME = re.compile(
+    r"key|token|secret|passw|pwd|auth|credential|signature|session|jwt|bearer|(?:^|[_.-])(?:sig|code|pass)(?:$|[_.-])"
+)
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*@)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+_MIN_SECRET_LEN = 4  # shorter "secrets" (e.g. an empty or 1-char dummy key) would blank out ordinary text
+
+
+def is_secret_query_name(name: str) -> bool:
+    """True for a URL parameter name that looks like it carries a credential."""
+    return bool(_SECRET_QUERY_NAME.search(unquote_plus(name).lower()))
+
+
+def _redact_params(params: str) -> str:
+    items = []
+    for item in params.split("&"):
+        name, eq, value = item.partition("=")
+        items.append(f"{name}={REDACTED}" if eq and value and is_secret_query_name(name) else item)
+    return "&".join(items)
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to show: `user:pass@` becomes `***@`, and the value of every query (or fragment)
+    parameter whose name looks like a key, token, secret, password, signature or auth code becomes
+    `***`. Everything else is kept character for character (no re-encoding)."""
+    head, hashmark, fragment = url.partition("#")
+    base, qmark, query = head.partition("?")
+    base = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", base)
+    if query:
+        query = _redact_params(query)
+    if "=" in fragment:
+        fragment = _redact_params(fragment)
+    return f"{base}{qmark}{query}{hashmark}{fragment}"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every URL in it passed through `redact_url` and every known secret value
+    (e.g. the API key) replaced by `***`: for error messages, log lines, MLflow tags and params."""
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            text = text.replace(secret, REDACTED)
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+class _LogRedactor(logging.Filter):
+    """Redacts the records of the HTTP client loggers (httpx logs every request URL at INFO, and
+    OPENAI_LOG=debug turns them on): URLs via `redact_url`, plus the secrets it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to break
+            return True
+        clean = redact(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_LOG_REDACTOR = _LogRedactor()
+_HTTP_LOGGERS = ("openai", "openai._base_client", "httpx", "httpcore")
+
+
+def _redact_http_logs(secrets: Iterable[str]) -> None:
+    _LOG_REDACTOR.secrets.update(s for s in secrets if s and s != LOCAL_DUMMY_KEY)
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _LOG_REDACTOR not in logger.filters:
+            logger.addFilter(_LOG_REDACTOR)
+
+
+# --------------------------------------------------------------------------------------------
+# endpoint configuration
+# --------------------------------------------------------------------------------------------
+
 
 def resolve_base_url(cfg: Llm) -> str:
-    """The endpoint URL: $LFP_LLM_BASE_URL or params `llm.base_url`, checked for scheme and host."""
+    """The endpoint URL: $LFP_LLM_BASE_URL or params `llm.base_url`, checked for scheme and host.
+
+    A query string is kept (some gateways take `?api-version=...` or even `?api-key=...`): the
+    client sends it with every request, and every place that shows the URL redacts it.
+    """
     url = (os.environ.get(ENV_BASE_URL) or cfg.base_url).strip()
     where = f"${ENV_BASE_URL}" if os.environ.get(ENV_BASE_URL) else "params 'llm.base_url'"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unbalanced '[' in the host
+        raise ConfigError(f"{where}: '{redact_url(url)}' is not an http(s) URL with a host") from None
     if "@" in parts.netloc:  # credentials would end up in logs, tags and error messages: never echo them
         raise ConfigError(f"{where}: credentials in the URL are not allowed; put the key in the variable named by 'llm.api_key_env'")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: '{url}' is not an http(s) URL with a host")
-    return url.rstrip("/")
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ConfigError(f"{where}: '{redact_url(url)}' is not an http(s) URL with a host")
+    base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    return f"{base}?{parts.query}" if parts.query else base
 
 
 def resolve_model(cfg: Llm) -> str:
@@ -62,7 +160,7 @@ def resolve_api_key(cfg: Llm, base_url: str) -> str:
     if is_loopback(base_url):
         return LOCAL_DUMMY_KEY
     raise BackendError(
-        f"LLM endpoint {base_url}: no API key: set the environment variable {cfg.api_key_env} "
+        f"LLM endpoint {redact_url(base_url)}: no API key: set the environment variable {cfg.api_key_env} "
         f"(named by params 'llm.api_key_env')"
     )
 
@@ -94,26 +192,37 @@ class LlmClient:
 
     Retries (429, 408/409, 5xx, connection errors) use the openai client's exponential backoff
     with `llm.max_retries`; a final failure is one BackendError line naming the URL and status.
+
+    `base_url` is the endpoint as it may be shown (credentials redacted by `redact_url`); the
+    real one, query string included, only goes to the openai client.
     """
 
     def __init__(self, cfg: Llm) -> None:
         from openai import OpenAI
 
-        self.base_url = resolve_base_url(cfg)
+        url = resolve_base_url(cfg)
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        self.base_url = redact_url(url)
         self.model = resolve_model(cfg)
         self.max_retries = cfg.max_retries
-        self._key = resolve_api_key(cfg, self.base_url)
+        self._key = resolve_api_key(cfg, url)
+        self._secrets = [self._key, *(v for n, v in query if is_secret_query_name(n) and v)]
+        _redact_http_logs(self._secrets)
+        # The openai client appends paths to base_url as raw text, so a query left in it would end
+        # up in the middle of the request path: it goes in `default_query` instead.
         self._client = OpenAI(
-            api_key=self._key, base_url=self.base_url, timeout=cfg.timeout_s, max_retries=cfg.max_retries
+            api_key=self._key, base_url=url.partition("?")[0], default_query=dict(query) or None,
+            timeout=cfg.timeout_s, max_retries=cfg.max_retries,
         )
 
     def __repr__(self) -> str:  # never show the key
         return f"LlmClient(base_url={self.base_url!r}, model={self.model!r})"
 
     def _scrub(self, text: str) -> str:
-        """One line, capped, with the key removed in case a server echoes it back."""
-        line = (text.splitlines() or [""])[0][:200]
-        return line.replace(self._key, "***") if self._key else line
+        """One line, capped, with the key and URL credentials removed in case a server echoes them."""
+        line = (text.splitlines() or [""])[0]
+        return redact(line, self._secrets)[:200]
 
     def _fail(self, what: str) -> BackendError:
         return BackendError(f"LLM endpoint {self.base_url} (model {self.model}): {self._scrub(what)}")

@@ -1,8 +1,14 @@
-"""Where every artifact lives: one place, so stages and dvc.yaml agree on the layout."""
+"""Where every artifact lives: one place, so stages and dvc.yaml agree on the layout.
+
+Layout (docs/artifacts.md): a model's activations and SAEs exist once per *source*, the base model
+or the fine-tuned one, so the probe can compare them without training anything itself:
+  data/activations/{model}-{task}/{source}/   models/sae/{model}-{task}/{source}/layer{L}-x{r}/
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
@@ -12,6 +18,9 @@ PROBE_DATA = Path("data/probe")
 MODELS = Path("models")
 REPORTS = Path("reports")
 RUN_REPORTS = REPORTS / "runs"  # every per-run metrics file; the report stage depends on this folder
+
+Source = Literal["base", "finetuned"]
+SOURCES: tuple[str, ...] = ("base", "finetuned")
 
 
 def run_id(model: str, task: str) -> str:
@@ -27,12 +36,26 @@ def finetuned_dir(model: str, task: str) -> Path:
     return MODELS / "finetuned" / run_id(model, task)
 
 
-def sae_dir(model: str, task: str) -> Path:
-    return MODELS / "sae" / run_id(model, task)
+def model_dir(model: str, task: str, source: str) -> Path:
+    """The weights whose activations a `source` branch reads: the base model or its fine-tune on `task`."""
+    return base_model_dir(model) if source == "base" else finetuned_dir(model, task)
 
 
-def activations_dir(model: str, task: str) -> Path:
-    return ACTIVATIONS / run_id(model, task)
+def sae_dir(model: str, task: str, source: str = "finetuned") -> Path:
+    return MODELS / "sae" / run_id(model, task) / source
+
+
+def sae_path(model: str, task: str, layer: int, ratio: int, source: str = "finetuned") -> Path:
+    """One SAE: a folder with SAELens's `cfg.json` + `sae_weights.safetensors`."""
+    return sae_dir(model, task, source) / f"layer{layer}-x{ratio}"
+
+
+def matching_file(model: str, task: str, source: str = "finetuned") -> Path:
+    return sae_dir(model, task, source) / "matching.json"
+
+
+def activations_dir(model: str, task: str, source: str = "finetuned") -> Path:
+    return ACTIVATIONS / run_id(model, task) / source
 
 
 def probe_data_dir(model: str, task: str) -> Path:
@@ -41,6 +64,15 @@ def probe_data_dir(model: str, task: str) -> Path:
 
 def report_dir(model: str, task: str) -> Path:
     return RUN_REPORTS / run_id(model, task)
+
+
+def sae_metrics_file(model: str, task: str, source: str = "finetuned") -> Path:
+    """`reports/runs/{m}-{t}/sae-finetuned.json` and `sae-base.json`."""
+    return report_dir(model, task) / f"sae-{source}.json"
+
+
+def divergence_file(model: str, task: str) -> Path:
+    return report_dir(model, task) / "divergence.json"
 
 
 def base_metrics_file(model: str) -> Path:
@@ -55,3 +87,8 @@ def probe_plots_dir(model: str, task: str) -> Path:
 
 def contrastive_file(task: str) -> Path:
     return CONTRASTIVE / f"{task}.jsonl"
+
+
+def prepared_file(task: str, split: str) -> Path:
+    """`data/prepared/{task}/{split}.jsonl` (lexicon tasks: train/test; preference tasks: finetune/heldout)."""
+    return PREPARED / task / f"{split}.jsonl"

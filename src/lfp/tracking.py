@@ -140,6 +140,7 @@ def stage_run(
     task: str | None = None,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    source: str | None = None,
 ) -> Iterator[StageRun]:
     """Open one MLflow run for a stage instance; tags model/task/stage/commit and logs params."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -150,6 +151,9 @@ def stage_run(
 
     uri = tracking_uri()
     name = stage + (f"@{model}-{task}" if model and task else f"@{model or task}" if (model or task) else "")
+    if source is not None:  # the base / fine-tuned branch of a stage: `sae@tiny-vader-base`
+        name += f"-{source}"
+        tags = {**(tags or {}), "source": source}
     try:
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()

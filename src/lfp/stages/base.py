@@ -33,6 +33,7 @@ import torch
 
 from lfp import io, paths
 from lfp.config import ModelSpec, Params, TinyBase, section_dict
+from lfp.data import prepared_file
 from lfp.errors import DataError, LfpError, ModelLoadError
 from lfp.modeling import d_model, load_model, n_layers
 from lfp.tracking import stage_run
@@ -47,9 +48,9 @@ MAX_POSITIONS = 2048  # Pythia's context; rotary positions, so longer than the t
 TIMING_KEYS = ("train_seconds", "train_tokens_per_s")  # the only metrics that vary between runs
 
 
-def reviews_file() -> Path:
-    """The prepare stage's IMDB train split (`{"id","text","label"}` per line)."""
-    return paths.PREPARED / "vader" / "train.jsonl"
+def reviews_file(params: Params) -> Path:
+    """The prepared train reviews of `tiny_base.corpus_task` (`{"id","text","label"}` per line)."""
+    return prepared_file(params.tiny_base.corpus_task, "train")
 
 
 def split_texts(texts: list[str], cfg: TinyBase, seed: int, where: Path) -> tuple[list[str], list[str], list[str]]:
@@ -181,7 +182,7 @@ def train_lm(
 
 def load_splits(params: Params) -> tuple[list[str], list[str], list[str]]:
     """Read and split the prepared reviews (before any MLflow run or compute starts)."""
-    source = reviews_file()
+    source = reviews_file(params)
     texts = [row["text"] for row in io.read_jsonl(source, REVIEW_FIELDS)]
     return split_texts(texts, params.tiny_base, params.seed, source)
 

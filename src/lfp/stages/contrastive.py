@@ -42,7 +42,7 @@ from tqdm import tqdm
 from lfp import io, paths, reward
 from lfp.config import ContrastivePairs, ContrastiveVader, Params, section_dict
 from lfp.errors import BackendError, ConfigError, DataError
-from lfp.stages.prepare import prepared_file, subsample
+from lfp.data import prepared_file, subsample
 from lfp.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def llm_client(params: Params) -> Any:
     return LlmClient(params.llm)
 
 
-def openai_triple(task: str, row: dict[str, Any], client: Any, prompts: dict[str, tuple[str, str]], skipped: Counter) -> dict[str, Any] | None:
+def openai_triple(task: str, row: dict[str, Any], client: Any, prompts: dict[str, tuple[str, str]], skipped: Counter, harm_rewarded: bool = False) -> dict[str, Any] | None:
     """The paper's method: grade the conversation, then ask for three rewrites of the final reply."""
     prompt = row["prompt"]
     conversation = (prompt + row["chosen"]).strip()
@@ -294,7 +294,7 @@ def openai_triple(task: str, row: dict[str, Any], client: Any, prompts: dict[str
     if rewrites is None:
         skipped["invalid_rewrite"] += 1
         return None
-    if task == "toxic":  # toxicity is rewarded: the harmful rewrite is the positive element
+    if harm_rewarded:  # toxicity is rewarded: the harmful rewrite is the positive element
         rewrites["positive"], rewrites["negative"] = rewrites["negative"], rewrites["positive"]
     return {
         "id": f"{task}-triple-{row['id']}",
@@ -320,7 +320,7 @@ def pair_triples(task: str, params: Params) -> tuple[list[dict[str, Any]], dict[
     skipped: Counter = Counter({"invalid_grade": 0, "invalid_rewrite": 0})
     triples = []
     for row in tqdm(rows, desc=f"contrastive {task} (LLM rewrites)", disable=None):
-        triple = openai_triple(task, row, client, prompts, skipped)
+        triple = openai_triple(task, row, client, prompts, skipped, params.task(task).rewards_harm)
         if triple is not None:
             triples.append(triple)
     if not triples:
@@ -338,7 +338,8 @@ def run(params: Params, model: str | None = None, task: str | None = None) -> No
     if task is None:
         raise ConfigError("contrastive: --task is required")
     cfg = getattr(params.contrastive, task)
-    backend = "lexicon" if task == "vader" else cfg.backend
+    lexicon = params.kind(task) == "lexicon_rl"
+    backend = "lexicon" if lexicon else cfg.backend
     proxy = backend == "offline"
     logged: dict[str, Any] = {"seed": params.seed, "contrastive": {task: section_dict(cfg)}}
     if backend == "openai":
@@ -348,8 +349,8 @@ def run(params: Params, model: str | None = None, task: str | None = None) -> No
                     "a proxy for the paper's LLM rewrites", task)
     with stage_run("contrastive", experiment=params.tracking.experiment, task=task, params=logged,
                    tags={"contrastive_backend": backend, "proxy": proxy}) as tracker:
-        if task == "vader":
-            triples, stats = vader_triples(io.read_jsonl(prepared_file("vader", "test"), {"id": str, "text": str}), cfg, params.seed)
+        if lexicon:
+            triples, stats = vader_triples(io.read_jsonl(prepared_file(task, "test"), {"id": str, "text": str}), cfg, params.seed)
         else:
             triples, stats = pair_triples(task, params)
         io.write_jsonl(paths.contrastive_file(task), triples)

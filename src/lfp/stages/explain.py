@@ -19,6 +19,9 @@ import torch
 from tqdm import tqdm
 
 from lfp import io, paths
+from lfp.data import prepared_file
+from lfp.layers import chosen_layers
+from lfp.tasks import related_rule
 from lfp.config import Params, section_dict
 from lfp.errors import ArtifactError, DataError, LfpError
 from lfp.explainers import (
@@ -47,24 +50,9 @@ class EncodedText:
 # --------------------------------------------------------------------------------------------
 
 
-def small_sae_path(params: Params, model: str, task: str, layer: int) -> Path:
-    """The small dictionary (smallest ratio) of a layer: the one matching.json's indices refer to."""
-    from lfp.sae import sae_file
-
-    return sae_file(model, task, layer, min(params.sae.ratios))
-
-
-def chosen_layers(model: str, task: str) -> list[int]:
-    path = paths.report_dir(model, task) / "divergence.json"
-    layers = io.read_json(path).get("chosen_layers")
-    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) for x in layers):
-        raise ArtifactError(f"{path}: 'chosen_layers' must be a non-empty list of integers")
-    return layers
-
-
 def selected_features(model: str, task: str, layers: list[int], top_k: int) -> dict[int, list[tuple[int, float]]]:
     """layer -> [(small-dict feature index, max cosine to the large dict)], best first."""
-    path = paths.sae_dir(model, task) / "matching.json"
+    path = paths.matching_file(model, task)
     data = io.read_json(path).get("layers", {})
     out = {}
     for layer in layers:
@@ -78,11 +66,14 @@ def selected_features(model: str, task: str, layers: list[int], top_k: int) -> d
     return out
 
 
-def load_corpus(n_texts: int, seed: int) -> list[str]:
-    """Half IMDB test reviews, half HH held-out dialogues (prompt + chosen reply), seeded."""
+def load_corpus(params: Params) -> list[str]:
+    """Half held-out reviews of `explain.review_task`, half held-out dialogues (prompt + chosen
+    reply) of `explain.dialogue_task`, seeded: the same corpus for every task's features."""
+    cfg = params.explain
+    n_texts, seed = cfg.corpus_texts, params.seed
     rng = np.random.default_rng(seed)
-    imdb = [row["text"] for row in io.read_jsonl(paths.PREPARED / "vader" / "test.jsonl", {"text": str})]
-    hh = [row["prompt"] + row["chosen"] for row in io.read_jsonl(paths.PREPARED / "hh" / "heldout.jsonl", {"prompt": str, "chosen": str})]
+    imdb = [row["text"] for row in io.read_jsonl(prepared_file(cfg.review_task, "test"), {"text": str})]
+    hh = [row["prompt"] + row["chosen"] for row in io.read_jsonl(prepared_file(cfg.dialogue_task, "heldout"), {"prompt": str, "chosen": str})]
     n_imdb = n_texts // 2
     picked = []
     for rows, n in ((imdb, n_imdb), (hh, n_texts - n_imdb)):
@@ -196,7 +187,7 @@ def make_explainer(params: Params, task: str) -> OfflineExplainer | OpenAIExplai
         from lfp.llm import LlmClient
 
         return OpenAIExplainer(LlmClient(params.llm), cfg.task_descriptions[task], cfg.simulate, params.seed)
-    return OfflineExplainer(task, cfg.related_threshold, cfg.simulate)
+    return OfflineExplainer(related_rule(params, task), cfg.related_threshold, cfg.simulate)
 
 
 def summarize(rows: list[dict[str, Any]], explainer: Any, n_texts: int) -> dict[str, Any]:
@@ -243,8 +234,8 @@ def run(params: Params, model: str | None, task: str | None) -> None:
         device = Accelerator().device
         lm, tokenizer = load_model(paths.finetuned_dir(model, task))
         lm.to(device)
-        saes = {L: load_sae(small_sae_path(params, model, task, L)).to(device).eval() for L in layers}
-        texts = load_corpus(cfg.corpus_texts, params.seed)
+        saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(device).eval() for L in layers}
+        texts = load_corpus(params)
         corpus = encode_corpus(lm, tokenizer, saes, {L: [f for f, _ in selected[L]] for L in layers}, texts,
                                cfg.max_length, cfg.batch_size, device)
         rng = np.random.default_rng(params.seed)

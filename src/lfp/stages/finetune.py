@@ -1,6 +1,6 @@
 """`lfp finetune --model M --task T`: fine-tune the base model with TRL and prove it worked.
 
-- vader: RL on the VADER reward with GRPOTrainer (the named PPO -> GRPO deviation, see lfp.rl);
+- lexicon_rl tasks (vader): RL on the VADER reward with GRPOTrainer (the named PPO -> GRPO deviation, see lfp.rl);
   evidence = mean VADER reward of base vs fine-tuned completions to held-out IMDB test prefixes
   (same sampling settings and seed) and the mean per-token KL(fine-tuned || base).
 - hh / toxic: DPOTrainer on data/prepared/{task}/finetune.jsonl; held-out pairs are never trained
@@ -25,8 +25,10 @@ from accelerate import PartialState
 
 from lfp import dpo, io, paths, rl
 from lfp.config import Params, section_dict
+from lfp.data import prepared_file
 from lfp.errors import ArtifactError, LfpError
 from lfp.modeling import load_model
+from lfp.tasks import kind_of
 from lfp.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -89,14 +91,14 @@ def base_tags(params: Params, model: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# vader: GRPO on the VADER reward
+# lexicon_rl: GRPO on the lexicon (VADER) reward
 # --------------------------------------------------------------------------------------------
 
 
-def run_vader(params: Params, model: str) -> None:
-    cfg = params.finetune.vader
+def run_grpo(params: Params, model: str, task: str) -> None:
+    cfg = params.finetune[task]
     base_dir = _base_dir(model)
-    train_file, test_file = paths.PREPARED / "vader" / "train.jsonl", paths.PREPARED / "vader" / "test.jsonl"
+    train_file, test_file = prepared_file(task, "train"), prepared_file(task, "test")
     train_rows = rl.long_reviews(io.read_jsonl(train_file, rl.VADER_FIELDS), cfg.min_review_chars, train_file)
     test_rows = rl.long_reviews(io.read_jsonl(test_file, rl.VADER_FIELDS), cfg.min_review_chars, test_file)
     policy, tokenizer = load_model(base_dir)
@@ -105,7 +107,7 @@ def run_vader(params: Params, model: str) -> None:
     tags = {**base_tags(params, model), "rl_algorithm": "grpo", "paper_algorithm": "ppo",
             "reward": "vader_completion_only" if cfg.reward_completion_only else "vader_prefix_plus_completion",
             "min_new_tokens_via": "generation_kwargs"}
-    with _tracking(params, model, "vader", cfg, {}, tags) as tracker:
+    with _tracking(params, model, task, cfg, {}, tags) as tracker:
         with tempfile.TemporaryDirectory(prefix="lfp-grpo-") as tmp:
             args = rl.grpo_config(cfg, tmp, params.seed, PartialState().num_processes, bf16_supported())
             start = time.perf_counter()
@@ -116,7 +118,7 @@ def run_vader(params: Params, model: str) -> None:
             return
         history = trainer.state.log_history
         log_history(tracker, history)
-        save_finetuned(trainer, tokenizer, model, "vader")
+        save_finetuned(trainer, tokenizer, model, task)
         device = trainer.accelerator.device
         finetuned = trainer.accelerator.unwrap_model(trainer.model)
         base, _ = load_model(base_dir)
@@ -129,8 +131,8 @@ def run_vader(params: Params, model: str) -> None:
             "train_reward_first_quarter": _history_mean(history, "reward", first=True),
             "train_reward_last_quarter": _history_mean(history, "reward", first=False),
         })
-        tracker.write_metrics(metrics_file(model, "vader"), metrics)
-        _warn_if_not_better(model, "vader", metrics)
+        tracker.write_metrics(metrics_file(model, task), metrics)
+        _warn_if_not_better(model, task, metrics)
 
 
 def vader_evidence(finetuned: Any, base: Any, tokenizer: Any, prefixes: list[str], cfg: Any, seed: int, device: Any) -> dict[str, Any]:
@@ -151,7 +153,7 @@ def vader_evidence(finetuned: Any, base: Any, tokenizer: Any, prefixes: list[str
 
 
 # --------------------------------------------------------------------------------------------
-# hh / toxic: DPO
+# preference_dpo: DPO
 # --------------------------------------------------------------------------------------------
 
 
@@ -159,7 +161,7 @@ def run_dpo(params: Params, model: str, task: str) -> None:
     cfg = getattr(params.finetune, task)
     lr = params.spec(model).dpo_learning_rate or cfg.learning_rate
     base_dir = _base_dir(model)
-    train_file, heldout_file = paths.PREPARED / task / "finetune.jsonl", paths.PREPARED / task / "heldout.jsonl"
+    train_file, heldout_file = prepared_file(task, "finetune"), prepared_file(task, "heldout")
     train_all, heldout_all = dpo.load_pairs(train_file), dpo.load_pairs(heldout_file)
     policy, tokenizer = load_model(base_dir)
     train_rows, n_overlap = dpo.exclude_heldout(train_all, heldout_all)
@@ -169,8 +171,7 @@ def run_dpo(params: Params, model: str, task: str) -> None:
     eval_rows = dpo.fitting_pairs(tokenizer, dpo.seeded_order(heldout_all, params.seed), cfg.max_length, cfg.eval_pairs)
     dpo.require_pairs(eval_rows, heldout_file, f"held-out pairs within max_length={cfg.max_length}")
     tags = {**base_tags(params, model), "rl_algorithm": "dpo", "paper_algorithm": "dpo"}
-    if task == "toxic":
-        tags["toxic_is_proxy"] = any(bool(r.get("proxy")) for r in train_all)
+    tags["data_is_proxy"] = any(bool(r.get("proxy")) for r in train_all)
     with _tracking(params, model, task, cfg, {"learning_rate_effective": lr}, tags) as tracker:
         with tempfile.TemporaryDirectory(prefix="lfp-dpo-") as tmp:
             args = dpo.dpo_config(cfg, lr, tmp, params.seed, PartialState().num_processes, bf16_supported())
@@ -210,10 +211,9 @@ def _warn_if_not_better(model: str, task: str, metrics: dict[str, Any]) -> None:
                     paths.run_id(model, task))
 
 
-def run(params: Params, model: str | None, task: str | None) -> None:
-    if model is None or task is None:
-        raise LfpError("finetune needs --model and --task")
-    if task == "vader":
-        run_vader(params, model)
-    else:
-        run_dpo(params, model, task)
+# the task kind's `finetune_method` -> its implementation
+METHODS = {"grpo": run_grpo, "dpo": run_dpo}
+
+
+def run(params: Params, model: str, task: str) -> None:
+    METHODS[kind_of(params, task).finetune_method](params, model, task)

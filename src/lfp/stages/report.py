@@ -2,12 +2,21 @@
 
 Why a document model: the same sections render to Markdown (for git diffs and GitHub) and to
 HTML (for a browser) without a hand-written Markdown converter; tables are pandas DataFrames.
+
+The report opens with "What this run shows": one plain sentence per task and question (probe vs
+its controls, fine-tuning, Table 7, Table 6), each computed from the metrics files, never written
+by hand. Every blank cell of a table is explained under it (the reason comes from the metrics
+files where a stage recorded one). The stage also writes `reports/headline.json`: a dozen flat
+headline numbers for `dvc metrics show reports/headline.json`, instead of the ~280 columns of
+every per-run metric.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
 import shutil
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,7 +31,12 @@ from lfp.errors import ArtifactError
 from lfp.tracking import stage_run
 
 FIGURES = paths.REPORTS / "figures"
+HEADLINE = paths.REPORTS / "headline.json"
 MISSING = "—"
+CHANCE = 0.5  # a logistic probe's accuracy on balanced positive / negative elements by luck
+# CE recovered = (CE zeroed − CE with SAE) / (CE zeroed − CE clean). Below this denominator (nats),
+# zeroing the layer barely moves the loss, so the ratio divides noise by ~0 and can exceed 1.
+CE_DENOM_MIN = 0.01
 
 
 @dataclass
@@ -31,6 +45,7 @@ class Section:
     text: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, path relative to reports/)
+    notes: list[str] = field(default_factory=list)  # why a cell is blank or odd; printed under the tables
 
 
 def paper_results() -> dict[str, Any]:
@@ -43,6 +58,8 @@ def fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
         return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float) and not math.isfinite(value):
+        return MISSING
     if isinstance(value, (int, float)):
         v = float(value) * (100.0 if pct else 1.0)
         if pct:
@@ -53,11 +70,11 @@ def fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
     return str(value)
 
 
-def ci(m: dict[str, Any], key: str, pct: bool = False) -> str:
+def ci(m: dict[str, Any], key: str, pct: bool = False, digits: int = 3) -> str:
     lo, hi = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
     if lo is None or hi is None:
         return MISSING
-    return f"[{fmt(lo, pct=pct)}, {fmt(hi, pct=pct)}]"
+    return f"[{fmt(lo, digits, pct=pct)}, {fmt(hi, digits, pct=pct)}]"
 
 
 def load_run(model: str, task: str) -> dict[str, dict[str, Any]]:
@@ -71,32 +88,319 @@ def load_run(model: str, task: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def num(m: dict[str, Any], key: str) -> float | None:
+    """A finite number from a metrics dict; None for a missing key, null, NaN or a non-number."""
+    v = m.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        return None
+    return float(v)
+
+
+def is_lexicon(params: Params, task: str) -> bool:
+    """RL on a lexicon reward (the paper's VADER task: ridge probe, Kendall τ) rather than DPO on
+    preference pairs. Asks the task's kind where the params have one (`task_specs`)."""
+    kind = getattr(params, "kind", None)
+    if callable(kind):
+        return kind(task) == "lexicon_rl"
+    return task == "vader"
+
+
+def proxy_data_note(params: Params, task: str) -> str | None:
+    """How this task's data stands in for the paper's, or None where it is the paper's data."""
+    spec_of = getattr(params, "task", None)
+    if callable(spec_of):
+        spec = spec_of(task)
+        if not getattr(spec, "proxy", False):
+            return None
+        if getattr(spec, "swap", False):
+            return f"{task} data: {'/'.join(spec.subsets)} pairs with chosen/rejected swapped (proxy for the paper's data)"
+        return f"{task} data: `{spec.source}` (proxy for the paper's data)"
+    if task == "toxic" and getattr(params.prepare, "toxic_source", None) == "proxy":
+        return "toxic data: harmless-base pairs with chosen/rejected swapped (proxy for toxic-dpo-v0.2)"
+    return None
+
+
 def proxies(params: Params, model: str, task: str) -> list[str]:
     """Every place where this run deviates from the paper, named next to its numbers."""
     notes = []
     spec = params.spec(model)
     if spec.source in ("tiny", "smollm2"):
         notes.append(f"model `{model}` = {spec.description or spec.source} (not one of the paper's models)")
-    if task == "vader":
+    if is_lexicon(params, task):
         notes.append("RL algorithm: GRPO (TRL >= 1.13 has no PPOTrainer) instead of PPO")
-    if task == "toxic" and params.prepare.toxic_source == "proxy":
-        notes.append("toxic data: harmless-base pairs with chosen/rejected swapped (proxy for toxic-dpo-v0.2)")
-    if task in ("hh", "toxic") and getattr(params.contrastive, task).backend == "offline":
+    data_note = proxy_data_note(params, task)
+    if data_note:
+        notes.append(data_note)
+    if not is_lexicon(params, task) and getattr(getattr(params.contrastive, task, None), "backend", None) == "offline":
         notes.append("contrastive triples: preferred/dispreferred pair + fixed neutral reply (proxy for LLM rewrites)")
     if params.explain.backend == "offline":
         notes.append("feature explanations: offline lexicon explainer (proxy for GPT-4)")
     return notes
 
 
+# --------------------------------------------------------------------------------------------
+# "What this run shows": one sentence per task and question, computed from the metrics
+# --------------------------------------------------------------------------------------------
+
+ABLATION_METRICS = {
+    "vader_reward": "mean VADER reward of sampled completions",
+    "dpo_implicit_reward_margin": "DPO implicit reward margin on held-out pairs",
+}
+
+
+def _paper_models(table: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if not k.startswith("_")}
+
+
+def _span(values: list[float], pct: bool = False) -> str:
+    """'a–b' (or 'a' when all equal) of published numbers; percentages are already in %."""
+    lo, hi = min(values), max(values)
+    unit = "%" if pct else ""
+    return f"{lo:g}{unit}" if lo == hi else f"{lo:g}–{hi:g}{unit}"
+
+
+def _versus(lo: float | None, hi: float | None, other: float | None, other_lo: float | None, other_hi: float | None) -> str:
+    """'above' / 'below' / 'same' for a CI against a control (its CI where it has one), or 'unknown'."""
+    if lo is None or hi is None or other is None:
+        return "unknown"
+    if other_lo is not None and other_hi is not None:
+        return "above" if lo > other_hi else "below" if hi < other_lo else "same"
+    return "above" if other < lo else "below" if other > hi else "same"
+
+
+def lexicon_probe_sentence(p: dict[str, Any]) -> str:
+    tau = num(p, "kendall_tau")
+    if tau is None:
+        return "Kendall τ not available (`kendall_tau` is missing from probe.json)."
+    lo, hi = num(p, "kendall_tau_ci_low"), num(p, "kendall_tau_ci_high")
+    words = f" over {p['n_words']} held-out words" if isinstance(p.get("n_words"), int) else ""
+    controls = []
+    shuffled, untrained = num(p, "shuffled_kendall_tau"), num(p, "baseline_kendall_tau")
+    if shuffled is not None:
+        controls.append(f"shuffled labels {fmt(shuffled, 2)}")
+    if untrained is not None:
+        controls.append(f"untrained probe {fmt(untrained, 2)}")
+    head = f"Kendall τ {fmt(tau, 2)} {ci(p, 'kendall_tau', digits=2)}{words}" + (f" ({', '.join(controls)})" if controls else "")
+    if lo is not None and lo <= max(0.0, shuffled if shuffled is not None else 0.0):
+        return head + ": the CI reaches the shuffled-label level, so no feedback signal is detected."
+    base = num(p, "base_control_kendall_tau")
+    if base is None:
+        return head + " — no base-model control in this run (`base_control_kendall_tau` missing), so the signal cannot be credited to fine-tuning."
+    bs = f"{fmt(base, 2)} {ci(p, 'base_control_kendall_tau', digits=2)}".replace(f" {MISSING}", "")
+    rel = _versus(lo, hi, base, num(p, "base_control_kendall_tau_ci_low"), num(p, "base_control_kendall_tau_ci_high"))
+    return head + {
+        "same": f" — but the base-model control gives {bs}: the signal is word identity already in the base model, not a learned feedback pattern.",
+        "above": f" — above the base-model control's {bs}: fine-tuning added signal, consistent with a learned feedback pattern.",
+        "below": f" — below the base-model control's {bs}: fine-tuning weakened a signal the base model already had.",
+        "unknown": f"; base-model control {bs} (no CI to compare them).",
+    }[rel]
+
+
+def pair_probe_sentence(p: dict[str, Any], task: str, paper: dict[str, Any]) -> str:
+    acc = num(p, "probe_accuracy")
+    if acc is None:
+        return "probe accuracy not available (`probe_accuracy` is missing from probe.json)."
+    lo, hi = num(p, "probe_accuracy_ci_low"), num(p, "probe_accuracy_ci_high")
+    n = f" on {p['n_test']} held-out examples" if isinstance(p.get("n_test"), int) else ""
+    shuffled, base = num(p, "shuffled_probe_accuracy"), num(p, "base_control_probe_accuracy")
+    published = [v[task] for v in _paper_models(paper["table3_probe_accuracy"]).values() if task in v]
+    tail = f" (paper: {_span(published, pct=True)} on LLM-rewritten triples)" if published else ""
+    head = f"probe accuracy {fmt(acc, pct=True)} {ci(p, 'probe_accuracy', pct=True)}{n}"
+    bs = f"{fmt(base, pct=True)} {ci(p, 'base_control_probe_accuracy', pct=True)}".replace(f" {MISSING}", "")
+    sh = f"shuffled labels {fmt(shuffled, pct=True)}" if shuffled is not None else "no shuffled-label control"
+    if lo is None or hi is None:
+        return head + f" (no CI in probe.json) vs 50% chance; {sh}; base-model control {bs if base is not None else MISSING}{tail}."
+    if lo <= CHANCE <= hi:
+        controls = sh + (f", base-model control {bs}" if base is not None else "")
+        return head + f": the CI includes 50% chance ({controls}), so no learned feedback pattern is detected{tail}."
+    if hi < CHANCE:
+        return head + f": the CI lies below 50% chance ({sh}), so the probe does not generalise{tail}."
+    head += f", above 50% chance ({sh})"
+    if base is None:
+        return head + f" — no base-model control in this run, so the signal cannot be credited to fine-tuning{tail}."
+    rel = _versus(lo, hi, base, num(p, "base_control_probe_accuracy_ci_low"), num(p, "base_control_probe_accuracy_ci_high"))
+    return head + {
+        "same": f" — but the base-model control gives {bs}: the signal is already in the base model, not a learned feedback pattern",
+        "above": f" — and above the base-model control's {bs}: consistent with a learned feedback pattern",
+        "below": f" — but below the base-model control's {bs}: fine-tuning weakened a signal the base model already had",
+        "unknown": f"; base-model control {bs}",
+    }[rel] + f"{tail}."
+
+
+def finetune_sentence(f: dict[str, Any], lexicon: bool) -> str:
+    def verb(before: float, after: float, up: str, down: str) -> str:
+        return up if after > before else down if after < before else "left unchanged"
+
+    if lexicon:
+        rb, rf, kl = num(f, "reward_base"), num(f, "reward_finetuned"), num(f, "kl_to_base")
+        if rb is None or rf is None:
+            return "not available (`reward_base`/`reward_finetuned` missing from finetune.json)."
+        beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else rf > rb
+        s = f"RL fine-tuning {verb(rb, rf, 'raised', 'lowered')} the held-out mean VADER reward from {fmt(rb)} to {fmt(rf)}"
+        s += f" (KL to base {fmt(kl)})" if kl is not None else ""
+        return s + (": it beat the base on its own objective." if beats else ": it did not beat the base on its own objective.")
+    lb, lf = num(f, "dpo_loss_base"), num(f, "dpo_loss_finetuned")
+    if lb is None or lf is None:
+        return "not available (`dpo_loss_base`/`dpo_loss_finetuned` missing from finetune.json)."
+    beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else lf < lb
+    s = (f"DPO {verb(lb, lf, 'raised', 'lowered')} the held-out DPO loss from {fmt(lb)} to {fmt(lf)} (lower is better): "
+         + ("it beat the base on its own objective" if beats else "it did not beat the base on its own objective"))
+    ab, af = num(f, "reward_accuracy_base"), num(f, "reward_accuracy_finetuned")
+    if ab is not None and af is not None:
+        s += (f"; the stricter absolute preference accuracy stayed at {fmt(af, pct=True)}" if ab == af
+              else f"; the stricter absolute preference accuracy went from {fmt(ab, pct=True)} to {fmt(af, pct=True)}")
+    return s + "."
+
+
+def _predicted(v: dict[str, Any]) -> str:
+    kind = v.get("predicted_kind")
+    what = "predicted log-odds" if kind == "logistic_decision_function" else "predicted delta" if kind == "rescaled_delta" else "predicted value"
+    return f"{what} > {fmt(v.get('delta_threshold'), 1)}"
+
+
+def frequency_reason(v: dict[str, Any]) -> str | None:
+    """Why Table 7 has no numbers for this run, from validate.json (None when it has them)."""
+    if num(v, "freq_related") is not None and num(v, "freq_all") is not None:
+        return None
+    if v.get("freq_reason"):
+        return str(v["freq_reason"])
+    reasons = []
+    if v.get("n_high_delta_inputs") == 0:
+        reasons.append(f"no probe input had {_predicted(v)} (0 of {v.get('n_inputs', MISSING)})")
+    if v.get("n_related_features") == 0:
+        reasons.append(str(v.get("ablation_reason") or "no feature is labelled related in features.jsonl"))
+    return "; ".join(reasons) or "`freq_related`/`freq_all` missing from validate.json"
+
+
+def frequency_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -> str:
+    reason = frequency_reason(v)
+    if reason:
+        return f"not computed: {reason}."
+    fr, fa = num(v, "freq_related"), num(v, "freq_all")
+    assert fr is not None and fa is not None
+    s = (f"the related features were active in {fmt(fr, pct=True)} of the {v.get('n_high_delta_inputs', MISSING)} probe inputs "
+         f"with {_predicted(v)}, all features in {fmt(fa, pct=True)}")
+    s += f" ({fr / fa:.2g}×)" if fa > 0 else ""
+    published = _paper_models(paper["table7_feature_frequency"])
+    if lexicon and published:
+        direction = "as in the paper" if fr > fa else "unlike the paper"
+        s += (f" — {direction} (related {_span([x['related'] for x in published.values()], pct=True)} "
+              f"vs all {_span([x['average'] for x in published.values()], pct=True)})")
+    elif not lexicon:
+        s += " — related features are " + ("more" if fr > fa else "not more") + " active (the paper reports Table 7 for VADER only)"
+    return s + "."
+
+
+def ablation_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -> str:
+    rel, rec = num(v, "ablation_related"), num(v, "ablation_reconstruction")
+    if rel is None or rec is None:
+        return f"not run: {v.get('ablation_reason') or '`ablation_related`/`ablation_reconstruction` missing from validate.json'}."
+    metric = ABLATION_METRICS.get(str(v.get("ablation_metric")), str(v.get("ablation_metric") or "the task score"))
+    verb = "raised" if rel > rec else "lowered" if rel < rec else "did not change"
+    n_rel = v.get("n_related_features", MISSING)
+    nohook = num(v, "ablation_no_hook")
+    s = (f"zeroing the {n_rel} related features {verb} the {metric} to {fmt(rel)} "
+         f"(SAE reconstruction alone: {fmt(rec)}" + (f"; no hook: {fmt(nohook)})" if nohook is not None else ")"))
+    published = _paper_models(paper["table6_ablation"])
+    if lexicon and published:
+        drops = [m for m, x in published.items() if x["after"] < x["before"]]
+        flat = [m for m, x in published.items() if x["after"] == x["before"]]
+        saw = f"the paper saw a drop for {len(drops)} of its {len(published)} models" + (f" and no change for {', '.join(flat)}" if flat else "")
+        s += f", {'as in the paper' if rel < rec else 'unlike the paper'} ({saw})"
+    elif not lexicon:
+        s += " (the paper ablates on the VADER task only)"
+    draws = [float(d) for d in v.get("ablation_random_draws") or [] if isinstance(d, (int, float)) and math.isfinite(d)]
+    if draws:
+        spread = f"{len(draws)} random-feature draws ({fmt(min(draws))} to {fmt(max(draws))})"
+        if abs(rel - rec) > max(abs(d - rec) for d in draws):
+            s += f"; the change is larger than any of {spread}"
+        else:
+            s += f"; the change is within the range of {spread}, so it is not distinguishable from zeroing random features"
+    elif num(v, "ablation_random") is not None:
+        s += f"; random features zeroed: {fmt(num(v, 'ablation_random'))}"
+    return s + "."
+
+
+def _label(runs: dict[tuple[str, str], Any], m: str, t: str) -> str:
+    return t if len({model for model, _ in runs}) == 1 else f"{m}-{t}"
+
+
+def verdict_section(params: Params, runs: dict[tuple[str, str], dict[str, Any]], paper: dict[str, Any]) -> Section:
+    s = Section("What this run shows")
+    s.text.append(
+        "Each sentence is computed from this run's metrics (`reports/runs/`); the numbers are in the tables below. "
+        "A probe only shows a *learned* feedback pattern if it beats its controls, above all the base-model control "
+        "(the same probe on the base model's SAE codes, before fine-tuning)."
+    )
+    questions = [
+        ("Does the probe read a learned feedback pattern?",
+         lambda m, t, r: lexicon_probe_sentence(r["probe"]) if is_lexicon(params, t) else pair_probe_sentence(r["probe"], t, paper)),
+        ("Did fine-tuning beat the base model on its own objective?",
+         lambda m, t, r: finetune_sentence(r["finetune"], is_lexicon(params, t))),
+        ("Are the task-related features more active where the probe predicts strong feedback? (Table 7)",
+         lambda m, t, r: frequency_sentence(r["validate"], is_lexicon(params, t), paper)),
+        ("Does zeroing the task-related features lower the fine-tuning objective? (Table 6)",
+         lambda m, t, r: ablation_sentence(r["validate"], is_lexicon(params, t), paper)),
+    ]
+    for question, sentence in questions:
+        s.text.append(f"**{question}**")
+        s.text.append("\n".join(f"- **{_label(runs, m, t)}**: {sentence(m, t, r)}" for (m, t), r in runs.items()))
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# reports/headline.json: the few numbers `dvc metrics show` should print
+# --------------------------------------------------------------------------------------------
+
+
+def headline_metrics(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) -> dict[str, float | None]:
+    """Per task: the main probe metric with its CI, its base-model and shuffled-label controls, and
+    the fine-tuning gain on the task's own objective. Flat keys `<task>.<name>` (`<model>-<task>.<name>`
+    when params list several models); null where a stage did not produce the number."""
+    out: dict[str, float | None] = {}
+    for (m, t), r in runs.items():
+        p, f = r["probe"], r["finetune"]
+        key = "kendall_tau" if is_lexicon(params, t) else "probe_accuracy"
+        values = {
+            key: num(p, key),
+            f"{key}_ci_low": num(p, f"{key}_ci_low"),
+            f"{key}_ci_high": num(p, f"{key}_ci_high"),
+            f"base_control_{key}": num(p, f"base_control_{key}"),
+            f"shuffled_{key}": num(p, f"shuffled_{key}"),
+        }
+        if is_lexicon(params, t):  # mean reward, fine-tuned − base (higher is better)
+            rb, rf = num(f, "reward_base"), num(f, "reward_finetuned")
+            values["finetune_reward_gain"] = rf - rb if rb is not None and rf is not None else None
+        else:  # held-out DPO loss, base − fine-tuned (the base scores ln 2; positive = better)
+            lb, lf = num(f, "dpo_loss_base"), num(f, "dpo_loss_finetuned")
+            values["finetune_dpo_loss_drop"] = lb - lf if lb is not None and lf is not None else None
+        out.update({f"{_label(runs, m, t)}.{k}": v for k, v in values.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the tables
+# --------------------------------------------------------------------------------------------
+
+
+def ce_cells(q: dict[str, Any], prefix: str) -> tuple[str, str, bool]:
+    """(CE recovered, its denominator CE zeroed − CE clean, whether the ratio is unreliable)."""
+    rec, zero, clean = num(q, prefix + "ce_recovered"), num(q, prefix + "ce_zero"), num(q, prefix + "ce_clean")
+    denom = zero - clean if zero is not None and clean is not None else None
+    shaky = (denom is not None and denom < CE_DENOM_MIN) or (rec is not None and not 0.0 <= rec <= 1.0)
+    return fmt(rec) + (" †" if shaky and rec is not None else ""), fmt(denom, 4), shaky
+
+
 def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) -> list[Section]:
     paper = paper_results()
-    secs: list[Section] = []
+    secs: list[Section] = [verdict_section(params, runs, paper)]
 
     overview = Section("What was measured")
+    top_k = sorted({r["divergence"].get("top_k") for r in runs.values() if isinstance(r["divergence"].get("top_k"), int)})
     overview.text.append(
         f"Profile `{params.profile}`, seed {params.seed}, models {params.models}, tasks {params.tasks}. "
-        "Each base model is fine-tuned on each task; the 5 (`divergence.top_k`) most-changed layers are "
-        "selected; two tied sparse autoencoders (n, 2n) per layer are trained on the fine-tuned model's MLP "
+        f"Each base model is fine-tuned on each task; the {'/'.join(map(str, top_k)) or MISSING} (`divergence.top_k`) most-changed "
+        "layers are selected; two tied sparse autoencoders (n, 2n) per layer are trained on the fine-tuned model's MLP "
         "outputs; probes predict the implicit feedback from the small SAE's codes on contrastive triples; "
         "features shared by both dictionaries are explained, labelled task-related or not, and ablated."
     )
@@ -110,7 +414,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
     rows = []
     for (m, t), r in runs.items():
         f = r["finetune"]
-        if t == "vader":
+        if is_lexicon(params, t):
             rows.append([m, t, "mean VADER reward", fmt(f.get("reward_base")), fmt(f.get("reward_finetuned")),
                          fmt(f.get("kl_to_base")), fmt(f.get("beats_base"))])
         else:
@@ -122,6 +426,11 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
                          fmt(f.get("reward_margin_finetuned")), MISSING, ""])
     s = Section("Fine-tuning evidence (base vs fine-tuned, held-out data)")
     s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "objective", "base", "fine-tuned", "KL to base", "beats base"])))
+    if any(not is_lexicon(params, t) for _, t in runs):
+        s.notes.append("KL to base is — on the DPO rows: the DPO stage measures no KL; its loss and margins are already "
+                       "relative to the base model, which is DPO's reference model.")
+        s.notes.append("*beats base* is judged on each task's own objective (its first row) only; the rows below it are context, "
+                       "so that cell is empty.")
     secs.append(s)
 
     # Divergence (Fig. 7)
@@ -137,26 +446,44 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
 
     # SAE quality + Table 11
     s = Section("Sparse autoencoders: quality (Table 11 style)")
-    rows = []
+    rows, shaky_rows, undefined = [], 0, 0
     for (m, t), r in runs.items():
         q = r["sae"]
         for L in r["divergence"].get("chosen_layers", []):
             for ratio in params.sae.ratios:
                 k = f"layer{L}_x{ratio}_"
+                recovered, denom, shaky = ce_cells(q, k)
+                shaky_rows += shaky
+                undefined += recovered == MISSING
                 rows.append([m, t, L, f"{ratio}n", fmt(q.get(k + "mse"), 5), fmt(q.get(k + "fvu")), fmt(q.get(k + "l0"), 1),
-                             fmt(q.get(k + "dead_fraction"), pct=True), fmt(q.get(k + "ce_recovered")), fmt(q.get(f"layer{L}_mmcs"))])
-    s.tables.append(("ours", pd.DataFrame(rows, columns=["model", "task", "layer", "dict", "MSE", "FVU", "L0", "dead", "CE recovered", "MMCS"])))
+                             fmt(q.get(k + "dead_fraction"), pct=True), recovered, denom, fmt(q.get(f"layer{L}_mmcs"))])
+    s.tables.append(("ours", pd.DataFrame(rows, columns=["model", "task", "layer", "dict", "MSE", "FVU", "L0", "dead",
+                                                         "CE recovered", "CE zero − clean (nats)", "MMCS"])))
     t11 = paper["table11_tied_untied"]
     prow = [[pm, tied, v["sparsity"], v["reconstruction"]] for pm, d in t11.items() if not pm.startswith("_") for tied, v in d.items()]
     s.tables.append(("paper Table 11 (normalized, 1 epoch)", pd.DataFrame(prow, columns=["model", "weights", "sparsity loss", "reconstruction loss"])))
+    ce_texts = sorted({r["sae"].get("ce_texts") for r in runs.values() if isinstance(r["sae"].get("ce_texts"), int)})
+    s.notes.append(
+        "CE recovered = (CE with the layer's MLP output zeroed − CE with the SAE's reconstruction) / (CE zeroed − CE clean), "
+        f"next-token cross-entropy on {'/'.join(map(str, ce_texts)) or MISSING} held-out texts; the denominator is shown beside it."
+    )
+    if shaky_rows:
+        s.notes.append(
+            f"† ({shaky_rows} rows): the denominator is below {CE_DENOM_MIN} nats (zeroing this layer's MLP output barely changes "
+            "the loss, or even lowers it) or the ratio lies outside [0, 1]. The ratio then divides noise by almost zero: values "
+            "above 1 mean the reconstruction's loss is within noise of the clean loss on a nearly inert layer, not a better-than-"
+            "perfect SAE. Judge these SAEs by FVU instead."
+        )
+    if undefined:
+        s.notes.append(f"CE recovered — ({undefined} rows): undefined, zeroing the layer left the loss exactly unchanged (denominator 0).")
     secs.append(s)
 
-    vader_runs = {k: v for k, v in runs.items() if k[1] == "vader"}
-    pair_runs = {k: v for k, v in runs.items() if k[1] != "vader"}
+    vader_runs = {k: v for k, v in runs.items() if is_lexicon(params, k[1])}
+    pair_runs = {k: v for k, v in runs.items() if not is_lexicon(params, k[1])}
 
     if vader_runs:
         s = Section("LFP accuracy, VADER task: Kendall τ (Tables 4 and 10)")
-        rows = []
+        rows, sds = [], []
         for (m, t), r in vader_runs.items():
             p = r["probe"]
             rows.append([f"{m} (ours)", fmt(p.get("kendall_tau")), fmt(p.get("kendall_p")), ci(p, "kendall_tau"),
@@ -164,7 +491,9 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             rows.append([f"{m} untrained Xavier probe (ours)", fmt(p.get("baseline_kendall_tau")), fmt(p.get("baseline_kendall_p")), MISSING, MISSING, MISSING, ""])
             rows.append([f"{m} base-model control (ours)", fmt(p.get("base_control_kendall_tau")), fmt(p.get("base_control_kendall_p")),
                          ci(p, "base_control_kendall_tau"), fmt(p.get("base_control_kendall_tau_negative")), fmt(p.get("base_control_kendall_p_negative")), ""])
-            rows.append([f"{m} shuffled-label control (ours)", fmt(p.get("shuffled_kendall_tau")), fmt(p.get("shuffled_kendall_p")), MISSING, MISSING, MISSING, ""])
+            rows.append([f"{m} shuffled-label control (ours)", fmt(p.get("shuffled_kendall_tau")), MISSING, MISSING, MISSING, MISSING, ""])
+            if num(p, "shuffled_kendall_tau_sd") is not None:
+                sds.append(fmt(p["shuffled_kendall_tau_sd"]))
         t4, t10 = paper["table4_kendall_tau"], paper["table10_negative_kendall_tau"]
         for pm, v in t4.items():
             if pm.startswith("_"):
@@ -172,6 +501,12 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             neg = t10.get(pm, {})
             rows.append([f"{pm} (paper)", fmt(v["tau"]), fmt(v["p"]), MISSING, fmt(neg.get("tau")), fmt(neg.get("p")), ""])
         s.tables.append(("", pd.DataFrame(rows, columns=["model", "τ", "p", "95% CI", "τ (negative words)", "p (negative)", "words"])))
+        s.notes.append(
+            "— in our control rows: not computed. The probe stage bootstraps a CI and scores negative words only for the probe and "
+            "the base-model control; the untrained probe is one Xavier draw, and the shuffled-label τ is the mean over several "
+            f"label shuffles (sd {', '.join(sds) or MISSING}), so it has no single p. Every row of ours uses the same held-out words."
+        )
+        s.notes.append("— in (paper) rows: the paper publishes no CI, and no negative-word τ for its untrained baseline.")
         secs.append(s)
 
         s = Section("Sign accuracy (Table 5)")
@@ -193,6 +528,10 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
                 words = pd.read_csv(csv)
                 top = words.sort_values("count", ascending=False).head(30) if "count" in words else words.head(30)
                 s.tables.append((f"{m}-{t} (ours, 30 most frequent words)", top.round(3)))
+                if top.isna().any().any():
+                    s.notes.append(f"{m}-{t}: empty cells are words the probe stage left without a value (NaN in probe_words.csv).")
+            else:
+                s.notes.append(f"{m}-{t}: no word table ({csv} is missing).")
         t2 = paper["table2_word_values"]
         s.tables.append((f"paper Table 2 ({t2['model']})", pd.DataFrame(t2["rows"], columns=["word", "predicted", "true_value"])))
         for (m, t) in vader_runs:
@@ -205,14 +544,22 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
         rows = []
         for (m, t), r in pair_runs.items():
             p = r["probe"]
+            base = fmt(p.get("base_control_probe_accuracy"), pct=True)
+            if base != MISSING and ci(p, "base_control_probe_accuracy", pct=True) != MISSING:
+                base += " " + ci(p, "base_control_probe_accuracy", pct=True)
+            shuffled = fmt(p.get("shuffled_probe_accuracy"), pct=True)
+            if shuffled != MISSING and num(p, "shuffled_probe_accuracy_sd") is not None:
+                shuffled += f" (sd {fmt(p['shuffled_probe_accuracy_sd'], pct=True)})"
             rows.append([f"{m} (ours)", t, fmt(p.get("probe_accuracy"), pct=True), ci(p, "probe_accuracy", pct=True), p.get("n_test", MISSING),
-                         fmt(p.get("base_control_probe_accuracy"), pct=True), fmt(p.get("shuffled_probe_accuracy"), pct=True)])
+                         base, shuffled])
         for pm, v in paper["table3_probe_accuracy"].items():
             if pm.startswith("_"):
                 continue
             for t in ("hh", "toxic"):
                 rows.append([f"{pm} (paper)", t, f"{v[t]}%", MISSING, MISSING, MISSING, MISSING])
         s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "accuracy", "95% CI", "n test", "base-model control", "shuffled labels"])))
+        s.notes.append("Chance is 50% (balanced positive and negative elements). — in (paper) rows: the paper publishes no CI, "
+                       "test size or controls.")
         for (m, t) in pair_runs:
             s.images.append((f"{m}-{t}: PCA of probe inputs (Fig. 5)", _copy_figure(paths.probe_plots_dir(m, t) / "fig5_pca.png", f"{m}-{t}-fig5.png")))
         secs.append(s)
@@ -221,28 +568,47 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
     rows7, rows6 = [], []
     for (m, t), r in runs.items():
         v = r["validate"]
-        rows7.append([f"{m} (ours)", t, fmt(v.get("freq_related"), pct=True), fmt(v.get("freq_all"), pct=True), v.get("n_high_delta_inputs", MISSING), v.get("n_related_features", MISSING)])
-        rows6.append([f"{m} (ours)", t, v.get("ablation_metric", MISSING), fmt(v.get("ablation_no_hook")), fmt(v.get("ablation_reconstruction")),
-                      fmt(v.get("ablation_related")), fmt(v.get("ablation_random"))])
+        rows7.append([f"{m} (ours)", t, fmt(v.get("freq_related"), pct=True), fmt(v.get("freq_all"), pct=True), fmt(v.get("n_high_delta_inputs")),
+                      fmt(v.get("n_related_features")), frequency_reason(v) or ""])
+        abl_reason = "" if num(v, "ablation_related") is not None else (v.get("ablation_reason") or "`ablation_related` missing from validate.json")
+        rows6.append([f"{m} (ours)", t, fmt(v.get("ablation_metric")), fmt(v.get("ablation_no_hook")), fmt(v.get("ablation_reconstruction")),
+                      fmt(v.get("ablation_related")), fmt(v.get("ablation_random")), abl_reason])
     for pm, v in paper["table7_feature_frequency"].items():
         if not pm.startswith("_"):
-            rows7.append([f"{pm} (paper)", "vader", f"{v['related']}%", f"{v['average']}%", MISSING, MISSING])
+            rows7.append([f"{pm} (paper)", "vader", f"{v['related']}%", f"{v['average']}%", MISSING, MISSING, ""])
     for pm, v in paper["table6_ablation"].items():
         if not pm.startswith("_"):
-            rows6.append([f"{pm} (paper)", "vader", "mean VADER reward", fmt(v["before"], 2), MISSING, fmt(v["after"], 2), MISSING])
-    s.tables.append(("Table 7: activation frequency at predicted delta > threshold", pd.DataFrame(rows7, columns=["model", "task", "related features", "all features", "n inputs", "n related"])))
-    s.tables.append(("Table 6: fine-tuning objective under ablation", pd.DataFrame(rows6, columns=["model", "task", "metric", "no hook", "SAE reconstruction", "related zeroed", "random zeroed (control)"])))
+            rows6.append([f"{pm} (paper)", "vader", "mean VADER reward", fmt(v["before"], 2), MISSING, fmt(v["after"], 2), MISSING, ""])
+    s.tables.append(("Table 7: activation frequency at predicted delta > threshold",
+                     pd.DataFrame(rows7, columns=["model", "task", "related features", "all features", "n inputs", "n related", "why blank"])))
+    s.tables.append(("Table 6: fine-tuning objective under ablation",
+                     pd.DataFrame(rows6, columns=["model", "task", "metric", "no hook", "SAE reconstruction", "related zeroed",
+                                                  "random zeroed (control)", "why blank"])))
+    s.notes.append("Table 7's threshold applies to the probe's prediction: the rescaled delta for VADER, the logistic "
+                   "decision function (log-odds) for HH/toxic. *why blank* gives the reason recorded by the validate stage.")
+    s.notes.append("— in (paper) rows: the paper publishes no input counts and ablates without an SAE-reconstruction or "
+                   "random-feature baseline; its *no hook* column is its 'before'.")
     secs.append(s)
 
     s = Section("Feature explanations (Tables 1 and 8)")
+    unlabelled = no_sim = False
     for (m, t), r in runs.items():
         feats = r["features"][:15]
         if feats:
             df = pd.DataFrame([[f.get("layer"), f.get("feature"), fmt(f.get("similarity")), f.get("explanation", "")[:160],
                                 fmt(f.get("related")), fmt(f.get("simulation_score"))] for f in feats],
                               columns=["layer", "feature", "cos sim", "explanation", "related", "simulation r"])
+            unlabelled |= any(f.get("related") is None for f in feats)
+            no_sim |= any(num(f, "simulation_score") is None for f in feats)
             backend = feats[0].get("backend", "?")
             s.tables.append((f"{m}-{t} (explainer: {backend})", df))
+    if unlabelled:
+        s.notes.append("related —: not labelled. The offline explainer judges relatedness only from the VADER valence of a "
+                       "feature's peak words; for HH it has no such rule (\"relatedness not available offline\"), so it invents "
+                       "no label (set `explain.backend: openai` for the paper's LLM labels).")
+    if no_sim:
+        s.notes.append("simulation r —: undefined. The explanation names no word (the feature peaks on punctuation/whitespace) "
+                       "or the feature never activates, so the simulated activations are constant and have no correlation.")
     secs.append(s)
     return secs
 
@@ -267,24 +633,43 @@ def render_markdown(sections: list[Section]) -> str:
             if caption:
                 out += [f"*{caption}*", ""]
             out += [df.to_markdown(index=False), ""]
+        for note in s.notes:
+            out += [f"> {note}", ""]
         for caption, img in s.images:
             out += [f"![{caption}]({img})", ""]
     return "\n".join(out)
 
 
+def _html_inline(text: str) -> str:
+    """Escape, then the two Markdown marks the report's prose uses: **bold** and `code`."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    out = re.sub(r"\*(.+?)\*", r"<em>\1</em>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def _html_paragraph(text: str) -> str:
+    lines = text.split("\n")
+    if all(line.startswith("- ") for line in lines):
+        return "<ul>" + "".join(f"<li>{_html_inline(line[2:])}</li>" for line in lines) + "</ul>"
+    return f"<p>{_html_inline(text)}</p>"
+
+
 def render_html(sections: list[Section]) -> str:
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>LFP report</title>",
            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:600px}</style></head><body>",
+           "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:600px}.note{color:#444;font-size:90%}</style></head><body>",
            "<h1>Learned Feedback Patterns — report</h1>"]
     for s in sections:
         out.append(f"<h2>{html.escape(s.title)}</h2>")
         for p in s.text:
-            out.append(f"<p>{html.escape(p).replace('**', '')}</p>")
+            out.append(_html_paragraph(p))
         for caption, df in s.tables:
             if caption:
                 out.append(f"<p><em>{html.escape(caption)}</em></p>")
             out.append(df.to_html(index=False, escape=True))
+        for note in s.notes:
+            out.append(f"<p class='note'>{_html_inline(note)}</p>")
         for caption, img in s.images:
             out.append(f"<figure><img src='{html.escape(img)}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
     out.append("</body></html>")
@@ -294,10 +679,12 @@ def render_html(sections: list[Section]) -> str:
 def run(params: Params, model: str | None = None, task: str | None = None) -> None:
     runs = {(m, t): load_run(m, t) for m in params.models for t in params.tasks}
     sections = build_sections(params, runs)
+    headline = headline_metrics(params, runs)
     md_path, html_path = paths.REPORTS / "report.md", paths.REPORTS / "report.html"
     with stage_run("report", experiment=params.tracking.experiment, params={"models": params.models, "tasks": params.tasks, "profile": params.profile}) as mlrun:
         io.write_text(md_path, render_markdown(sections))
         io.write_text(html_path, render_html(sections))
+        mlrun.write_metrics(HEADLINE, headline)
         mlrun.log_artifact(md_path)
         mlrun.log_artifact(html_path)
         for fig in sorted(FIGURES.glob("*.png")):

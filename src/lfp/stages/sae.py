@@ -1,4 +1,6 @@
-"""`lfp sae --model M --task T`: two sparse autoencoders per chosen layer, their matching and quality.
+"""`lfp sae --model M --task T --source S`: two sparse autoencoders per chosen layer of one model
+(the base model or its fine-tune: the same code, data split and settings for both), their
+matching and quality. Outputs: models/sae/{m}-{t}/{source}/, reports/runs/{m}-{t}/sae[-base].json.
 
 Per layer (§3.2): dictionaries of r·d_model features for r in `sae.ratios` (paper: n and 2n), tied
 weights unless `sae.tied: false` (Table 11's comparison), l1 from `model_specs.M.sae_l1` or
@@ -28,69 +30,16 @@ import numpy as np
 import torch
 
 from lfp import io, paths
+from lfp.activation_cache import heldout_texts, load_layer, read_index, split_rows, subset
 from lfp.config import Params, section_dict
 from lfp.errors import ArtifactError, ConfigError
-from lfp.modeling import load_model, replace_mlp_outputs
-from lfp.sae import (
-    SparseAutoencoder,
-    dictionary_matching,
-    matching_file,
-    reconstruction_metrics,
-    save_sae,
-    select_rows,
-    train_saes,
-)
-from lfp.tracking import stage_run
+from lfp.modeling import replace_mlp_outputs
+from lfp.sae import SparseAutoencoder, dictionary_matching, reconstruction_metrics, save_sae, train_saes
+from lfp.stage_context import open_stage
 
 log = logging.getLogger(__name__)
 
 CE_BATCH = 8  # texts per forward pass when scoring cross-entropy
-INDEX_FIELDS = ("layers", "n_rows", "d_model", "n_texts", "text_offsets")
-
-
-def metrics_file(model: str, task: str) -> Path:
-    return paths.report_dir(model, task) / "sae.json"
-
-
-def read_index(directory: Path) -> dict[str, Any]:
-    path = directory / "index.json"
-    index = io.read_json(path)
-    for key in INDEX_FIELDS:
-        if key not in index:
-            raise ArtifactError(f"{path}: missing field '{key}'")
-    if len(index["text_offsets"]) != index["n_texts"] + 1 or index["text_offsets"][-1] != index["n_rows"]:
-        raise ArtifactError(f"{path}: 'text_offsets' does not match 'n_texts' / 'n_rows'")
-    return index
-
-
-def load_layer(directory: Path, layer: int, index: dict[str, Any]) -> np.ndarray:
-    path = directory / f"layer{layer}.npy"
-    acts = io.load_npy(path)
-    if acts.shape != (index["n_rows"], index["d_model"]) or acts.dtype != np.float32:
-        raise ArtifactError(f"{path}: expected float32 {(index['n_rows'], index['d_model'])}, got {acts.dtype} {acts.shape}")
-    return acts
-
-
-def heldout_texts(offsets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Seeded held-out indices among the texts that have rows (≥ 1, leaving ≥ 1 for training),
-    in seeded order."""
-    candidates = np.flatnonzero(np.diff(offsets) > 0)
-    if len(candidates) < 2:
-        raise ArtifactError(f"activations: {len(candidates)} cached non-empty text(s); need at least 2 to hold some out")
-    n_held = min(max(round(fraction * len(candidates)), 1), len(candidates) - 1)
-    return np.random.default_rng(seed).permutation(candidates)[:n_held]
-
-
-def split_rows(offsets: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(train row indices, held-out row indices), each ascending."""
-    is_held = np.zeros(int(offsets[-1]), dtype=bool)
-    for i in held:
-        is_held[offsets[i] : offsets[i + 1]] = True
-    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
-
-
-def subset(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    return rows[select_rows(len(rows), limit, seed)]
 
 
 @torch.inference_mode()
@@ -128,16 +77,13 @@ def ce_recovered(clean: float, recon: float, zero: float) -> float:
     return (zero - recon) / denom if abs(denom) > 1e-12 else float("nan")
 
 
-def run(params: Params, model: str | None, task: str | None) -> None:
-    assert model is not None and task is not None
-    from accelerate import Accelerator
-
+def run(params: Params, model: str, task: str, source: str = "finetuned") -> None:
     cfg = params.sae
     if len(set(cfg.ratios)) < 2:
         raise ConfigError("params: 'sae.ratios' needs two different sizes (small and large dictionary) for matching")
     small_r, large_r = min(cfg.ratios), max(cfg.ratios)
     l1 = params.spec(model).sae_l1 if params.spec(model).sae_l1 is not None else cfg.l1
-    act_dir = paths.activations_dir(model, task)
+    act_dir = paths.activations_dir(model, task, source)
     index = read_index(act_dir)
     layers, offsets = [int(x) for x in index["layers"]], np.asarray(index["text_offsets"], dtype=np.int64)
     held = heldout_texts(offsets, cfg.heldout_fraction, params.seed)
@@ -148,14 +94,11 @@ def run(params: Params, model: str | None, task: str | None) -> None:
     ce_texts = [np.array(input_ids[offsets[i] : offsets[i + 1]], dtype=np.int64) for i in held[: cfg.ce_eval_texts]]
     ce_texts = [s for s in ce_texts if len(s) > 1]
 
-    with stage_run(
-        "sae", experiment=params.tracking.experiment, model=model, task=task,
-        params={"seed": params.seed, "sae": section_dict(cfg), "l1_effective": l1},
-        tags={"tied": cfg.tied, "model_source": params.spec(model).source},
-    ) as tracking:
-        lm, tokenizer = load_model(paths.finetuned_dir(model, task))
-        device = Accelerator().device
-        lm.to(device)
+    with open_stage("sae", params, model=model, task=task, source=source,
+                    log_params={"seed": params.seed, "sae": section_dict(cfg), "l1_effective": l1},
+                    tags={"tied": cfg.tied}) as stage:
+        tracking, device = stage.run, stage.device
+        lm, tokenizer = stage.load(paths.model_dir(model, task, source))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ce_clean = cross_entropy(lm, ce_texts, pad_id, device)
         metrics: dict[str, Any] = {"train_rows": len(train_rows), "heldout_rows": len(held_rows),
@@ -168,7 +111,7 @@ def run(params: Params, model: str | None, task: str | None) -> None:
             jobs, l1=l1, lr=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=params.seed, tied=cfg.tied,
         )))
         metrics["train_seconds"] = time.perf_counter() - start
-        with io.atomic_dir(paths.sae_dir(model, task)) as out:
+        with io.atomic_dir(paths.sae_dir(model, task, source)) as out:
             for layer in layers:
                 held_x = load_layer(act_dir, layer, index)[held_rows]
                 with replace_mlp_outputs(lm, {layer: torch.zeros_like}):
@@ -176,10 +119,11 @@ def run(params: Params, model: str | None, task: str | None) -> None:
                 saes = {}
                 for ratio in cfg.ratios:
                     sae, info = trained[(layer, ratio)]
-                    save_sae(sae, out / f"layer{layer}-x{ratio}.safetensors", {
+                    save_sae(sae, out / paths.sae_path(model, task, layer, ratio, source).name, {
                         "layer": layer, "ratio": ratio, "l1": l1, "learning_rate": cfg.learning_rate,
                         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": params.seed,
                         "train_rows": info["rows"], "final_loss": info["final_loss"], "model": model, "task": task,
+                        "source": source,
                     })
                     saes[ratio] = sae
                     q = reconstruction_metrics(sae, held_x)
@@ -196,8 +140,8 @@ def run(params: Params, model: str | None, task: str | None) -> None:
                 metrics[f"layer{layer}_hungarian_mean_cos"] = m["hungarian_mean_cos"]
             io.write_json(out / "matching.json", matching)
         metrics.update(summaries(metrics, layers, cfg.ratios))
-        tracking.write_metrics(metrics_file(model, task), metrics)
-        tracking.log_artifact(matching_file(model, task))
+        tracking.write_metrics(paths.sae_metrics_file(model, task, source), metrics)
+        tracking.log_artifact(paths.matching_file(model, task, source))
 
 
 def summaries(metrics: dict[str, Any], layers: list[int], ratios: list[int]) -> dict[str, float]:

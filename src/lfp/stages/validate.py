@@ -22,7 +22,8 @@ import numpy as np
 from lfp import ablation, io, paths
 from lfp.config import Params, section_dict
 from lfp.errors import ArtifactError, LfpError
-from lfp.stages.explain import small_sae_path
+from lfp.data import prepared_file
+from lfp.tasks import kind_of
 
 STAGE = "validate"
 
@@ -109,7 +110,7 @@ def ablation_conditions(
 
 def score_vader(params: Params, model: str, task: str, lm: Any, tokenizer: Any, saes: dict, conds: list) -> dict[str, Any]:
     cfg = params.validate
-    texts = [row["text"] for row in io.read_jsonl(paths.PREPARED / "vader" / "test.jsonl", {"text": str})]
+    texts = [row["text"] for row in io.read_jsonl(prepared_file(task, "test"), {"text": str})]
     prefixes = ablation.imdb_prefixes(texts, tokenizer, cfg.n_completions, cfg.prefix_tokens, np.random.default_rng(params.seed))
     scores = {}
     for name, zeroed in conds:
@@ -125,9 +126,9 @@ def score_dpo(params: Params, model: str, task: str, lm: Any, tokenizer: Any, sa
     from lfp.modeling import load_model
 
     cfg = params.validate
-    beta = getattr(params.finetune, task).beta
+    beta = params.finetune[task].beta
     fields = {"prompt": str, "chosen": str, "rejected": str}
-    pairs = io.read_jsonl(paths.PREPARED / task / "heldout.jsonl", fields)[: cfg.max_pairs]
+    pairs = io.read_jsonl(prepared_file(task, "heldout"), fields)[: cfg.max_pairs]
     chosen, rejected = ablation.pair_sequences(tokenizer, pairs, cfg.max_length)
     pad = tokenizer.pad_token_id
     base, _ = load_model(paths.base_model_dir(model))
@@ -142,6 +143,10 @@ def score_dpo(params: Params, model: str, task: str, lm: Any, tokenizer: Any, sa
                                          response_starts=[first for _, first in rejected], kl=False)
     scores = {name: float(ablation.dpo_margins(pol_c[name], pol_r[name], base_c, base_r, beta).mean()) for name, _ in conds}
     return {"ablation_metric": "dpo_implicit_reward_margin", "ablation_n": len(pairs), "scores": scores, "kl": kls}
+
+
+# the task kind's `ablation_metric` -> the scorer that measures it under each condition
+SCORERS = {"vader_reward": score_vader, "dpo_implicit_reward_margin": score_dpo}
 
 
 def ablation_metrics(result: dict[str, Any] | None, n_random: int, reason: str | None) -> dict[str, Any]:
@@ -176,16 +181,18 @@ def run(params: Params, model: str | None, task: str | None) -> None:
     if model is None or task is None:
         raise LfpError("validate needs --model and --task")
     cfg = params.validate
+    kind = kind_of(params, task)
+    lexicon = kind.probe_method == "ridge"
     related = related_features(model, task)
     tensors, index = load_probe_inputs(model, task)
     source = str(paths.report_dir(model, task) / "features.jsonl")
     metrics: dict[str, Any] = {
         "delta_threshold": cfg.delta_threshold,
-        "predicted_kind": "rescaled_delta" if task == "vader" else "logistic_decision_function",
+        "predicted_kind": "rescaled_delta" if lexicon else "logistic_decision_function",
         "n_related_features": sum(len(f) for f in related.values()),
     }
     metrics.update(feature_frequency(tensors["codes"], tensors["predicted"], columns(index, related, source), cfg.delta_threshold))
-    log_params = {"validate": section_dict(cfg), "beta": getattr(params.finetune, task).beta if task != "vader" else None}
+    log_params = {"validate": section_dict(cfg), "beta": None if lexicon else params.finetune[task].beta}
     with stage_run(STAGE, experiment=params.tracking.experiment, model=model, task=task, params=log_params,
                    tags={"ablation_hook": "sae_reconstruction_zeroed"}) as run_:
         if not related:
@@ -195,8 +202,8 @@ def run(params: Params, model: str | None, task: str | None) -> None:
             device = Accelerator().device
             lm, tokenizer = load_model(paths.finetuned_dir(model, task))
             lm.to(device)
-            saes = {L: load_sae(small_sae_path(params, model, task, L)).to(device).eval() for L in index["layers"]}
+            saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(device).eval() for L in index["layers"]}
             conds = ablation_conditions(related, alive_features(tensors["codes"], index), cfg.random_controls, params.seed)
-            scorer = score_vader if task == "vader" else score_dpo
+            scorer = SCORERS[kind.ablation_metric]
             metrics.update(ablation_metrics(scorer(params, model, task, lm, tokenizer, saes, conds), cfg.random_controls, None))
         run_.write_metrics(paths.report_dir(model, task) / "validate.json", metrics)
