@@ -1,4 +1,5 @@
-"""The activation cache: padding never stored, rows equal a direct forward pass, files consistent."""
+"""The activation cache (lfp.activation_cache): padding never stored, rows equal a direct forward pass,
+files consistent; the stage caches the same texts and layers for the base and the fine-tuned source."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import io, paths
+from lfp import activation_cache, io, paths
 from lfp.errors import ArtifactError
 from lfp.modeling import capture_mlp_outputs, load_model
 from lfp.stages import activations
@@ -32,13 +33,13 @@ def cached(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """Cache TEXTS with small batches and a tiny chunk (forces several flushes)."""
     model, tok = load_model(tiny_model_dir)
     out = tmp_path_factory.mktemp("acts")
-    info = activations.cache_activations(model, tok, TEXTS, LAYERS, out, max_length=12, batch_size=3, chunk_rows=5)
+    info = activation_cache.cache_activations(model, tok, TEXTS, LAYERS, out, max_length=12, batch_size=3, chunk_rows=5)
     return model, tok, out, info
 
 
 def test_rows_equal_direct_forward_and_exclude_padding(cached) -> None:
     model, tok, out, info = cached
-    seqs = activations.tokenize(tok, TEXTS, 12)
+    seqs = activation_cache.tokenize(tok, TEXTS, 12)
     lengths = [len(s) for s in seqs]
     assert lengths[2] == 0 and max(lengths) == 12  # an empty text and a truncated one
     assert info["n_rows"] == sum(lengths)  # not batch x width: padding is never stored
@@ -90,13 +91,34 @@ def test_stage_hh_corpus_and_index(tiny_model_dir: Path, in_tmp_project: Path, m
     write_jsonl(in_tmp_project / "data/prepared/hh/finetune.jsonl", pairs)
     shutil.copytree(tiny_model_dir, in_tmp_project / "models/finetuned/tiny-hh")
     io.write_json(in_tmp_project / paths.report_dir("tiny", "hh") / "divergence.json", {"chosen_layers": [0, 5]})
-    activations.run(micro_params, "tiny", "hh")
-    out = in_tmp_project / "data/activations/tiny-hh"
-    index = io.read_json(out / "index.json")
+    activations.run(micro_params, "tiny", "hh", source="finetuned")
+    out = in_tmp_project / "data/activations/tiny-hh/finetuned"
+    assert out == in_tmp_project / paths.activations_dir("tiny", "hh", "finetuned")
+    index = activation_cache.read_index(out)
     n = micro_params.activations.n_texts
     assert index["layers"] == [0, 5] and index["n_texts"] == n and index["d_model"] == 32
-    assert index["source"] == "data/prepared/hh/finetune.jsonl"
+    assert index["source"] == "data/prepared/hh/finetune.jsonl" and index["model"] == "finetuned"
     assert index["text_ids"][:2] == [index["text_ids"][0].split(":")[0] + s for s in (":chosen", ":rejected")]
     assert len(set(index["text_ids"])) == n
-    assert io.load_npy(out / "layer5.npy").shape == (index["n_rows"], 32) == (index["text_offsets"][-1], 32)
+    assert activation_cache.load_layer(out, 5, index).shape == (index["n_rows"], 32) == (index["text_offsets"][-1], 32)
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "input_ids.npy", "layer0.npy", "layer5.npy", "tokens.npy"]
+
+    # --source base: the base model over the same texts at the fine-tune's layers (row for row comparable)
+    shutil.copytree(tiny_model_dir, in_tmp_project / paths.base_model_dir("tiny"))
+    activations.run(micro_params, "tiny", "hh", source="base")
+    base_out = in_tmp_project / paths.activations_dir("tiny", "hh", "base")
+    base_index = activation_cache.read_index(base_out)
+    assert base_index["model"] == "base"
+    for key in ("layers", "n_rows", "text_ids", "text_offsets", "source"):
+        assert base_index[key] == index[key]
+    assert (io.load_npy(base_out / "input_ids.npy") == io.load_npy(out / "input_ids.npy")).all()
+
+
+def test_stage_rejects_a_layer_outside_the_model(tiny_model_dir: Path, in_tmp_project: Path, micro_params) -> None:
+    rows = [{"id": f"imdb-train-{i:06d}", "text": f"Review {i}: a fine film.", "label": i % 2} for i in range(10)]
+    write_jsonl(in_tmp_project / "data/prepared/vader/train.jsonl", rows)
+    shutil.copytree(tiny_model_dir, in_tmp_project / paths.base_model_dir("tiny"))
+    io.write_json(in_tmp_project / paths.divergence_file("tiny", "vader"), {"chosen_layers": [1, 9]})
+    with pytest.raises(ArtifactError, match="layer 9 is outside"):
+        activations.run(micro_params, "tiny", "vader", source="base")
+    assert not paths.activations_dir("tiny", "vader", "base").exists()

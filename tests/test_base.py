@@ -25,8 +25,9 @@ MICRO_TINY = TinyBase(vocab_size=300, d_model=16, n_layers=2, n_heads=2, d_ff=32
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_reviews(n: int, seed: int = 0) -> None:
-    """A small `data/prepared/vader/train.jsonl` of templated reviews (learnable structure)."""
+def write_reviews(params, n: int, seed: int = 0) -> None:
+    """A small prepared train file of `tiny_base.corpus_task` (data/prepared/vader/train.jsonl) of
+    templated reviews (learnable structure)."""
     rng = random.Random(seed)
     good = ["great", "wonderful", "moving", "funny", "beautiful"]
     bad = ["boring", "awful", "terrible", "dull", "stupid"]
@@ -37,7 +38,7 @@ def write_reviews(n: int, seed: int = 0) -> None:
         words = good if label else bad
         sentences = [f"The {rng.choice(things)} was {rng.choice(words)} and {rng.choice(words)}." for _ in range(rng.randint(2, 5))]
         rows.append({"id": f"imdb-train-{i:06d}", "text": " ".join(sentences), "label": label})
-    io.write_jsonl(base.reviews_file(), rows)
+    io.write_jsonl(base.reviews_file(params), rows)
 
 
 def micro(params, **specs: ModelSpec):
@@ -56,7 +57,7 @@ def base_runs() -> list:
 
 
 def test_tiny_base_learns_is_loadable_and_deterministic(in_tmp_project: Path, micro_params):
-    write_reviews(140)
+    write_reviews(micro_params, 140)
     params = micro(micro_params)
     base.run(params, model="tiny")
     metrics = json.loads(paths.base_metrics_file("tiny").read_text())
@@ -86,7 +87,7 @@ def test_tiny_base_learns_is_loadable_and_deterministic(in_tmp_project: Path, mi
 
 
 def test_snapshot_of_a_local_model_directory(in_tmp_project: Path, micro_params, tiny_model_dir: Path):
-    write_reviews(40)
+    write_reviews(micro_params, 40)
     params = micro(micro_params, local=ModelSpec(source=str(tiny_model_dir)))
     base.run(params, model="local")
     metrics = json.loads(paths.base_metrics_file("local").read_text())
@@ -107,7 +108,7 @@ def test_unreachable_hub_id_fails_cleanly(in_tmp_project: Path, micro_params, mo
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    write_reviews(40)
+    write_reviews(micro_params, 40)
     fake = "lfp-test-org/no-such-model-xyz"
     with pytest.raises(ModelLoadError, match=fake):
         base.run(micro(micro_params, hub=ModelSpec(source=fake)), model="hub")
@@ -116,10 +117,16 @@ def test_unreachable_hub_id_fails_cleanly(in_tmp_project: Path, micro_params, mo
 
 
 def test_too_few_reviews_names_file_and_field(in_tmp_project: Path, micro_params):
-    write_reviews(20)  # == heldout_texts: nothing left to train on
+    write_reviews(micro_params, 20)  # == heldout_texts: nothing left to train on
     with pytest.raises(DataError, match=r"train\.jsonl.*tiny_base\.heldout_texts"):
         base.run(micro(micro_params), model="tiny")
     assert not (in_tmp_project / "mlflow.db").exists()  # rejected before any run or compute
+
+
+def test_reviews_file_follows_the_corpus_task(micro_params):
+    assert base.reviews_file(micro_params) == paths.prepared_file("vader", "train")
+    other = dataclasses.replace(micro_params.tiny_base, corpus_task="reviews2")
+    assert base.reviews_file(dataclasses.replace(micro_params, tiny_base=other)) == paths.prepared_file("reviews2", "train")
 
 
 def test_split_and_pack():

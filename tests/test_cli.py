@@ -14,8 +14,9 @@ def test_help_lists_every_stage():
 
 def test_bad_params_exit_2_with_one_line(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
-    bad.write_text("seed: 0\nmodels: [tiny]\ntasks: [vader]\nmodel_specs: {tiny: {source: tiny}}\nbogus: 1\n")
-    assert main(["--params", str(bad), "prepare"]) == 2
+    bad.write_text("seed: 0\nmodels: [tiny]\ntasks: [vader]\nmodel_specs: {tiny: {source: tiny}}\n"
+                   "task_specs: {vader: {kind: lexicon_rl, source: imdb}}\nbogus: 1\n")
+    assert main(["--params", str(bad), "prepare", "--task", "vader"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'bogus'" in err and str(bad) in err
 

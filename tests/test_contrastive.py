@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lfp import io, paths, reward
+from lfp import corpora, io, paths, reward
+from lfp.data import prepared_file
 from lfp.errors import ConfigError
-from lfp.stages import contrastive, prepare
+from lfp.stages import contrastive
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = [
@@ -31,11 +32,11 @@ def shared_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture()
 def project(in_tmp_project: Path, shared_mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_uri)
-    io.write_jsonl(prepare.prepared_file("vader", "test"),
+    io.write_jsonl(prepared_file("vader", "test"),
                    [{"id": f"imdb-test-{i:06d}", "text": REVIEWS[i % len(REVIEWS)], "label": i % 2} for i in range(40)])
     for task in ("hh", "toxic"):
         for split, start in (("finetune", 0), ("heldout", 100)):
-            io.write_jsonl(prepare.prepared_file(task, split), [
+            io.write_jsonl(prepared_file(task, split), [
                 {"id": f"{task}-p{start + i}", "prompt": f"\n\nHuman: question {start + i}?\n\nAssistant:",
                  "chosen": f" preferred {start + i}", "rejected": f" dispreferred {start + i}", "subset": "s"}
                 for i in range(8)
@@ -45,7 +46,7 @@ def project(in_tmp_project: Path, shared_mlflow_uri: str, monkeypatch: pytest.Mo
 
 def with_contrastive(params, task: str, **changes):
     section = dataclasses.replace(getattr(params.contrastive, task), **changes)
-    return dataclasses.replace(params, contrastive=dataclasses.replace(params.contrastive, **{task: section}))
+    return dataclasses.replace(params, contrastive=params.contrastive.replace(**{task: section}))
 
 
 def vader_params(params, **changes):
@@ -87,7 +88,7 @@ def test_vader_triples_substitute_exact_spans(project: Path, micro_params) -> No
 
 
 def test_vader_triples_are_deterministic_and_seeded(project: Path, micro_params) -> None:
-    rows = io.read_jsonl(prepare.prepared_file("vader", "test"))
+    rows = io.read_jsonl(prepared_file("vader", "test"))
     cfg = vader_params(micro_params).contrastive.vader
     first, _ = contrastive.vader_triples(rows, cfg, seed=0)
     assert contrastive.vader_triples(rows, cfg, seed=0)[0] == first
@@ -95,7 +96,7 @@ def test_vader_triples_are_deterministic_and_seeded(project: Path, micro_params)
 
 
 def test_vader_quantiles_and_word_frequency(project: Path, micro_params) -> None:
-    rows = io.read_jsonl(prepare.prepared_file("vader", "test"))
+    rows = io.read_jsonl(prepared_file("vader", "test"))
     cfg = vader_params(micro_params, positive_quantile=0.9, negative_quantile=0.1, min_word_count=0).contrastive.vader
     triples, stats = contrastive.vader_triples(rows, cfg, seed=0)
     assert all(t["positive"]["value"] >= stats["positive_threshold"] for t in triples)
@@ -127,7 +128,7 @@ def test_pair_triples_use_only_heldout_pairs(project: Path, micro_params, task: 
     params = with_contrastive(micro_params, task, max_triples=5, neutral_reply="I see.")
     contrastive.run(params, task=task)
     triples = io.read_jsonl(paths.contrastive_file(task))
-    heldout = {r["id"]: r for r in io.read_jsonl(prepare.prepared_file(task, "heldout"))}
+    heldout = {r["id"]: r for r in io.read_jsonl(prepared_file(task, "heldout"))}
     assert len(triples) == 5 and len({t["id"] for t in triples}) == 5
     for t in triples:
         pair = heldout[t["pair_id"]]  # KeyError if a fine-tuning pair leaked in
@@ -162,7 +163,7 @@ def test_openai_backend_grades_then_rewrites(project: Path, micro_params, monkey
     params = with_contrastive(micro_params, task, backend="openai", max_triples=4)
     contrastive.run(params, task=task)
     triples = io.read_jsonl(paths.contrastive_file(task))
-    heldout = {r["id"]: r for r in io.read_jsonl(prepare.prepared_file(task, "heldout"))}
+    heldout = {r["id"]: r for r in io.read_jsonl(prepared_file(task, "heldout"))}
     assert len(triples) == 3  # the pair with the invalid grade is skipped
     good, bad = (" Kind reply.", " Nasty reply.") if task == "hh" else (" Nasty reply.", " Kind reply.")
     for t in triples:
@@ -188,7 +189,7 @@ def test_real_imdb_triples(project: Path, micro_params) -> None:
 
     with gzip.open(ROOT / "data" / "raw" / "imdb" / "imdb_test.jsonl.gz", "rt", encoding="utf-8") as fh:
         raw = [json.loads(next(fh)) for _ in range(400)]
-    rows = [{"id": f"imdb-test-{i:06d}", "text": prepare.normalize_review(r["text"])} for i, r in enumerate(raw)]
+    rows = [{"id": f"imdb-test-{i:06d}", "text": corpora.normalize_review(r["text"])} for i, r in enumerate(raw)]
     cfg = micro_params.contrastive.vader
     triples, stats = contrastive.vader_triples(rows, cfg, micro_params.seed)
     assert len(triples) == cfg.max_triples and stats["min_word_uses"] >= cfg.word_repeats

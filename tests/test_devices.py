@@ -37,7 +37,7 @@ import pytest
 import torch
 
 import lfp
-from lfp import ablation, dpo, io, paths, rl
+from lfp import ablation, dpo, generation, io, paths, rl, stage_context
 from lfp.config import ModelSpec, TinyBase
 from lfp.modeling import load_model
 from lfp.sae import SparseAutoencoder
@@ -181,7 +181,7 @@ def no_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
         yield NullRun()
 
     monkeypatch.setattr(lfp.tracking, "stage_run", stage_run)
-    for mod in STAGE_MODULES:
+    for mod in (*STAGE_MODULES, stage_context):  # open_stage (lfp.stage_context) opens the run for most stages
         if hasattr(mod, "stage_run"):
             monkeypatch.setattr(mod, "stage_run", stage_run)
 
@@ -250,7 +250,7 @@ def test_activations_stage_runs_on_accelerates_device(spy: Spy, no_mlflow, in_tm
                    [{"id": f"imdb-train-{i}", "text": SAMPLE_TEXTS[i], "label": i % 2} for i in range(30)])
     shutil.copytree(tiny_model_dir, paths.finetuned_dir("tiny", "vader"))
     io.write_json(paths.report_dir("tiny", "vader") / "divergence.json", {"chosen_layers": [1, 4]})
-    stops_on_meta("stages/activations.py:cache_activations", activations.run, micro_params, "tiny", "vader")
+    stops_on_meta("activation_cache.py:cache_activations", activations.run, micro_params, "tiny", "vader")
     assert spy.accelerators == 1
     assert spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["GPTNeoXMLP"] >= 6  # the whole body ran, on meta
@@ -284,26 +284,30 @@ def test_probe_stage_computes_codes_on_accelerates_device(spy: Spy, no_mlflow, i
     from test_probe import LAYERS, write_fake_upstream
 
     write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")
-    stops_on_meta("stages/probe.py:element_codes", probe.run, micro_params, "tiny", "hh")
+    stops_on_meta("probe_codes.py:element_codes", probe.run, micro_params, "tiny", "hh")
     assert spy.accelerators == 1
     assert spy.moved["SparseAutoencoder"] == len(LAYERS) and spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= len(LAYERS)
 
 
 def test_probe_controls_follow_the_models_device(spy: Spy, no_mlflow, in_tmp_project: Path, tiny_model_dir: Path, micro_params) -> None:
-    """What probe.run reaches only after its first read: the base-model control (given run's
-    device) and the generation counts (device taken from the model)."""
+    """What probe.run reaches only after its first read: the base-model control (the base model and
+    its own SAEs on the stage's device) and the generation counts (device taken from the model)."""
     from test_probe import LAYERS, write_fake_upstream
 
+    from lfp.triples import load_triples
+
     write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")  # also writes the IMDB test prefixes
-    triples = probe.load_triples("hh")
-    is_test = np.zeros(2 * len(triples.groups), dtype=bool)
-    stops_on_meta("stages/activations.py:cache_activations", probe.base_control, micro_params, "tiny", "hh", LAYERS,
-                  meta_saes(LAYERS, 32), triples, is_test, META)
-    assert spy.moved["GPTNeoXForCausalLM"] == 1 and spy.ran["GPTNeoXModel"] >= 1
+    triples = load_triples("hh", lexicon=False)
+    with stage_context.open_stage("probe", micro_params, model="tiny", task="hh") as stage:
+        assert stage.device == META
+        stops_on_meta("probe_codes.py:element_codes", probe.source_rows, stage, micro_params, "tiny", "hh", "base", LAYERS,
+                      triples, False)
+    assert spy.moved["GPTNeoXForCausalLM"] == 1 and spy.moved["SparseAutoencoder"] == len(LAYERS)
+    assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= 1
 
     lm, tok = tiny_on_meta(tiny_model_dir)
-    stops_on_meta("stages/probe.py:generated_word_counts", probe.generated_word_counts, lm, tok, micro_params)
+    stops_on_meta("generation.py:generated_word_counts", generation.generated_word_counts, lm, tok, micro_params, "vader")
     assert spy.ran["GPTNeoXForCausalLM.generate"] == 1
 
 
@@ -420,10 +424,12 @@ DEVICE_NAME = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu|npu|hpu|tpu|xla|meta)$")
 FORBIDDEN_KEYWORDS = {"use_cpu", "no_cuda", "device_map"}  # trainer / from_pretrained settings that pin a device
 # (file under src/lfp, enclosing function, what) -> why it is allowed
 ALLOWED = {
-    ("stages/activations.py", "cache_activations", "'cpu'"):
+    ("activation_cache.py", "cache_activations", "'cpu'"):
         "default of the `device` argument for direct calls (tests); every stage passes Accelerate's device",
-    ("sae.py", "as_float_tensor", "'cpu'"):
+    ("sae/rows.py", "as_float_tensor", "'cpu'"):
         "the SAE trainer is a hand-written CPU loop by design (module docstring); stages move trained SAEs to the device",
+    ("sae/files.py", "<module>", "'cpu'"):
+        "SAELENS_DEVICE: cfg.json's `device` field, a file-format value (load_sae always loads on CPU), not a device choice",
     ("stages/finetune.py", "bf16_supported", "torch.cuda"):
         "a precision probe (bf16 only where natively supported), not a device choice; TRL still places the model",
 }
@@ -461,8 +467,8 @@ def test_device_literal_finder_sees_every_form(tmp_path: Path) -> None:
 
 
 def test_no_hard_coded_devices_in_stage_code() -> None:
-    files = sorted(LFP_SRC.glob("*.py")) + sorted((LFP_SRC / "stages").glob("*.py"))
-    assert len(files) > 10
+    files = sorted(LFP_SRC.rglob("*.py"))  # every package: stages/, sae/, tasks/, ...
+    assert len(files) > 10 and any(p.parent.name == "sae" for p in files)
     seen, bad = set(), []
     for path in files:
         rel = path.relative_to(LFP_SRC).as_posix()

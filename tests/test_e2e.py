@@ -61,29 +61,43 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return proj
 
 
-def stage_instances(proj: Path) -> list[tuple[str, str | None, str | None]]:
+SOURCES = ("base", "finetuned")  # activations and SAEs exist once per source (dvc.yaml's `source` axis)
+
+
+def run_names(proj: Path) -> list[str]:
+    """The MLflow run name of every stage instance: `stage@model-task[-source]`, `prepare@task`, ..."""
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    out: list[tuple[str, str | None, str | None]] = [("prepare", None, None), ("report", None, None)]
-    out += [("base", m, None) for m in params["models"]]
-    out += [("contrastive", None, t) for t in params["tasks"]]
-    for stage in ("finetune", "divergence", "activations", "sae", "probe", "explain", "validate"):
-        out += [(stage, m, t) for m in params["models"] for t in params["tasks"]]
+    models, tasks = params["models"], params["tasks"]
+    out = ["report"]
+    out += [f"base@{m}" for m in models]
+    out += [f"{stage}@{t}" for stage in ("prepare", "contrastive") for t in tasks]
+    for stage in ("finetune", "divergence", "probe", "explain", "validate"):
+        out += [f"{stage}@{m}-{t}" for m in models for t in tasks]
+    for stage in ("activations", "sae"):
+        out += [f"{stage}@{m}-{t}-{s}" for m in models for t in tasks for s in SOURCES]
     return out
 
 
 def test_every_stage_wrote_its_outputs(project):
+    for t in ("vader", "hh", "toxic"):
+        assert (project / "reports" / "runs" / "prepare" / f"{t}.json").is_file()
     for m_t in ("tiny-vader", "tiny-hh", "tiny-toxic"):
         run = project / "reports" / "runs" / m_t
-        for name in ("finetune.json", "divergence.json", "divergence.png", "sae.json", "probe.json", "features.jsonl", "explain.json", "validate.json"):
+        for name in ("finetune.json", "divergence.json", "divergence.png", "sae-base.json", "sae-finetuned.json", "probe.json",
+                     "features.jsonl", "explain.json", "validate.json"):
             assert (run / name).is_file(), f"missing {run / name}"
         assert (project / "models" / "finetuned" / m_t / "model.safetensors").is_file()
-        assert list((project / "models" / "sae" / m_t).glob("layer*-x1.safetensors"))
-        assert (project / "data" / "activations" / m_t / "index.json").is_file()
+        for source in SOURCES:
+            saes = list((project / "models" / "sae" / m_t / source).glob("layer*-x1"))
+            assert saes and all((d / "cfg.json").is_file() and (d / "sae_weights.safetensors").is_file() for d in saes)
+            assert (project / "models" / "sae" / m_t / source / "matching.json").is_file()
+            assert (project / "data" / "activations" / m_t / source / "index.json").is_file()
     assert (project / "reports" / "runs" / "tiny-vader" / "probe_plots" / "probe_words.csv").is_file()
     report = (project / "reports" / "report.md").read_text()
     for title in ("Kendall", "Sign accuracy", "Probe accuracy", "ablation", "Feature explanations", "(paper)"):
         assert title in report
     assert (project / "reports" / "report.html").is_file()
+    assert (project / "reports" / "headline.json").is_file()
 
 
 def test_second_repro_reruns_nothing(project):
@@ -100,17 +114,17 @@ def test_mlflow_has_one_finished_run_per_stage_with_the_dvc_numbers(project):
     exp = mlflow.get_experiment_by_name("lfp")
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
     by_name = {r.info.run_name: r for r in runs}
-    for stage, model, task in stage_instances(project):
-        suffix = f"@{model}-{task}" if model and task else f"@{model or task}" if (model or task) else ""
-        name = stage + suffix
+    for name in run_names(project):
         assert name in by_name, f"no MLflow run {name}"
         assert by_name[name].info.status == "FINISHED"
     for m_t in ("tiny-vader", "tiny-hh", "tiny-toxic"):
-        for stage in ("finetune", "probe", "sae", "validate"):
-            on_disk = numeric_metrics(json.loads((project / "reports" / "runs" / m_t / f"{stage}.json").read_text()))
-            logged = by_name[f"{stage}@{m_t}"].data.metrics
+        pairs = [(f"{stage}.json", f"{stage}@{m_t}") for stage in ("finetune", "probe", "validate")]
+        pairs += [(f"sae-{s}.json", f"sae@{m_t}-{s}") for s in SOURCES]
+        for file_name, run_name in pairs:
+            on_disk = numeric_metrics(json.loads((project / "reports" / "runs" / m_t / file_name).read_text()))
+            logged = by_name[run_name].data.metrics
             # every DVC metric is in MLflow with the same value (MLflow may hold extra step curves)
-            assert {k: logged.get(k) for k in on_disk} == pytest.approx(on_disk), f"{stage}@{m_t}: MLflow differs from the DVC metrics file"
+            assert {k: logged.get(k) for k in on_disk} == pytest.approx(on_disk), f"{run_name}: MLflow differs from {file_name}"
 
 
 def test_push_then_pull_into_fresh_clone_reruns_nothing(project, tmp_path):
@@ -133,13 +147,13 @@ def test_dvc_experiment_sweep_tags_its_mlflow_runs(project):
     the experiment name. Runs last: it changes params.yaml in the workspace."""
     import mlflow
 
-    sh([str(BIN / "dvc"), "exp", "run", "-n", "l1-sweep-2e-3", "-S", "sae.l1=0.002", "sae@tiny-vader"], project)
+    sh([str(BIN / "dvc"), "exp", "run", "-n", "l1-sweep-2e-3", "-S", "sae.l1=0.002", "sae@tiny-vader-finetuned"], project)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("lfp")
     runs = mlflow.search_runs([exp.experiment_id], filter_string="tags.dvc_exp = 'l1-sweep-2e-3'", output_format="list")
     names = {r.info.run_name for r in runs}
-    assert "sae@tiny-vader" in names, names
-    (sae_run,) = [r for r in runs if r.info.run_name == "sae@tiny-vader"]
+    assert "sae@tiny-vader-finetuned" in names, names
+    (sae_run,) = [r for r in runs if r.info.run_name == "sae@tiny-vader-finetuned"]
     assert sae_run.data.params["sae.l1"] == "0.002"
     shown = sh([str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv"], project).stdout
     assert "l1-sweep-2e-3" in shown

@@ -14,7 +14,8 @@ import pytest
 
 from lfp import io, paths
 from lfp.errors import BackendError
-from lfp.explainers import HH_OFFLINE_NOTE, OfflineExplainer, word_valences, correlation, load_prompt, scale_activations
+from lfp.explainers import (HH_OFFLINE_NOTE, OfflineExplainer, correlation, load_prompt, related_share, scale_activations,
+                            word_valences)
 from lfp.stages.explain import EncodedText, feature_record, token_words
 from test_llm import stub  # noqa: F401  (the HTTP stub fixture)
 
@@ -61,7 +62,7 @@ def test_feature_record_reads_top_contexts_scaled_to_ten():
 
 def test_offline_explainer_labels_planted_positive_feature_related_for_vader():
     pos, neutral, neg = records()
-    explainer = OfflineExplainer("vader", related_threshold=0.2, simulate=True)
+    explainer = OfflineExplainer("valenced", related_threshold=0.2, simulate=True)  # vader's rule
     res_pos, res_neutral, res_neg = (explainer.explain(r) for r in (pos, neutral, neg))
     assert res_pos.related is True and set(res_pos.top_tokens) <= POSITIVE
     assert res_neutral.related is False
@@ -72,12 +73,36 @@ def test_offline_explainer_labels_planted_positive_feature_related_for_vader():
 
 def test_offline_explainer_toxic_and_hh_rules():
     pos, neutral, neg = records()
-    toxic = OfflineExplainer("toxic", 0.2, simulate=False)
+    toxic = OfflineExplainer("negative", 0.2, simulate=False)  # toxic's rule
     assert toxic.explain(neg).related is True
     assert toxic.explain(pos).related is False
     assert toxic.explain(pos).simulation_score is None
-    hh = OfflineExplainer("hh", 0.2, simulate=True).explain(pos)
+    assert OfflineExplainer("positive", 0.2, simulate=False).explain(pos).related is True
+    hh = OfflineExplainer("none", 0.2, simulate=True).explain(pos)  # hh's rule: no label is invented
     assert hh.related is None and HH_OFFLINE_NOTE in hh.explanation
+
+
+def test_related_share_rules():
+    words = ["great", "awful", "table", "good"]
+    assert related_share(words, "valenced") == pytest.approx(0.75)
+    assert related_share(words, "negative") == pytest.approx(0.25)
+    assert related_share(words, "positive") == pytest.approx(0.5)
+    assert related_share(words, "none") is None and related_share([], "valenced") is None
+    with pytest.raises(BackendError, match="no relatedness rule 'vader'"):
+        related_share(words, "vader")  # a task name is not a rule
+
+
+def test_related_rule_comes_from_task_specs_or_the_kind(micro_params):
+    import dataclasses
+
+    from lfp.tasks import related_rule
+
+    assert related_rule(micro_params, "vader") == "valenced"  # lexicon_rl default
+    assert related_rule(micro_params, "hh") == "none"  # preference_dpo default
+    assert related_rule(micro_params, "toxic") == "negative"  # task_specs.toxic.related_words
+    spec = dataclasses.replace(micro_params.task("hh"), related_words="positive")
+    params = dataclasses.replace(micro_params, task_specs={**micro_params.task_specs, "hh": spec})
+    assert related_rule(params, "hh") == "positive"
 
 
 def test_dead_feature_gets_no_label():
@@ -85,7 +110,7 @@ def test_dead_feature_gets_no_label():
     for t in corpus:
         t.codes[3][:, 0] = 0.0
     rec = feature_record(corpus, 3, 0, 7, 0.5, 4, 6, np.random.default_rng(0))
-    assert rec.top == [] and OfflineExplainer("vader", 0.2, True).explain(rec).related is None
+    assert rec.top == [] and OfflineExplainer("valenced", 0.2, True).explain(rec).related is None
 
 
 def test_correlation_undefined_for_constant_input():
@@ -154,14 +179,13 @@ def build_fake_run(root: Path, model_dir: Path, task: str, *, seed: int = 0) -> 
         for ratio in (1, 2):
             sae = SparseAutoencoder(d, d * ratio, tied=True)
             sae.reset_parameters(torch.Generator().manual_seed(seed + layer + ratio))
-            save_sae(sae, root / paths.sae_dir("tiny", task) / f"layer{layer}-x{ratio}.safetensors",
-                     {"d_in": d, "d_hidden": d * ratio, "tied": True, "l1": 0.001, "layer": layer, "ratio": ratio})
+            save_sae(sae, root / paths.sae_path("tiny", task, layer, ratio), {"l1": 0.001, "layer": layer, "ratio": ratio})
             if ratio == 1:
                 saes[layer] = sae
         max_cos = np.linspace(0.9, 0.1, d).tolist()
         matching[str(layer)] = {"max_cos": max_cos, "ranked_features": list(range(d)), "mmcs": 0.5,
                                 "hungarian": [[i, i] for i in range(d)], "hungarian_mean_cos": 0.5}
-    io.write_json(root / paths.sae_dir("tiny", task) / "matching.json", {"layers": matching})
+    io.write_json(root / paths.matching_file("tiny", task), {"layers": matching})
     return saes
 
 
@@ -187,7 +211,7 @@ def plant_feature(model_dir: Path, task: str, layer: int, feature: int, fire_on:
     from sklearn.svm import LinearSVC
 
     from lfp.modeling import capture_mlp_outputs, load_model
-    from lfp.sae import load_sae, sae_file, save_sae
+    from lfp.sae import load_sae, read_sae_config, save_sae
 
     assert layer == 0
     model, _ = load_model(model_dir)
@@ -197,12 +221,12 @@ def plant_feature(model_dir: Path, task: str, layer: int, feature: int, fire_on:
     y = np.array([i in fire_on for i in candidates])
     svm = LinearSVC(C=1e4, max_iter=200_000).fit(x, y)
     assert (svm.predict(x) == y).all(), "planted token set is not linearly separable"
-    path = sae_file("tiny", task, layer, 1)
+    path = paths.sae_path("tiny", task, layer, 1)
     sae = load_sae(path)
     with torch.no_grad():
         sae.encoder_weight[feature] = torch.tensor(svm.coef_[0], dtype=torch.float32)
         sae.encoder_bias[feature] = float(svm.intercept_[0])
-    save_sae(sae, path, io.read_json(path.with_suffix(".json")))
+    save_sae(sae, path, read_sae_config(path)["lfp_meta"])
 
 
 @pytest.fixture(scope="session")

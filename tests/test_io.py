@@ -104,3 +104,74 @@ def test_truncated_npy_is_detected(tmp_path):
     p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(ArtifactError, match="corrupted or truncated"):
         io.load_npy(p)
+
+
+# Written by a fresh interpreter whose umask is set before it starts (the module reads it once).
+_UMASK_WRITER = """
+import os, torch
+from lfp import io
+io.write_text("new.txt", "x")
+io.write_text("old.txt", "replaced")
+io.write_json("m.json", {"a": 1})
+io.write_jsonl("rows.jsonl", [{"a": 1}])
+io.save_tensors("t.safetensors", {"w": torch.zeros(2)})
+with io.atomic_dir("folder") as d:
+    (d / "inside.txt").write_text("y")
+    (d / "sub").mkdir()
+open("plain.txt", "w").close()
+os.mkdir("plaindir")
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=["022", "077", "002"])
+def test_atomic_outputs_get_the_modes_the_umask_gives(tmp_path, umask):
+    """mkstemp/mkdtemp create 0600/0700 whatever the umask: outputs must instead look like any file
+    the user writes (0o666 & ~umask, dirs 0o777 & ~umask), also when they replace an older file."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "old.txt").write_text("before")
+    (tmp_path / "old.txt").chmod(0o600)
+    subprocess.run([sys.executable, "-c", _UMASK_WRITER], cwd=tmp_path, check=True, timeout=120,
+                   preexec_fn=lambda: os.umask(umask))  # noqa: PLW1509 - sets the child's umask only
+    mode = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    want_file, want_dir = 0o666 & ~umask, 0o777 & ~umask
+    assert mode["plain.txt"] == want_file and mode["plaindir"] == want_dir  # what the OS gives
+    for name in ("new.txt", "old.txt", "m.json", "rows.jsonl", "t.safetensors", "inside.txt"):
+        assert mode[name] == want_file, f"{name}: {oct(mode[name])} != {oct(want_file)}"
+    for name in ("folder", "sub"):
+        assert mode[name] == want_dir, f"{name}: {oct(mode[name])} != {oct(want_dir)}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_reading_the_umask_leaves_it_unchanged():
+    import os
+
+    io.process_umask.cache_clear()
+    before = os.umask(0o027)
+    try:
+        assert io.process_umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still set: reading it did not change it
+    finally:
+        os.umask(before)
+        io.process_umask.cache_clear()
+
+
+def test_a_failing_commit_check_keeps_the_old_output(tmp_path):
+    """io.commit_check: a check that raises (the MLflow store vanished) discards the temp file."""
+    target = tmp_path / "out.json"
+    io.write_json(target, {"a": 1})
+
+    def refuse() -> None:
+        raise RuntimeError("store gone")
+
+    with io.commit_check(refuse), pytest.raises(RuntimeError):
+        io.write_json(target, {"a": 2})
+    with io.commit_check(refuse), pytest.raises(RuntimeError):
+        with io.atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("1")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    io.write_json(target, {"a": 3})  # outside the block the check is gone
+    assert json.loads(target.read_text()) == {"a": 3}

@@ -14,7 +14,7 @@ import pytest
 
 from lfp.config import Llm
 from lfp.errors import BackendError, ConfigError
-from lfp.llm import LlmClient, parse_json_reply
+from lfp.llm import LlmClient, parse_json_reply, redact, redact_url
 
 PLANTED_KEY = "sk-planted-SECRET-4242"
 KEY_ENV = "LFP_TEST_LLM_KEY"
@@ -217,3 +217,67 @@ def test_env_overrides_base_url_and_model(stub, monkeypatch):
     monkeypatch.setenv("LFP_LLM_BASE_URL", "gopher://x")
     with pytest.raises(ConfigError, match="LFP_LLM_BASE_URL"):
         LlmClient(cfg_for(server.url))
+
+
+# --------------------------------------------------------------------------------------------
+# credentials in the URL's query string (fault: the key was echoed to stderr and tagged in MLflow)
+# --------------------------------------------------------------------------------------------
+
+QUERY_KEY = "sk-QUERY-key-7777"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://h/v1?api-key=sk-1", "https://h/v1?api-key=***"),
+    ("https://h/v1?api_key=sk-1&api-version=2024-06-01", "https://h/v1?api_key=***&api-version=2024-06-01"),
+    ("https://h/v1?key=a&token=b&access_token=c&sig=d&code=e&X-Amz-Signature=f&client_secret=g&password=h",
+     "https://h/v1?key=***&token=***&access_token=***&sig=***&code=***&X-Amz-Signature=***&client_secret=***&password=***"),
+    ("https://user:pw@h:8443/v1?x=1", "https://***@h:8443/v1?x=1"),
+    ("https://h/cb#access_token=t&state=s", "https://h/cb#access_token=***&state=s"),
+    ("sqlite:////tmp/a b/mlflow.db", "sqlite:////tmp/a b/mlflow.db"),  # kept character for character
+    ("https://h/v1?signal=1&design=2&page=3", "https://h/v1?signal=1&design=2&page=3"),
+    ("https://h/v1?api-key=", "https://h/v1?api-key="),
+])
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_redact_finds_urls_inside_text_and_known_secrets():
+    text = "failed: POST https://h/v1/chat/completions?api-key=sk-1 (key sk-ENV-123456 rejected)"
+    assert redact(text, {"sk-ENV-123456"}) == "failed: POST https://h/v1/chat/completions?api-key=*** (key *** rejected)"
+
+
+def test_key_in_base_url_query_is_sent_but_never_shown(stub, monkeypatch, caplog, capsys):
+    """`LFP_LLM_BASE_URL=https://host/v1?api-key=...`: the query goes with every request (it used to
+    be glued into the path), and the URL is shown everywhere as `?api-key=***`: the client's
+    `base_url` (what explain tags as `llm_base_url`), repr, errors, and the openai/httpx logs."""
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    monkeypatch.setenv("OPENAI_LOG", "debug")
+    caplog.set_level(logging.DEBUG)
+    server = stub(lambda req, n: (200, chat_body("ok")) if n == 1 else (500, {"error": {"message": f"bad {server.requests[-1]['path']}"}}))
+    monkeypatch.setenv("LFP_LLM_BASE_URL", f"{server.url}?api-key={QUERY_KEY}&api-version=2024-06-01")
+    client = LlmClient(cfg_for("https://unused.example.com/v1", max_retries=0))
+    assert client.complete("s", "u") == "ok"
+    assert server.requests[0]["path"] == f"/v1/chat/completions?api-key={QUERY_KEY}&api-version=2024-06-01"
+    with pytest.raises(BackendError, match="HTTP 500") as info:
+        client.complete("s", "u")
+    assert client.base_url == f"{server.url}?api-key=***&api-version=2024-06-01"
+    assert client.base_url in str(info.value)
+    out = capsys.readouterr()
+    assert "chat/completions" in caplog.text  # httpx did log the request line, redacted
+    for text in (client.base_url, repr(client), str(info.value), caplog.text, out.out, out.err):
+        assert QUERY_KEY not in text and PLANTED_KEY not in text
+
+
+@pytest.mark.parametrize("url", ["ftp://host/v1?token=sk-QUERY-key-7777", "http:///v1?api-key=sk-QUERY-key-7777"])
+def test_bad_base_url_error_redacts_the_query(url, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    with pytest.raises(ConfigError, match="not an http") as info:
+        LlmClient(cfg_for(url))
+    assert QUERY_KEY not in str(info.value) and "=***" in str(info.value)
+
+
+def test_missing_key_error_redacts_the_query(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(BackendError, match=KEY_ENV) as info:
+        LlmClient(cfg_for(f"https://llm.example.com/v1?code={QUERY_KEY}"))
+    assert QUERY_KEY not in str(info.value)

@@ -70,8 +70,8 @@ def test_stage_metrics_read_back_over_rest(mlflow_server, tmp_path):
     shutil.copytree(ROOT / "data" / "raw", proj / "data" / "raw")
     shutil.copy2(ROOT / "tests" / "micro_params.yaml", proj / "params.yaml")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(BIN / "lfp"), "prepare"], cwd=proj, env=env, check=True, capture_output=True, timeout=300)
-    on_disk = json.loads((proj / "reports" / "runs" / "prepare.json").read_text())
+    subprocess.run([str(BIN / "lfp"), "prepare", "--task", "vader"], cwd=proj, env=env, check=True, capture_output=True, timeout=300)
+    on_disk = json.loads((proj / "reports" / "runs" / "prepare" / "vader.json").read_text())
 
     exps = _get(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lfp")
     exp_id = exps["experiment"]["experiment_id"]

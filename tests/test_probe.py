@@ -1,5 +1,6 @@
-"""The probe stage: token spans, deltas, grouped split, planted-signal probes, controls, and an
-end-to-end `run()` on tiny fake upstream artifacts."""
+"""The probe: token spans (lfp.triples), deltas, grouped split, planted-signal probes, controls
+(lfp.probes), and an end-to-end `run()` of the stage on tiny fake upstream artifacts (base-control
+SAEs are read from models/sae/{m}-{t}/base/, never trained by the probe)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import io, metrics, paths
-from lfp.sae import SparseAutoencoder, sae_file, save_sae
+from lfp import io, metrics, paths, probes
+from lfp.errors import ArtifactError
+from lfp.sae import SparseAutoencoder, save_sae
 from lfp.stages import probe
+from lfp.triples import ROLES, load_triples, token_window
 
 LAYERS = [1, 2, 3, 4, 5]
 
@@ -35,18 +38,18 @@ def test_token_window_maps_span_and_truncates_from_the_left(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     text = "This movie was great and I loved the acting."
     s = text.index("great")
-    ids, pos = probe.token_window(tok, text, (s, s + len("great")), max_length=64)
+    ids, pos = token_window(tok, text, (s, s + len("great")), max_length=64)
     assert tok.decode([ids[p] for p in pos]).strip() == "great"
     assert pos[-1] == len(ids) - 1  # the text is cut after the word
-    short, spos = probe.token_window(tok, text, (s, s + len("great")), max_length=len(pos))
+    short, spos = token_window(tok, text, (s, s + len("great")), max_length=len(pos))
     assert short == [ids[p] for p in pos] and spos == list(range(len(pos)))  # the left context went first
-    assert probe.token_window(tok, text, (len(text), len(text)), 64) == ([], [])
+    assert token_window(tok, text, (len(text), len(text)), 64) == ([], [])
 
 
 def test_probe_rows_signed_deltas():
     codes = {"positive": np.array([[3.0, 4.0], [1.0, 0.0]]), "neutral": np.zeros((2, 2)),
              "negative": np.array([[0.0, 2.0], [0.0, 0.5]])}
-    rows = probe.probe_rows(codes, ["t0", "t1"], {"positive": ["good", "nice"], "negative": ["bad", "sad"]},
+    rows = probes.probe_rows(codes, ["t0", "t1"], {"positive": ["good", "nice"], "negative": ["bad", "sad"]},
                             {"positive": [1.9, 1.8], "negative": [-2.5, -2.1]})
     np.testing.assert_allclose(rows.target, [5.0, -2.0, 1.0, -0.5])
     assert list(rows.label) == [1, 0, 1, 0]
@@ -57,15 +60,15 @@ def test_probe_rows_signed_deltas():
 
 def test_split_keeps_each_triple_on_one_side():
     groups = np.repeat([f"t{i}" for i in range(50)], 2)
-    is_test = probe.split_by_group(groups, 0.2, seed=3)
+    is_test = probes.split_by_group(groups, 0.2, seed=3)
     for g in np.unique(groups):
         assert len(set(is_test[groups == g])) == 1
     assert len(np.unique(groups[is_test])) == 10
-    assert np.array_equal(is_test, probe.split_by_group(groups, 0.2, seed=3))
-    assert not np.array_equal(is_test, probe.split_by_group(groups, 0.2, seed=4))
+    assert np.array_equal(is_test, probes.split_by_group(groups, 0.2, seed=3))
+    assert not np.array_equal(is_test, probes.split_by_group(groups, 0.2, seed=4))
 
 
-def planted_vader(n_triples: int = 300, n_noise: int = 30, seed: int = 0) -> probe.ProbeRows:
+def planted_vader(n_triples: int = 300, n_noise: int = 30, seed: int = 0) -> probes.ProbeRows:
     """Triples whose codes carry the word's valence along one direction per polarity, so the signed
     delta is an exact linear function of the element's codes (plus noise in other dimensions)."""
     rng = np.random.default_rng(seed)
@@ -81,15 +84,15 @@ def planted_vader(n_triples: int = 300, n_noise: int = 30, seed: int = 0) -> pro
     neg[:, 1] = [-neg_words[w] for w in nw]
     pos[:, 2:] += 0.01 * noise()
     neg[:, 2:] += 0.01 * noise()
-    return probe.probe_rows({"positive": pos, "neutral": neutral, "negative": neg}, [f"t{i}" for i in range(n_triples)],
+    return probes.probe_rows({"positive": pos, "neutral": neutral, "negative": neg}, [f"t{i}" for i in range(n_triples)],
                             {"positive": list(pw), "negative": list(nw)},
                             {"positive": [pos_words[w] for w in pw], "negative": [neg_words[w] for w in nw]})
 
 
 def test_planted_signal_gives_high_tau_and_chance_controls(micro_params):
     rows = planted_vader()
-    is_test = probe.split_by_group(rows.groups, 0.3, micro_params.seed)
-    m, predicted, ev = probe.vader_probe(rows, is_test, micro_params)
+    is_test = probes.split_by_group(rows.groups, 0.3, micro_params.seed)
+    m, predicted, ev = probes.vader_probe(rows, is_test, micro_params)
     assert m["kendall_tau"] > 0.8 and m["kendall_p"] < 1e-6
     assert m["kendall_tau_negative"] > 0.6
     assert m["sign_acc_positive"] > 0.9 and m["sign_acc_negative"] > 0.9
@@ -103,19 +106,19 @@ def test_no_signal_gives_tau_near_zero(micro_params):
     rows = planted_vader()
     rng = np.random.default_rng(5)
     rows = dataclasses.replace(rows, codes=rng.normal(size=rows.codes.shape).astype(np.float32))
-    is_test = probe.split_by_group(rows.groups, 0.3, micro_params.seed)
-    m, _, _ = probe.vader_probe(rows, is_test, micro_params)
+    is_test = probes.split_by_group(rows.groups, 0.3, micro_params.seed)
+    m, _, _ = probes.vader_probe(rows, is_test, micro_params)
     assert abs(m["kendall_tau"]) < 0.3
 
 
 def test_pair_probe_accuracy_and_shuffled_control(micro_params):
     rng = np.random.default_rng(0)
     n = 200
-    codes = {r: np.abs(rng.normal(size=(n, 20))) for r in probe.ROLES}
+    codes = {r: np.abs(rng.normal(size=(n, 20))) for r in ROLES}
     codes["positive"][:, 0] += 3.0  # the preferred reply lights up feature 0
-    rows = probe.probe_rows(codes, [f"pair{i}" for i in range(n)])
-    is_test = probe.split_by_group(rows.groups, 0.2, micro_params.seed)
-    m, decision = probe.pair_probe(rows, is_test, micro_params)
+    rows = probes.probe_rows(codes, [f"pair{i}" for i in range(n)])
+    is_test = probes.split_by_group(rows.groups, 0.2, micro_params.seed)
+    m, decision = probes.pair_probe(rows, is_test, micro_params)
     assert m["probe_accuracy"] > 0.95
     assert m["probe_accuracy_ci_low"] <= m["probe_accuracy"] <= m["probe_accuracy_ci_high"]
     assert 0.25 < m["shuffled_probe_accuracy"] < 0.75
@@ -124,8 +127,8 @@ def test_pair_probe_accuracy_and_shuffled_control(micro_params):
 
 def test_xavier_baseline_is_seeded():
     x = np.random.default_rng(0).normal(size=(10, 7)).astype(np.float32)
-    np.testing.assert_array_equal(probe.xavier_predictions(x, 1), probe.xavier_predictions(x, 1))
-    assert not np.allclose(probe.xavier_predictions(x, 1), probe.xavier_predictions(x, 2))
+    np.testing.assert_array_equal(probes.xavier_predictions(x, 1), probes.xavier_predictions(x, 1))
+    assert not np.allclose(probes.xavier_predictions(x, 1), probes.xavier_predictions(x, 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,16 +144,16 @@ def test_bad_triples_name_file_line_and_field(in_tmp_project):
     bad["negative"]["span"] = [5, 999]
     io.write_jsonl(paths.contrastive_file("vader"), [good, bad])
     with pytest.raises(DataError, match=r"vader.jsonl:2: field 'negative.span'"):
-        probe.load_triples("vader")
+        load_triples("vader", lexicon=True)
     del bad["negative"]["value"]
     io.write_jsonl(paths.contrastive_file("vader"), [good, bad])
     with pytest.raises(DataError, match=r"vader.jsonl:2: missing field 'negative.value'"):
-        probe.load_triples("vader")
+        load_triples("vader", lexicon=True)
     pair = {"id": "x", "pair_id": "p", "prompt": "Q:", "positive": {"text": "Q: yes", "response": " no"},
             "neutral": {"text": "Q: ok", "response": " ok"}, "negative": {"text": "Q: no", "response": " no"}}
     io.write_jsonl(paths.contrastive_file("hh"), [pair])
     with pytest.raises(DataError, match=r"hh.jsonl:1: field 'positive.text' must equal prompt"):
-        probe.load_triples("hh")
+        load_triples("hh", lexicon=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,11 +200,12 @@ def write_fake_upstream(root: Path, model_dir: Path, task: str) -> None:
     d = json.loads((model_dir / "config.json").read_text())["hidden_size"]
     io.write_json(root / paths.report_dir("tiny", task) / "divergence.json",
                   {"block_l2": [0.0] * 6, "mlp_l2": [0.0] * 6, "chosen_layers": LAYERS, "top_k": len(LAYERS)})
-    gen = torch.Generator().manual_seed(0)
-    for layer in LAYERS:
-        sae = SparseAutoencoder(d, d, tied=True)
-        sae.reset_parameters(gen)
-        save_sae(sae, root / sae_file("tiny", task, layer, 1), {"l1": 0.001, "layer": layer, "ratio": 1})
+    for seed, source in enumerate(("finetuned", "base")):  # `sae --source finetuned|base` outputs
+        gen = torch.Generator().manual_seed(seed)
+        for layer in LAYERS:
+            sae = SparseAutoencoder(d, d, tied=True)
+            sae.reset_parameters(gen)
+            save_sae(sae, root / paths.sae_path("tiny", task, layer, 1, source), {"l1": 0.001, "layer": layer, "ratio": 1})
 
 
 def read_words(path: Path) -> list[dict[str, str]]:
@@ -256,8 +260,19 @@ def test_run_hh_end_to_end(in_tmp_project, tiny_model_dir, micro_params):
     assert "decision function" in info["predicted"]
 
     no_control = dataclasses.replace(micro_params, probe=dataclasses.replace(micro_params.probe, base_control=False))
+    shutil.rmtree(paths.sae_dir("tiny", "hh", "base"))  # without the base control, base SAEs are not read
     probe.run(no_control, "tiny", "hh")
     first = metrics_file.read_text()
     assert "base_control_probe_accuracy" not in first
     probe.run(no_control, "tiny", "hh")  # same params -> same metrics
     assert metrics_file.read_text() == first
+
+
+def test_base_control_reads_base_saes_and_trains_none(in_tmp_project, tiny_model_dir, micro_params):
+    """The control's SAEs are a DVC output of `sae --source base`; missing, the stage names the folder."""
+    write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")
+    shutil.rmtree(paths.sae_dir("tiny", "hh", "base"))
+    with pytest.raises(ArtifactError, match=r"models/sae/tiny-hh/base/layer1-x1: SAE directory not found"):
+        probe.run(micro_params, "tiny", "hh")
+    assert not (paths.report_dir("tiny", "hh") / "probe.json").exists()
+    assert not paths.sae_dir("tiny", "hh", "base").exists()  # nothing trained in its place

@@ -1,12 +1,14 @@
 """MLflow tracking: one run per stage instance, same numbers as the DVC metrics file, no secrets."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from lfp.errors import BackendError
-from lfp.tracking import numeric_metrics, stage_run
+from lfp.tracking import flatten, is_secret_name, numeric_metrics, stage_run
 
 
 def _runs(uri: str, experiment: str = "lfp-test"):
@@ -61,3 +63,146 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
     with pytest.raises(BackendError, match=r"MLflow at http://127.0.0.1:9"):
         with stage_run("sae", experiment="lfp-test"):
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# params: complete, and never a secret
+# --------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _by_name(uri: str, experiment: str = "lfp-test") -> dict:
+    return {r.info.run_name: r for r in _runs(uri, experiment)}
+
+
+def test_param_names_with_token_counts_are_logged_and_secret_names_are_not(mlflow_store):
+    """`token` in a name is not a secret (max_new_tokens was dropped); what a name says is."""
+    params = {
+        "finetune": {"vader": {"max_new_tokens": 19, "min_new_tokens": 8}},
+        "probe": {"generation_max_new_tokens": 19},
+        "explain": {"context_tokens": 24},
+        "tiny_base": {"tokenizer_texts": 2000},
+        "llm": {"api_key_env": "OPENAI_API_KEY", "api_key": "x1", "hf_token": "x2", "password": "x3",
+                "client_secret": "x4", "authorization": "x5", "token": "x6", "apiKey": "x7"},
+    }
+    with stage_run("probe", experiment="lfp-test", model="tiny", task="vader", params=params):
+        pass
+    logged = _by_name(mlflow_store)["probe@tiny-vader"].data.params
+    for key in ("finetune.vader.max_new_tokens", "finetune.vader.min_new_tokens", "probe.generation_max_new_tokens",
+                "explain.context_tokens", "tiny_base.tokenizer_texts", "llm.api_key_env"):
+        assert key in logged, key
+    assert not [k for k in logged if k.startswith("llm.") and k != "llm.api_key_env"]
+
+
+@pytest.mark.parametrize("name", ["llm.api_key", "hf_token", "access_token", "db.password", "secret", "Authorization",
+                                  "aws.secret_access_key", "auth", "x.apiKey", "bearer_token", "private_key"])
+def test_is_secret_name_yes(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["finetune.vader.max_new_tokens", "explain.context_tokens", "tiny_base.tokenizer_texts",
+                                  "llm.api_key_env", "sort_key", "keyword", "author", "monkey"])
+def test_is_secret_name_no(name):
+    assert not is_secret_name(name)
+
+
+def test_every_leaf_of_the_repository_params_reaches_mlflow(mlflow_store, tmp_path, monkeypatch):
+    """Design: the parent run `pipeline@<id>` holds every leaf of the params file (flattened with
+    dots, values as `str(value)`); each stage run holds the sections its stage passed. Here the
+    repository's own params.yaml is the params file."""
+    import shutil
+
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LFP_PARAMS", raising=False)
+    leaves = flatten(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+    assert len(leaves) > 50
+    with stage_run("probe", experiment="lfp-test", model="tiny", task="vader", params={"probe": {"ridge_alpha": 1.0}}):
+        pass
+    runs = _by_name(mlflow_store)
+    (parent,) = [r for name, r in runs.items() if name.startswith("pipeline@")]
+    logged = parent.data.params
+    missing = {k: str(v) for k, v in leaves.items() if logged.get(k) != str(v)}
+    assert missing == {}
+    assert runs["probe@tiny-vader"].data.params == {"probe.ridge_alpha": "1.0"}
+
+
+SECRET_A, SECRET_B, SECRET_C, SECRET_D, SECRET_E = (f"sk-SECRET-{c}-0123456789" for c in "ABCDE")
+
+
+def test_secrets_never_reach_mlflow_by_name_value_or_url(mlflow_store, tmp_path, monkeypatch):
+    """Secret by name (`llm.api_key`), by value (the value of the variable `llm.api_key_env` names,
+    or of OPENAI_API_KEY), inside a URL's query (`?api-key=`), in a tag (explain's `llm_base_url`):
+    not in params, tags, nor anywhere in the store's bytes."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["llm"].update(base_url=f"https://llm.example.com/v1?api-key={SECRET_A}&api-version=2024", api_key=SECRET_B,
+                       api_key_env="LFP_TEST_KEY_VAR", model=SECRET_C)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LFP_PARAMS", raising=False)
+    monkeypatch.setenv("LFP_TEST_KEY_VAR", SECRET_C)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_D)
+    with stage_run("explain", experiment="lfp-test", model="tiny", task="vader",
+                   params={"llm": data["llm"], "note": SECRET_D, "endpoint": f"see https://h/v1?token={SECRET_E}"},
+                   tags={"llm_base_url": f"https://h/v1?token={SECRET_E}"}) as run:
+        run.log_metrics({"n": 1})
+    runs = _by_name(mlflow_store)
+    stage = runs["explain@tiny-vader"]
+    (parent,) = [r for name, r in runs.items() if name.startswith("pipeline@")]
+    assert stage.data.tags["llm_base_url"] == "https://h/v1?token=***"
+    for run in (stage, parent):
+        assert run.data.params["llm.base_url"] == "https://llm.example.com/v1?api-key=***&api-version=2024"
+        assert run.data.params["llm.api_key_env"] == "LFP_TEST_KEY_VAR"
+        assert "llm.api_key" not in run.data.params and "llm.model" not in run.data.params
+    assert "note" not in stage.data.params and stage.data.params["endpoint"] == "see https://h/v1?token=***"
+    secrets = [s.encode() for s in (SECRET_A, SECRET_B, SECRET_C, SECRET_D, SECRET_E)]
+    hits = [str(p) for p in tmp_path.rglob("*") if p.is_file() and p.name != "params.yaml"
+            and any(s in p.read_bytes() for s in secrets)]
+    assert hits == []
+
+
+def test_a_long_list_param_is_cut_with_a_pointer_to_its_full_value(mlflow_store, tmp_path):
+    words = [f"word{i}" for i in range(2000)]  # ~20,000 characters: over MLflow's 6000
+    with stage_run("contrastive", experiment="lfp-test", task="vader", params={"neutral_words": words}) as run:
+        run_id = run.run_id
+    value = _by_name(mlflow_store)["contrastive@vader"].data.params["neutral_words"]
+    assert len(value) <= 6000 and value.startswith("['word0', 'word1'")
+    assert value.endswith(f"[{len(str(words))} chars; full value in artifact params/params.json]")
+    full = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="params/params.json",
+                                                                dst_path=str(tmp_path / "dl"))).read_text())
+    assert full == {"neutral_words": str(words)}
+
+
+def test_mlflow_errors_redact_the_tracking_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET_A}@127.0.0.1:9/?token={SECRET_B}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(BackendError, match=r"MLflow at http://\*\*\*@127.0.0.1:9/\?token=\*\*\*") as info:
+        with stage_run("sae", experiment="lfp-test"):
+            pass
+    assert SECRET_A not in str(info.value) and SECRET_B not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# comparing one stage across models x tasks (the recipe in docs/reliability.md)
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_stage_across_models_and_tasks_is_one_flat_search(mlflow_store):
+    """`mlflow.search_runs(filter_string="tags.stage = 'probe'")` lists every probe run, one row each,
+    with the same model / task / source columns for every stage (the pipeline parents are not in it)."""
+    for model, task in (("tiny", "vader"), ("tiny", "hh"), ("smollm2", "vader")):
+        with stage_run("probe", experiment="lfp-test", model=model, task=task) as run:
+            run.log_metrics({"kendall_tau": 0.5 if task == "vader" else 0.1})
+    with stage_run("sae", experiment="lfp-test", model="tiny", task="vader", source="base"):
+        pass
+    with stage_run("prepare", experiment="lfp-test", task="vader"):
+        pass
+    mlflow.set_tracking_uri(mlflow_store)
+    df = mlflow.search_runs(experiment_names=["lfp-test"], filter_string="tags.stage = 'probe'", order_by=["tags.model", "tags.task"])
+    got = sorted(zip(df["tags.model"], df["tags.task"], df["tags.source"], df["metrics.kendall_tau"]))
+    assert got == [("smollm2", "vader", "", 0.5), ("tiny", "hh", "", 0.1), ("tiny", "vader", "", 0.5)]
+    assert set(df["tags.kind"]) == {"stage"} and df["tags.mlflow.parentRunId"].notna().all()
+    sae = mlflow.search_runs(experiment_names=["lfp-test"], filter_string="tags.stage = 'sae' and tags.source = 'base'")
+    assert list(sae["tags.mlflow.runName"]) == ["sae@tiny-vader-base"]

@@ -37,6 +37,7 @@ _SECRET_QUERY_NAME = re.compile(
 )
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*@)")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+_PARAM_IN_TEXT = re.compile(r"([?&#])([^=&\s?#'\"]+)=([^&\s'\"<>#]*)")
 _MIN_SECRET_LEN = 4  # shorter "secrets" (e.g. an empty or 1-char dummy key) would blank out ordinary text
 
 
@@ -67,13 +68,32 @@ def redact_url(url: str) -> str:
     return f"{base}{qmark}{query}{hashmark}{fragment}"
 
 
+def url_secrets(url: str) -> list[str]:
+    """The credentials a URL carries (its `user:pass` and its secret query values), to scrub from
+    any text that might repeat them in another form (e.g. urllib3's `url: /?token=...`)."""
+    head = url.partition("#")[0]
+    base, _, query = head.partition("?")
+    found = []
+    match = _USERINFO.match(base)
+    if match:
+        userinfo = match.group(2)[:-1]
+        found += [userinfo, userinfo.partition(":")[2]]
+    found += [v for n, v in parse_qsl(query, keep_blank_values=True) if v and is_secret_query_name(n)]
+    return [s for s in found if s]
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with every URL in it passed through `redact_url` and every known secret value
-    (e.g. the API key) replaced by `***`: for error messages, log lines, MLflow tags and params."""
-    for secret in secrets:
+    """`text` with every URL in it passed through `redact_url`, every secret-looking `?name=value`
+    / `&name=value` (also of a relative URL) redacted, and every known secret value (e.g. the API
+    key) replaced by `***`: for error messages, log lines, MLflow tags and params."""
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret and len(secret) >= _MIN_SECRET_LEN:
             text = text.replace(secret, REDACTED)
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return _PARAM_IN_TEXT.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}={REDACTED}" if m.group(3) and is_secret_query_name(m.group(2)) else m.group(0),
+        text,
+    )
 
 
 class _LogRedactor(logging.Filter):
@@ -96,12 +116,18 @@ class _LogRedactor(logging.Filter):
 
 
 _LOG_REDACTOR = _LogRedactor()
-_HTTP_LOGGERS = ("openai", "openai._base_client", "httpx", "httpcore")
+# A logger's filters see only the records made on that very logger, so every logger of these
+# families gets one: openai, openai._base_client, httpx, httpcore, and the httpx2/httpcore2 that
+# some openai releases vendor.
+_HTTP_LOGGER_PREFIXES = ("openai", "httpx", "httpcore")
 
 
 def _redact_http_logs(secrets: Iterable[str]) -> None:
+    """Redact URLs (and these secrets) in everything the HTTP client stack logs from now on.
+    Call it after the openai client is built: its modules create their loggers on import."""
     _LOG_REDACTOR.secrets.update(s for s in secrets if s and s != LOCAL_DUMMY_KEY)
-    for name in _HTTP_LOGGERS:
+    names = {n for n in logging.root.manager.loggerDict if n.startswith(_HTTP_LOGGER_PREFIXES)}
+    for name in names | set(_HTTP_LOGGER_PREFIXES):
         logger = logging.getLogger(name)
         if _LOG_REDACTOR not in logger.filters:
             logger.addFilter(_LOG_REDACTOR)
@@ -208,13 +234,13 @@ class LlmClient:
         self.max_retries = cfg.max_retries
         self._key = resolve_api_key(cfg, url)
         self._secrets = [self._key, *(v for n, v in query if is_secret_query_name(n) and v)]
-        _redact_http_logs(self._secrets)
         # The openai client appends paths to base_url as raw text, so a query left in it would end
         # up in the middle of the request path: it goes in `default_query` instead.
         self._client = OpenAI(
             api_key=self._key, base_url=url.partition("?")[0], default_query=dict(query) or None,
             timeout=cfg.timeout_s, max_retries=cfg.max_retries,
         )
+        _redact_http_logs(self._secrets)
 
     def __repr__(self) -> str:  # never show the key
         return f"LlmClient(base_url={self.base_url!r}, model={self.model!r})"

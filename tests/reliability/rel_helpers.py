@@ -168,7 +168,7 @@ def copy_project(dst: Path) -> Path:
     return dst
 
 
-CHEAP_TARGETS = ["contrastive@vader", "contrastive@hh"]  # + prepare, their upstream
+CHEAP_TARGETS = ["contrastive@vader", "contrastive@hh"]  # + prepare@vader, prepare@hh, their upstream
 
 
 class DvcProjects:

@@ -1,11 +1,11 @@
 """Same params ⇒ same results: two fresh copies of the project, the same `dvc repro`, compared.
 
-Cheap slice (always): prepare + contrastive@vader + contrastive@hh — dvc.lock content (every
-dependency's and output's md5) equal, and reports/runs/**.json byte-for-byte.
-Upstream chain (LFP_RELIABILITY_FULL=1, ~2-5 min on 2 cores): `dvc repro sae@tiny-vader`
-(base → finetune → divergence → activations → sae) — every reports/runs/**.json value except the
-wall-clock keys in TIMING_KEY, plus the md5 of every other output in dvc.lock (weights, activation
-caches, SAEs, plots).
+Cheap slice (always): prepare@{vader,hh} + contrastive@vader + contrastive@hh — dvc.lock content
+(every dependency's and output's md5) equal, and reports/runs/**.json byte-for-byte.
+Upstream chain (LFP_RELIABILITY_FULL=1, ~2-5 min on 2 cores): `dvc repro sae@tiny-vader-finetuned
+sae@tiny-vader-base` (base → finetune → divergence → activations → sae, both sources) — every
+reports/runs/**.json value except the wall-clock keys in TIMING_KEY, plus the md5 of every other
+output in dvc.lock (weights, activation caches, SAEs, plots).
 """
 
 from __future__ import annotations
@@ -48,21 +48,24 @@ def test_cheap_slice_is_byte_identical(dvc_projects):
     # and dvc.lock lists stages in the order they ran
     assert yaml.safe_load(dvc_projects.lock["a"]) == yaml.safe_load(dvc_projects.lock["b"])
     assert set(outs_md5(dvc_projects.lock["a"])) >= {"data/prepared/vader", "data/contrastive/vader.jsonl", "data/contrastive/hh.jsonl"}
-    assert dvc_projects.reports["a"] == dvc_projects.reports["b"] and "prepare.json" in dvc_projects.reports["a"]
+    assert dvc_projects.reports["a"] == dvc_projects.reports["b"]
+    assert {"prepare/vader.json", "prepare/hh.json"} <= set(dvc_projects.reports["a"])
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(os.environ.get("LFP_RELIABILITY_FULL") != "1", reason="set LFP_RELIABILITY_FULL=1: runs base→sae twice (minutes)")
 def test_upstream_chain_gives_the_same_metrics_and_outputs(dvc_projects):
     for proj in (dvc_projects.a, dvc_projects.b):
-        dvc_projects.repro(proj, ["sae@tiny-vader"])
+        dvc_projects.repro(proj, ["sae@tiny-vader-finetuned", "sae@tiny-vader-base"])
     reports = [{k: without_timing(json.loads(v)) for k, v in snapshot_bytes(p / "reports" / "runs").items() if k.endswith(".json")}
                for p in (dvc_projects.a, dvc_projects.b)]
-    assert {"base/tiny.json", "tiny-vader/finetune.json", "tiny-vader/divergence.json", "tiny-vader/sae.json"} <= set(reports[0])
+    assert {"base/tiny.json", "tiny-vader/finetune.json", "tiny-vader/divergence.json", "tiny-vader/sae-finetuned.json",
+            "tiny-vader/sae-base.json"} <= set(reports[0])
     for name in sorted(reports[0]):
         assert reports[0][name] == reports[1][name], name
     # weights, activation caches, SAEs, plots: byte-identical; the metrics JSON were compared above
     md5 = [{k: v for k, v in outs_md5((p / "dvc.lock").read_text()).items() if not k.endswith(".json")}
            for p in (dvc_projects.a, dvc_projects.b)]
-    assert {"models/base/tiny", "models/finetuned/tiny-vader", "data/activations/tiny-vader", "models/sae/tiny-vader"} <= set(md5[0])
+    assert {"models/base/tiny", "models/finetuned/tiny-vader", "data/activations/tiny-vader/finetuned", "data/activations/tiny-vader/base",
+            "models/sae/tiny-vader/finetuned", "models/sae/tiny-vader/base"} <= set(md5[0])
     assert md5[0] == md5[1]

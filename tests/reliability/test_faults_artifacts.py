@@ -46,7 +46,7 @@ def test_damaged_model_directory_is_a_model_load_error_naming_it(tiny_model_dir,
 
 def test_activation_shard_of_the_wrong_shape_is_refused(tmp_path):
     """A complete, valid .npy that does not match index.json (e.g. copied from another run)."""
-    from lfp.stages.sae import load_layer
+    from lfp.activation_cache import load_layer
 
     np.save(tmp_path / "layer2.npy", np.zeros((10, 8), dtype=np.float32))
     with pytest.raises(ArtifactError, match=r"layer2\.npy: expected float32 \(12, 8\)"):
@@ -59,6 +59,6 @@ def test_truncated_divergence_json_via_cli_names_the_file(tmp_path):
     target = tmp_path / paths.report_dir("tiny", "vader") / "divergence.json"
     io.write_json(target, {"chosen_layers": [0, 1, 2, 3, 4], "block_l2": [0.1] * 6})
     _truncate(target)
-    proc = run_lfp(["activations", "--model", "tiny", "--task", "vader"], tmp_path, timeout=120)
+    proc = run_lfp(["activations", "--model", "tiny", "--task", "vader", "--source", "base"], tmp_path, timeout=120)
     assert_user_error(proc, "activations", "divergence.json", "not valid JSON")
-    assert not (tmp_path / paths.activations_dir("tiny", "vader")).exists()
+    assert not (tmp_path / paths.activations_dir("tiny", "vader", "base")).exists()

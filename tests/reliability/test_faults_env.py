@@ -31,7 +31,7 @@ def test_unreachable_mlflow_server_fails_fast_naming_the_uri(project):
     write_jsonl(root / "data/prepared/hh/heldout.jsonl", old)
     before = snapshot_bytes(root)
     start = time.monotonic()
-    proc = run_lfp(["prepare"], root, {"MLFLOW_TRACKING_URI": DEAD_URI}, timeout=90)
+    proc = run_lfp(["prepare", "--task", "hh"], root, {"MLFLOW_TRACKING_URI": DEAD_URI}, timeout=90)
     elapsed = time.monotonic() - start
     assert_user_error(proc, "prepare", f"MLflow at {DEAD_URI}", "cannot start a run")
     assert elapsed < 60, f"took {elapsed:.0f} s to give up"
@@ -121,7 +121,7 @@ def test_enospc_in_save_tensors_keeps_the_previous_file(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def prepared_project(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch):
-    """A project whose prepare stage has run once (in-process, small raw data)."""
+    """A project whose prepare stage has run once per task (in-process, small raw data)."""
     from lfp.config import load_params
     from lfp.stages import prepare
 
@@ -129,7 +129,8 @@ def prepared_project(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     write_raw(tmp_path)
     params = load_params(MICRO)
-    prepare.run(params)
+    for task in params.tasks:
+        prepare.run(params, task=task)
     return tmp_path, params
 
 
@@ -150,16 +151,17 @@ def fail_on_nth_jsonl(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 
 
 def test_enospc_during_prepare_keeps_every_previous_output(prepared_project, monkeypatch):
-    """The 5th of 6 files fails: the three task folders and prepare.json stay the old ones
-    (not a mix of old and new), and no temp folder is left."""
+    """`prepare --task hh` writes two files (finetune, heldout); the 2nd fails: the hh folder and
+    its metrics file stay the old ones (not a mix of old and new), the other tasks' outputs are
+    untouched, and no temp folder is left."""
     from lfp.stages import prepare
 
     root, params = prepared_project
     before = {**snapshot_bytes(root / "data/prepared"), **snapshot_bytes(root / "reports")}
     changed = dataclasses.replace(params, prepare=dataclasses.replace(params.prepare, max_pairs=10))
-    fail_on_nth_jsonl(monkeypatch, 5)
+    fail_on_nth_jsonl(monkeypatch, 2)
     with pytest.raises(OSError, match="No space left"):
-        prepare.run(changed)
+        prepare.run(changed, task="hh")
     assert {**snapshot_bytes(root / "data/prepared"), **snapshot_bytes(root / "reports")} == before
     assert leftovers(root / "data/prepared") == []
 
@@ -169,6 +171,6 @@ def test_enospc_via_cli_is_one_line_and_exit_2(prepared_project, monkeypatch, ca
 
     monkeypatch.setattr("lfp.config.seed_everything", lambda seed: None)  # skips a slow torch import
     fail_on_nth_jsonl(monkeypatch, 1)
-    rc = cli.main(["--params", str(MICRO), "prepare"])
+    rc = cli.main(["--params", str(MICRO), "prepare", "--task", "hh"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("lfp prepare: error: ") and "No space left on device" in err[-1]

@@ -23,9 +23,9 @@ def test_prepare_with_zero_usable_hh_pairs_exits_2_and_writes_nothing(project):
     root, env = project
     write_raw(root, hh_mismatched=True)
     before = files_under(root)
-    proc = run_lfp(["prepare"], root, env)
+    proc = run_lfp(["prepare", "--task", "hh"], root, env)
     assert_user_error(proc, "prepare", "only 0 valid hh pairs")
-    assert files_under(root) == before  # no data/prepared, no reports/runs/prepare.json
+    assert files_under(root) == before  # no data/prepared/hh, no reports/runs/prepare/hh.json
 
 
 def test_contrastive_without_any_lexicon_word_exits_2_and_writes_nothing(project):
@@ -60,7 +60,7 @@ def _vader_element(text: str, word: str, value: float) -> dict:
 def test_probe_refuses_a_substituted_word_absent_from_its_text(tmp_path, monkeypatch):
     """A triple whose `positive.word` is not the text at `positive.span` would silently pool the
     activations of another word: the probe must refuse it naming file:line and the field."""
-    from lfp.stages import probe
+    from lfp.triples import load_triples
 
     monkeypatch.chdir(tmp_path)
     text = "The movie was great and the cast too."
@@ -72,4 +72,4 @@ def test_probe_refuses_a_substituted_word_absent_from_its_text(tmp_path, monkeyp
     bad["positive"]["word"] = "grand"  # same length, same span, but not the word in the text
     io.write_jsonl(paths.contrastive_file("vader"), [good, bad])
     with pytest.raises(DataError, match=r"vader\.jsonl:2: .*positive"):
-        probe.load_triples("vader")
+        load_triples("vader", lexicon=True)

@@ -85,21 +85,20 @@ def test_killed_writer_leaves_the_old_output_and_only_dot_temps(tmp_path, mode, 
 
 
 def test_sigkill_of_lfp_prepare_mid_write_keeps_old_outputs_then_reruns(project):
-    """The real stage on the shipped raw data (all 50k reviews, so the write takes a while):
-    killed as soon as its temp folder appears, then re-run to completion."""
+    """The real stage on the shipped raw data (`prepare --task vader`: all 50k reviews, so the write
+    takes a while): killed as soon as its temp folder appears, then re-run to completion."""
     root, env = project
     (root / "data").mkdir()
     (root / "data/raw").symlink_to(ROOT / "data" / "raw")
-    for task, split in (("vader", "train"), ("vader", "test"), ("hh", "finetune"), ("hh", "heldout"),
-                        ("toxic", "finetune"), ("toxic", "heldout")):
-        (root / f"data/prepared/{task}").mkdir(parents=True, exist_ok=True)
-        (root / f"data/prepared/{task}/{split}.jsonl").write_text(json.dumps({"id": "old"}) + "\n")
-    (root / "reports/runs").mkdir(parents=True)
-    (root / "reports/runs/prepare.json").write_text("{}\n")
+    for split in ("train", "test"):
+        (root / "data/prepared/vader").mkdir(parents=True, exist_ok=True)
+        (root / f"data/prepared/vader/{split}.jsonl").write_text(json.dumps({"id": "old"}) + "\n")
+    (root / "reports/runs/prepare").mkdir(parents=True)
+    (root / "reports/runs/prepare/vader.json").write_text("{}\n")
     old = snapshot_bytes(root / "data/prepared") | snapshot_bytes(root / "reports")
     full = write_params(root / "full", lambda d: d["prepare"].update(imdb_train_limit=0, imdb_test_limit=0))
 
-    proc = subprocess.Popen([str(LFP), "--params", str(full), "prepare"], cwd=root, env=clean_env(env),
+    proc = subprocess.Popen([str(LFP), "--params", str(full), "prepare", "--task", "vader"], cwd=root, env=clean_env(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, caught = time.monotonic() + 120, False
     while proc.poll() is None and time.monotonic() < deadline:
@@ -111,24 +110,25 @@ def test_sigkill_of_lfp_prepare_mid_write_keeps_old_outputs_then_reruns(project)
     proc.wait(timeout=30)
     assert caught, "prepare finished before its write could be interrupted"
     assert snapshot_bytes(root / "data/prepared", hidden=False) | snapshot_bytes(root / "reports", hidden=False) == old
-    assert all(p.name.startswith(".") for p in (root / "data/prepared").iterdir() if p.name not in ("vader", "hh", "toxic"))
+    assert all(p.name.startswith(".") for p in (root / "data/prepared").iterdir() if p.name != "vader")
 
-    rerun = run_lfp(["prepare"], root, env)
+    rerun = run_lfp(["prepare", "--task", "vader"], root, env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    counts = json.loads((root / "reports/runs/prepare.json").read_text())
-    for task, split in (("vader", "train"), ("hh", "heldout"), ("toxic", "finetune")):
+    counts = json.loads((root / "reports/runs/prepare/vader.json").read_text())
+    for split in ("train", "test"):
         # split on "\n" only: reviews contain U+2028 / U+0085, which str.splitlines() also breaks on
-        lines = (root / f"data/prepared/{task}/{split}.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n")
-        assert len(lines) == counts[f"{task}_{split}"] > 0 and json.loads(lines[-1])["id"] != "old"
+        lines = (root / f"data/prepared/vader/{split}.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n")
+        assert len(lines) == counts[split] > 0 and json.loads(lines[-1])["id"] != "old"
 
 
 def test_dvc_repro_killed_mid_stage_is_seen_as_changed_and_reruns_to_the_same_outputs(dvc_projects):
-    """`dvc repro -f prepare` killed (SIGKILL to its whole process group) once DVC has removed
-    the old outputs: `dvc status` reports prepare, and `dvc repro prepare` restores outputs with
-    the same hashes as before (dvc.lock unchanged)."""
+    """`dvc repro -f prepare@vader` killed (SIGKILL to its whole process group) once DVC has removed
+    the old outputs: `dvc status` reports the stage, and `dvc repro prepare@vader` restores outputs
+    with the same hashes as before (dvc.lock unchanged)."""
+    stage = "prepare@vader"
     proj = dvc_projects.a
     lock_before = (proj / "dvc.lock").read_text()
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "-f", "prepare"], cwd=proj, env=clean_env(dvc_projects.env),
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "-f", stage], cwd=proj, env=clean_env(dvc_projects.env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and (proj / "data/prepared/vader").exists():
@@ -138,10 +138,10 @@ def test_dvc_repro_killed_mid_stage_is_seen_as_changed_and_reruns_to_the_same_ou
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
-    status = json.loads(sh([str(BIN / "dvc"), "status", "--json", "prepare"], proj, env=dvc_projects.env).stdout or "{}")
-    assert "prepare" in status, status  # outputs deleted / changed: DVC will not skip it
-    sh([str(BIN / "dvc"), "repro", "prepare"], proj, env=dvc_projects.env)
+    status = json.loads(sh([str(BIN / "dvc"), "status", "--json", stage], proj, env=dvc_projects.env).stdout or "{}")
+    assert stage in status, status  # outputs deleted / changed: DVC will not skip it
+    sh([str(BIN / "dvc"), "repro", stage], proj, env=dvc_projects.env)
     lock_after = (proj / "dvc.lock").read_text()
-    assert yaml.safe_load(lock_after)["stages"]["prepare"] == yaml.safe_load(lock_before)["stages"]["prepare"]
-    ran = ["prepare", *CHEAP_TARGETS]
+    assert yaml.safe_load(lock_after)["stages"][stage] == yaml.safe_load(lock_before)["stages"][stage]
+    ran = ["prepare@vader", "prepare@hh", *CHEAP_TARGETS]
     assert json.loads(sh([str(BIN / "dvc"), "status", "--json", *ran], proj, env=dvc_projects.env).stdout or "{}") == {}

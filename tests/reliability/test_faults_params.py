@@ -14,14 +14,16 @@ from rel_helpers import mlflow_uri, project  # noqa: F401 - fixtures
 from lfp import paths
 
 CASES = {
-    "negative_size": (lambda d: d["activations"].update(n_texts=-5), ["prepare"],
+    "negative_size": (lambda d: d["activations"].update(n_texts=-5), ["prepare", "--task", "vader"],
                       "'activations.n_texts' must be >= 1, got -5"),
-    "zero_learning_rate": (lambda d: d["sae"].update(learning_rate=0.0), ["prepare"],
+    "zero_learning_rate": (lambda d: d["sae"].update(learning_rate=0.0), ["prepare", "--task", "vader"],
                            "'sae.learning_rate' must be > 0"),
     "k_above_layers": (lambda d: d["divergence"].update(top_k=9), ["divergence", "--model", "tiny", "--task", "vader"],
                        "'divergence.top_k' (9) exceeds 'tiny_base.n_layers' (6)"),
-    "unknown_task_in_params": (lambda d: d.update(tasks=["vader", "sarcasm"]), ["prepare"],
-                               "unknown task 'sarcasm'"),
+    "unknown_task_in_params": (lambda d: d.update(tasks=["vader", "sarcasm"]), ["prepare", "--task", "vader"],
+                               "'tasks' names 'sarcasm' but 'task_specs.sarcasm' is missing"),
+    "unknown_task_kind": (lambda d: d["task_specs"]["hh"].update(kind="sarcasm_rl"), ["prepare", "--task", "hh"],
+                          "'task_specs.hh.kind' must be one of ['lexicon_rl', 'preference_dpo']"),
     "unknown_task_on_cli": (None, ["probe", "--model", "tiny", "--task", "sarcasm"],
                             "--task 'sarcasm' is not in params `tasks`"),
     "unknown_model_on_cli": (None, ["base", "--model", "pythia-70m"],

@@ -36,6 +36,7 @@ class StubLlm(http.server.ThreadingHTTPServer):
     def __init__(self, echo_key: bool) -> None:
         self.echo_key = echo_key
         self.auth_headers: list[str] = []
+        self.paths: list[str] = []  # with the query string
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -50,8 +51,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("content-length", 0)))
         auth = self.headers.get("authorization", "")
         self.server.auth_headers.append(auth)
+        self.server.paths.append(self.path)
         if self.server.echo_key:
-            status, body = 500, {"error": {"message": f"invalid credentials {auth}", "type": "server_error"}}
+            status, body = 500, {"error": {"message": f"invalid credentials {auth} for {self.path}", "type": "server_error"}}
         else:
             status, body = 200, {"id": "c1", "object": "chat.completion", "created": 0, "model": "stub",
                                  "choices": [{"index": 0, "finish_reason": "stop",
@@ -103,6 +105,28 @@ def test_planted_api_key_is_sent_but_never_written(project, mlflow_uri, stub_llm
     store = Path(mlflow_uri.removeprefix("sqlite:///")).parent
     assert key_hits(root, store) == []
     assert PLANTED_KEY not in proc.stdout and PLANTED_KEY not in proc.stderr
+
+
+@pytest.mark.parametrize("stub_llm", [False, True], ids=["llm_answers", "llm_echoes_the_key"], indirect=True)
+def test_key_in_the_base_url_query_is_sent_but_never_shown_or_written(project, mlflow_uri, stub_llm):
+    """`LFP_LLM_BASE_URL=http://host/v1?api-key=<key>` (gateways that take the key in the query).
+    Before: the request path was `/v1?api-key=<key>chat/completions` and the error line on stderr
+    showed the key. Now the query goes with every request, and every shown URL reads `?api-key=***`."""
+    root, env = project
+    write_params(root, lambda d: (d["contrastive"]["hh"].update(backend="openai", max_triples=2),
+                                  d["llm"].update(max_retries=0, timeout_s=10.0)))
+    write_jsonl(root / "data/prepared/hh/heldout.jsonl", hh_pairs(3))
+    query = f"api-key={PLANTED_KEY}&api-version=2024-06-01"
+    proc = run_lfp(["contrastive", "--task", "hh"], root,
+                   {**env, "LFP_LLM_BASE_URL": f"{stub_llm.url}?{query}", "OPENAI_LOG": "debug"})
+    assert PLANTED_KEY not in proc.stdout and PLANTED_KEY not in proc.stderr, proc.stderr[-3000:]
+    assert stub_llm.paths and all(p == f"/v1/chat/completions?{query}" for p in stub_llm.paths), stub_llm.paths
+    if stub_llm.echo_key:
+        assert_user_error(proc, "contrastive", f"LLM endpoint {stub_llm.url}?api-key=***&api-version=2024-06-01", "HTTP 500")
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    store = Path(mlflow_uri.removeprefix("sqlite:///")).parent
+    assert key_hits(root, store) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ def fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
         return "yes" if value else "no"
     if isinstance(value, float) and not math.isfinite(value):
         return MISSING
+    if isinstance(value, int) and not pct:
+        return str(value)
     if isinstance(value, (int, float)):
         v = float(value) * (100.0 if pct else 1.0)
         if pct:
@@ -81,8 +83,10 @@ def load_run(model: str, task: str) -> dict[str, dict[str, Any]]:
     """All metrics JSON of one model-task run; a missing file is an error (no silent gaps)."""
     run_dir = paths.report_dir(model, task)
     out = {}
-    for name in ("finetune", "divergence", "sae", "probe", "explain", "validate"):
+    for name in ("finetune", "divergence", "probe", "explain", "validate"):
         out[name] = io.read_json(run_dir / f"{name}.json")
+    out["sae"] = io.read_json(paths.sae_metrics_file(model, task, "finetuned"))
+    out["sae_base"] = io.read_json(paths.sae_metrics_file(model, task, "base"))
     features = run_dir / "features.jsonl"
     out["features"] = io.read_jsonl(features, allow_empty=True) if features.exists() else []
     return out
@@ -97,27 +101,19 @@ def num(m: dict[str, Any], key: str) -> float | None:
 
 
 def is_lexicon(params: Params, task: str) -> bool:
-    """RL on a lexicon reward (the paper's VADER task: ridge probe, Kendall τ) rather than DPO on
-    preference pairs. Asks the task's kind where the params have one (`task_specs`)."""
-    kind = getattr(params, "kind", None)
-    if callable(kind):
-        return kind(task) == "lexicon_rl"
-    return task == "vader"
+    """RL on a lexicon reward (the paper's VADER task: ridge probe, Kendall τ), as opposed to DPO on
+    preference pairs (logistic probe, accuracy): the report asks the task's kind, never its name."""
+    return params.kind(task) == "lexicon_rl"
 
 
 def proxy_data_note(params: Params, task: str) -> str | None:
-    """How this task's data stands in for the paper's, or None where it is the paper's data."""
-    spec_of = getattr(params, "task", None)
-    if callable(spec_of):
-        spec = spec_of(task)
-        if not getattr(spec, "proxy", False):
-            return None
-        if getattr(spec, "swap", False):
-            return f"{task} data: {'/'.join(spec.subsets)} pairs with chosen/rejected swapped (proxy for the paper's data)"
-        return f"{task} data: `{spec.source}` (proxy for the paper's data)"
-    if task == "toxic" and getattr(params.prepare, "toxic_source", None) == "proxy":
-        return "toxic data: harmless-base pairs with chosen/rejected swapped (proxy for toxic-dpo-v0.2)"
-    return None
+    """How this task's data stands in for the paper's (`task_specs.<t>.proxy`), else None."""
+    spec = params.task(task)
+    if not spec.proxy:
+        return None
+    if spec.swap:
+        return f"{task} data: {'/'.join(spec.subsets)} pairs with chosen/rejected swapped (proxy for the paper's data)"
+    return f"{task} data: `{spec.source}` (proxy for the paper's data)"
 
 
 def proxies(params: Params, model: str, task: str) -> list[str]:
@@ -146,6 +142,19 @@ ABLATION_METRICS = {
     "vader_reward": "mean VADER reward of sampled completions",
     "dpo_implicit_reward_margin": "DPO implicit reward margin on held-out pairs",
 }
+
+
+def pr(value: float | None, digits: int = 3) -> str:
+    """A number in a sentence: fixed decimals, never scientific notation, no '-0.000'."""
+    if value is None:
+        return MISSING
+    text = f"{value:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
+
+
+def pci(m: dict[str, Any], key: str) -> str:
+    lo, hi = num(m, f"{key}_ci_low"), num(m, f"{key}_ci_high")
+    return MISSING if lo is None or hi is None else f"[{pr(lo)}, {pr(hi)}]"
 
 
 def _paper_models(table: dict[str, Any]) -> dict[str, Any]:
@@ -177,16 +186,17 @@ def lexicon_probe_sentence(p: dict[str, Any]) -> str:
     controls = []
     shuffled, untrained = num(p, "shuffled_kendall_tau"), num(p, "baseline_kendall_tau")
     if shuffled is not None:
-        controls.append(f"shuffled labels {fmt(shuffled, 2)}")
+        controls.append(f"shuffled labels {pr(shuffled)}")
     if untrained is not None:
-        controls.append(f"untrained probe {fmt(untrained, 2)}")
-    head = f"Kendall τ {fmt(tau, 2)} {ci(p, 'kendall_tau', digits=2)}{words}" + (f" ({', '.join(controls)})" if controls else "")
+        controls.append(f"untrained probe {pr(untrained)}")
+    head = f"Kendall τ {pr(tau)} {pci(p, 'kendall_tau')}".replace(f" {MISSING}", "") + words
+    head += f" ({', '.join(controls)})" if controls else ""
     if lo is not None and lo <= max(0.0, shuffled if shuffled is not None else 0.0):
-        return head + ": the CI reaches the shuffled-label level, so no feedback signal is detected."
+        return head + ": the CI reaches zero or the shuffled-label level, so no feedback signal is detected."
     base = num(p, "base_control_kendall_tau")
     if base is None:
         return head + " — no base-model control in this run (`base_control_kendall_tau` missing), so the signal cannot be credited to fine-tuning."
-    bs = f"{fmt(base, 2)} {ci(p, 'base_control_kendall_tau', digits=2)}".replace(f" {MISSING}", "")
+    bs = f"{pr(base)} {pci(p, 'base_control_kendall_tau')}".replace(f" {MISSING}", "")
     rel = _versus(lo, hi, base, num(p, "base_control_kendall_tau_ci_low"), num(p, "base_control_kendall_tau_ci_high"))
     return head + {
         "same": f" — but the base-model control gives {bs}: the signal is word identity already in the base model, not a learned feedback pattern.",
@@ -205,7 +215,7 @@ def pair_probe_sentence(p: dict[str, Any], task: str, paper: dict[str, Any]) -> 
     shuffled, base = num(p, "shuffled_probe_accuracy"), num(p, "base_control_probe_accuracy")
     published = [v[task] for v in _paper_models(paper["table3_probe_accuracy"]).values() if task in v]
     tail = f" (paper: {_span(published, pct=True)} on LLM-rewritten triples)" if published else ""
-    head = f"probe accuracy {fmt(acc, pct=True)} {ci(p, 'probe_accuracy', pct=True)}{n}"
+    head = f"probe accuracy {fmt(acc, pct=True)} {ci(p, 'probe_accuracy', pct=True)}".replace(f" {MISSING}", "") + n
     bs = f"{fmt(base, pct=True)} {ci(p, 'base_control_probe_accuracy', pct=True)}".replace(f" {MISSING}", "")
     sh = f"shuffled labels {fmt(shuffled, pct=True)}" if shuffled is not None else "no shuffled-label control"
     if lo is None or hi is None:
@@ -236,14 +246,14 @@ def finetune_sentence(f: dict[str, Any], lexicon: bool) -> str:
         if rb is None or rf is None:
             return "not available (`reward_base`/`reward_finetuned` missing from finetune.json)."
         beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else rf > rb
-        s = f"RL fine-tuning {verb(rb, rf, 'raised', 'lowered')} the held-out mean VADER reward from {fmt(rb)} to {fmt(rf)}"
-        s += f" (KL to base {fmt(kl)})" if kl is not None else ""
+        s = f"RL fine-tuning {verb(rb, rf, 'raised', 'lowered')} the held-out mean VADER reward from {pr(rb)} to {pr(rf)}"
+        s += f" (KL to base {pr(kl)})" if kl is not None else ""
         return s + (": it beat the base on its own objective." if beats else ": it did not beat the base on its own objective.")
     lb, lf = num(f, "dpo_loss_base"), num(f, "dpo_loss_finetuned")
     if lb is None or lf is None:
         return "not available (`dpo_loss_base`/`dpo_loss_finetuned` missing from finetune.json)."
     beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else lf < lb
-    s = (f"DPO {verb(lb, lf, 'raised', 'lowered')} the held-out DPO loss from {fmt(lb)} to {fmt(lf)} (lower is better): "
+    s = (f"DPO {verb(lb, lf, 'raised', 'lowered')} the held-out DPO loss from {pr(lb)} to {pr(lf)} (lower is better): "
          + ("it beat the base on its own objective" if beats else "it did not beat the base on its own objective"))
     ab, af = num(f, "reward_accuracy_base"), num(f, "reward_accuracy_finetuned")
     if ab is not None and af is not None:
@@ -299,26 +309,24 @@ def ablation_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -
     verb = "raised" if rel > rec else "lowered" if rel < rec else "did not change"
     n_rel = v.get("n_related_features", MISSING)
     nohook = num(v, "ablation_no_hook")
-    s = (f"zeroing the {n_rel} related features {verb} the {metric} to {fmt(rel)} "
-         f"(SAE reconstruction alone: {fmt(rec)}" + (f"; no hook: {fmt(nohook)})" if nohook is not None else ")"))
+    s = (f"zeroing the {n_rel} related features {verb} the {metric} to {pr(rel)} "
+         f"(SAE reconstruction alone: {pr(rec)}" + (f"; no hook: {pr(nohook)})" if nohook is not None else ")"))
     published = _paper_models(paper["table6_ablation"])
     if lexicon and published:
         drops = [m for m, x in published.items() if x["after"] < x["before"]]
         flat = [m for m, x in published.items() if x["after"] == x["before"]]
         saw = f"the paper saw a drop for {len(drops)} of its {len(published)} models" + (f" and no change for {', '.join(flat)}" if flat else "")
         s += f", {'as in the paper' if rel < rec else 'unlike the paper'} ({saw})"
-    elif not lexicon:
-        s += " (the paper ablates on the VADER task only)"
     draws = [float(d) for d in v.get("ablation_random_draws") or [] if isinstance(d, (int, float)) and math.isfinite(d)]
     if draws:
-        spread = f"{len(draws)} random-feature draws ({fmt(min(draws))} to {fmt(max(draws))})"
+        spread = f"{len(draws)} random-feature draws ({pr(min(draws))} to {pr(max(draws))})"
         if abs(rel - rec) > max(abs(d - rec) for d in draws):
             s += f"; the change is larger than any of {spread}"
         else:
             s += f"; the change is within the range of {spread}, so it is not distinguishable from zeroing random features"
     elif num(v, "ablation_random") is not None:
-        s += f"; random features zeroed: {fmt(num(v, 'ablation_random'))}"
-    return s + "."
+        s += f"; random features zeroed: {pr(num(v, 'ablation_random'))}"
+    return s + ("." if lexicon else ". No paper number: the paper ablates on the VADER task only.")
 
 
 def _label(runs: dict[tuple[str, str], Any], m: str, t: str) -> str:
@@ -585,7 +593,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
                      pd.DataFrame(rows6, columns=["model", "task", "metric", "no hook", "SAE reconstruction", "related zeroed",
                                                   "random zeroed (control)", "why blank"])))
     s.notes.append("Table 7's threshold applies to the probe's prediction: the rescaled delta for VADER, the logistic "
-                   "decision function (log-odds) for HH/toxic. *why blank* gives the reason recorded by the validate stage.")
+                   "decision function (log-odds) for HH/toxic. *why blank* gives the reason, from validate.json.")
     s.notes.append("— in (paper) rows: the paper publishes no input counts and ablates without an SAE-reconstruction or "
                    "random-feature baseline; its *no hook* column is its 'before'.")
     secs.append(s)
