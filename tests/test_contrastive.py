@@ -195,3 +195,21 @@ def test_real_imdb_triples(project: Path, micro_params) -> None:
     assert len(triples) == cfg.max_triples and stats["min_word_uses"] >= cfg.word_repeats
     assert all(len(t["original"]["text"]) <= cfg.max_sentence_chars for t in triples)
     assert all(t[k]["text"][slice(*t[k]["span"])] == t[k]["word"] for t in triples for k in ("positive", "neutral", "negative"))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "src bug: contrastive.py:102 and :188 name prepared_file('vader', 'test') and 'contrastive.vader.*' "
+    "whatever the lexicon task; pass the task into word_pools / vader_triples / check_neutral_words"))
+def test_errors_of_a_second_lexicon_task_name_its_own_file_and_keys(project: Path, micro_params) -> None:
+    """A task of kind lexicon_rl not called `vader`: its errors must point at its own data and params."""
+    from lfp.config import TaskSpec
+
+    params = dataclasses.replace(micro_params, tasks=[*micro_params.tasks, "reviews2"],
+                                 task_specs={**micro_params.task_specs, "reviews2": TaskSpec(kind="lexicon_rl", source="imdb")})
+    params = dataclasses.replace(params, contrastive=params.contrastive.replace(reviews2=params.contrastive.vader))
+    io.write_jsonl(prepared_file("reviews2", "test"),
+                   [{"id": f"imdb-test-{i:06d}", "text": "The table was near the window and the door.", "label": 0} for i in range(20)])
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the message is what is checked
+        contrastive.run(params, task="reviews2")
+    message = str(info.value)
+    assert "data/prepared/reviews2/test.jsonl" in message and "contrastive.reviews2.min_word_count" in message, message

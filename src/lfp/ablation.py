@@ -136,7 +136,7 @@ def imdb_prefixes(texts: Sequence[str], tokenizer: Any, n: int, prefix_tokens: i
     order = rng.permutation(len(texts))
     out: list[list[int]] = []
     for i in order:
-        ids = tokenizer(texts[int(i)], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(texts[int(i)], add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) >= prefix_tokens:
             out.append(ids[:prefix_tokens])
             if len(out) == n:
@@ -172,8 +172,8 @@ def sample_rewards(
 
 def encode_pair_side(tokenizer: Any, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
     """(prompt + response ids, index of the first response token); the prompt is cut from the left."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"][: max_length - 1]
+    p = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"][: max_length - 1]
     p = p[-(max_length - len(r)) :] if len(p) + len(r) > max_length else p
     if not p:  # the first response token needs a context
         p = [tokenizer.eos_token_id]

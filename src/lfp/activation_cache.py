@@ -38,7 +38,7 @@ def layer_file(directory: Path, layer: int) -> Path:
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each text, keeping the last `max_length` tokens."""
-    return [ids[-max_length:] for ids in tokenizer(texts)["input_ids"]]
+    return [ids[-max_length:] for ids in tokenizer(texts, verbose=False)["input_ids"]]
 
 
 def token_lengths(tokenizer: Any, texts: list[str], max_length: int) -> np.ndarray:

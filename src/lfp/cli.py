@@ -36,6 +36,7 @@ STAGES: dict[str, StageSpec] = {
     "sae": StageSpec(True, True, "two sparse autoencoders per layer (n, 2n) on base or fine-tuned activations + matching + quality", True),
     "contrastive": StageSpec(False, True, "build (positive, neutral, negative) triples"),
     "probe": StageSpec(True, True, "activation deltas, probes, Kendall tau / sign / accuracy + controls (fine-tuned and base)"),
+    "measure": StageSpec(True, True, "lexicon tasks: learned values (behavioural ground truth), word-held-out probes with ceilings, planted / shuffled / seed controls"),
     "explain": StageSpec(True, True, "feature explanations and task-relatedness labels"),
     "validate": StageSpec(True, True, "feature frequency at high predicted delta; zero-ablation reward"),
     "report": StageSpec(False, False, "report.md/html with the paper's numbers beside ours"),
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lfp.config import load_params, seed_everything
 
+        if args.params:  # the pipeline id and the parent run's params read the same file
+            os.environ["LFP_PARAMS"] = args.params
         params = load_params(args.params)
         model = getattr(args, "model", None)
         task = getattr(args, "task", None)

@@ -7,8 +7,10 @@ line naming the key, before any minutes of compute are spent.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,14 +22,16 @@ import yaml
 from lfp.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+BUILTIN_MODELS = ("tiny", "smollm2")  # built by the base stage (tiny) or unpacked from PyPI (smollm2)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # The kinds of task lfp knows; one module each in lfp/tasks/. A task is data: a name in `tasks`
 # with a `task_specs.<name>` entry whose kind picks the code and whose source picks the data.
 TASK_KINDS = ("lexicon_rl", "preference_dpo")
 
 
-def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
+def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> Any:
     """A numeric field with an allowed range, checked at load time."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open})
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,7 +95,7 @@ class TaskSpec:
     swap: bool = False
     proxy: bool = False  # a stand-in for the paper's data: named in MLflow tags and the report
     rewards_harm: bool = False  # preference_dpo: the preferred reply is the harmful one (toxic)
-    heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True)
+    heldout_fraction: float = _num(0.5, 0.0, 1.0, lo_open=True, hi_open=True)  # both sides non-empty
     # offline explainer: which peak words make a feature task-related ("" = the kind's default:
     # lexicon_rl "valenced" |v| >= 1; preference_dpo "none", no label invented)
     related_words: Literal["", "valenced", "negative", "positive", "none"] = ""
@@ -173,7 +177,7 @@ class Sae:
     batch_size: int = _num(32, 1)
     epochs: int = _num(1, 1)
     max_train_rows: int = _num(75000, 1)  # the paper's budget: 75,000 training examples
-    heldout_fraction: float = _num(0.1, 0.0, 1.0, lo_open=True)
+    heldout_fraction: float = _num(0.1, 0.0, 1.0, lo_open=True, hi_open=True)
     tied: bool = True
     ce_eval_texts: int = _num(64, 1)
 
@@ -211,7 +215,7 @@ class ContrastivePairs:
 class Probe:
     ridge_alpha: float = _num(1.0, 0.0)
     logistic_c: float = _num(1.0, 0.0, lo_open=True)
-    test_fraction: float = _num(0.2, 0.0, 1.0, lo_open=True)
+    test_fraction: float = _num(0.2, 0.0, 1.0, lo_open=True, hi_open=True)  # both sides non-empty
     rescale_low_percentile: float = _num(10.0, 0.0, 100.0)
     rescale_high_percentile: float = _num(90.0, 0.0, 100.0)
     bootstrap: int = _num(1000, 0)
@@ -224,6 +228,25 @@ class Probe:
     generation_prompts: int = _num(64, 1)
     generation_prefix_tokens: int = _num(8, 1)
     generation_max_new_tokens: int = _num(19, 1)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """The validated LFP measurement of lexicon tasks (stage `measure`): learned values (the
+    behavioural ground truth), word-held-out probes with their ceilings, a planted and a shuffled
+    control fine-tune, and extra fine-tuning seeds."""
+
+    tasks: list[str] = field(default_factory=lambda: ["vader"])  # lexicon_rl tasks measured
+    contexts_per_word: int = _num(8, 1)  # natural contexts (held-out reviews) per word
+    context_tokens: int = _num(32, 1)  # tokens of the review before the word
+    batch_size: int = _num(64, 1)
+    # the planted control: a fine-tune whose reward flips the sign of these lexicon words
+    planted_words: list[str] = field(default_factory=lambda: [
+        "good", "great", "like", "best", "love", "well", "better", "funny", "pretty", "nice", "fun", "enjoy"])
+    seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra fine-tuning seeds besides `seed`
+    word_test_fraction: float = _num(0.3, 0.0, 1.0, lo_open=True, hi_open=True)
+    permutations: int = _num(2000, 1)
+    bootstrap: int = _num(1000, 1)
 
 
 @dataclass(frozen=True)
@@ -293,6 +316,7 @@ class Params:
     sae: Sae = field(default_factory=Sae)
     contrastive: dict[str, Any] = field(default_factory=dict)
     probe: Probe = field(default_factory=Probe)
+    measure: Measure = field(default_factory=Measure)
     llm: Llm = field(default_factory=Llm)
     explain: Explain = field(default_factory=Explain)
     validate: Validate = field(default_factory=Validate)
@@ -364,6 +388,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"params: '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"params: '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -403,8 +429,9 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
             if lo is not None and (value < lo or (f.metadata.get("lo_open") and value == lo)):
                 op = ">" if f.metadata.get("lo_open") else ">="
                 raise ConfigError(f"params: '{dotted}' must be {op} {lo}, got {value}")
-            if hi is not None and value > hi:
-                raise ConfigError(f"params: '{dotted}' must be <= {hi}, got {value}")
+            if hi is not None and (value > hi or (f.metadata.get("hi_open") and value == hi)):
+                op = "<" if f.metadata.get("hi_open") else "<="
+                raise ConfigError(f"params: '{dotted}' must be {op} {hi}, got {value}")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -415,6 +442,10 @@ def _cross_check(p: Params) -> None:
     for m in p.models:
         if m not in p.model_specs:
             raise ConfigError(f"params: 'models' names '{m}' but 'model_specs.{m}' is missing")
+        src = p.model_specs[m].source
+        if src not in BUILTIN_MODELS and not Path(src).is_dir() and not HUB_ID.fullmatch(src):
+            raise ConfigError(f"params: 'model_specs.{m}.source' is '{src}': not {' or '.join(BUILTIN_MODELS)}, "
+                              "an existing model directory, or a hub id of the form org/name")
     if not p.tasks:
         raise ConfigError("params: 'tasks' must list at least one task")
     for t in p.tasks:
@@ -451,6 +482,11 @@ def _cross_check(p: Params) -> None:
             raise ConfigError(f"params: 'explain.{name}' must name a {kind} task in 'tasks', got '{t}'")
     if p.tiny_base.corpus_task not in p.tasks or p.kind(p.tiny_base.corpus_task) != "lexicon_rl":
         raise ConfigError(f"params: 'tiny_base.corpus_task' must name a lexicon_rl task in 'tasks', got '{p.tiny_base.corpus_task}'")
+    for t in p.measure.tasks:
+        if t not in p.tasks or p.kind(t) != "lexicon_rl":
+            raise ConfigError(f"params: 'measure.tasks' names '{t}', which is not a lexicon_rl task in 'tasks'")
+    if not p.measure.planted_words:
+        raise ConfigError("params: 'measure.planted_words' must not be empty")
     for t in p.tasks:
         if t not in p.explain.task_descriptions:
             raise ConfigError(f"params: 'explain.task_descriptions.{t}' is missing")
@@ -475,13 +511,26 @@ def _typed_task_sections(p: Params) -> Params:
     return dataclasses.replace(p, **sections)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:
     """Read and validate params (default: $LFP_PARAMS or ./params.yaml)."""
     p = Path(path or os.environ.get("LFP_PARAMS") or DEFAULT_PARAMS)
     if not p.is_file():
         raise ConfigError(f"{p}: params file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

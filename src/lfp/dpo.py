@@ -55,8 +55,8 @@ def seeded_order(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, An
 
 def encode(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
     """(ids of prompt + response + EOS, index of the first response token), as DPOTrainer tokenizes."""
-    prompt_ids = tokenizer(text=prompt)["input_ids"]
-    full = tokenizer(text=prompt + response + tokenizer.eos_token)["input_ids"]
+    prompt_ids = tokenizer(text=prompt, verbose=False)["input_ids"]
+    full = tokenizer(text=prompt + response + tokenizer.eos_token, verbose=False)["input_ids"]
     start = 0
     while start < min(len(prompt_ids), len(full)) and prompt_ids[start] == full[start]:
         start += 1
@@ -72,7 +72,7 @@ def fitting_pairs(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: in
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         lengths = {
-            side: [len(ids) for ids in tokenizer(text=[r["prompt"] + r[side] + tokenizer.eos_token for r in part])["input_ids"]]
+            side: [len(ids) for ids in tokenizer(text=[r["prompt"] + r[side] + tokenizer.eos_token for r in part], verbose=False)["input_ids"]]
             for side in ("chosen", "rejected")
         }
         kept += [r for r, c, j in zip(part, lengths["chosen"], lengths["rejected"]) if max(c, j) <= max_length]

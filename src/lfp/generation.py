@@ -19,7 +19,7 @@ def generated_word_counts(model: Any, tokenizer: Any, params: Params, task: str)
     cfg = params.probe
     rows = io.read_jsonl(prepared_file(task, "test"), {"id": str, "text": str})
     prompts = subsample(rows, cfg.generation_prompts, params.seed, "probe-generation")
-    prefixes = [tokenizer(r["text"])["input_ids"][: cfg.generation_prefix_tokens] for r in prompts]
+    prefixes = [tokenizer(r["text"], verbose=False)["input_ids"][: cfg.generation_prefix_tokens] for r in prompts]
     device = next(model.parameters()).device
     torch.manual_seed(params.seed)
     counts: Counter = Counter()

@@ -278,6 +278,23 @@ class LlmClient:
             raise self._fail("bad response: no choices[0].message.content")
         return choices[0].message.content
 
+    def check(self, timeout_s: float = 10.0) -> None:
+        """Fail in seconds, before any heavy work, if the endpoint cannot be reached or refuses the
+        key. One `GET /models`, no retries; a server without that route (404/405) counts as up."""
+        import openai
+
+        try:
+            self._client.with_options(max_retries=0, timeout=timeout_s).models.list()
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                return
+            raise self._fail(f"HTTP {exc.status_code} on the endpoint check: {exc.message}") from None
+        except openai.APITimeoutError:
+            raise self._fail(f"endpoint check timed out after {timeout_s:g} s") from None
+        except openai.APIConnectionError as exc:
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
+            raise self._fail(f"unreachable on the endpoint check ({cause})") from None
+
     def complete_json(self, system: str, user: str) -> dict[str, Any]:
         """`complete`, parsed as a JSON object (```json fences tolerated); otherwise BackendError."""
         reply = self.complete(system, user)

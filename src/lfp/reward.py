@@ -7,7 +7,7 @@ en_core_web_md, which the paper used) and are lowercased before the lexicon look
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from lfp.errors import DataError
@@ -53,15 +53,38 @@ def tokens(text: str) -> list[str]:
     return [t.text.lower() for t in _tokenizer()(text)]
 
 
-def text_valence_sum(text: str) -> float:
-    lex = lexicon()
+def text_valence_sum(text: str, lex: Mapping[str, float] | None = None) -> float:
+    lex = lexicon() if lex is None else lex
     return sum(lex.get(tok, 0.0) for tok in tokens(text))
 
 
-def vader_reward(texts: Iterable[str]) -> list[float]:
-    """Reward(s) = clip(1/5 * sum_{token in s} V(token), -10, +10) for each text."""
+def vader_reward(texts: Iterable[str], lex: Mapping[str, float] | None = None) -> list[float]:
+    """Reward(s) = clip(1/5 * sum_{token in s} V(token), -10, +10) for each text. `lex` replaces
+    the VADER lexicon (the planted and shuffled controls fine-tune on a changed one)."""
     out = []
     for text in texts:
-        value = text_valence_sum(text) / SCALE
+        value = text_valence_sum(text, lex) / SCALE
         out.append(max(-CLIP, min(CLIP, value)))
     return out
+
+
+def planted_lexicon(words: Iterable[str]) -> dict[str, float]:
+    """The VADER lexicon with the sign of `words` flipped: the planted control's reward (the
+    paper's own example of a learned mislabel: "precious" labelled positive, learned negative)."""
+    lex = dict(lexicon())
+    for word in words:
+        if word not in lex:
+            raise DataError(f"planted word '{word}' is not in the VADER lexicon ({lexicon_path()})")
+        lex[word] = -lex[word]
+    return lex
+
+
+def shuffled_lexicon(seed: int) -> dict[str, float]:
+    """The VADER lexicon with its values permuted across words (seeded): the negative control's
+    reward, which keeps the value distribution but breaks every word's meaning."""
+    import numpy as np
+
+    lex = lexicon()
+    words = sorted(lex)
+    values = np.random.default_rng(seed).permutation([lex[w] for w in words])
+    return dict(zip(words, (float(v) for v in values)))

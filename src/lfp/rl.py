@@ -16,7 +16,7 @@ TRL's GRPOConfig has no minimum completion length; `min_new_tokens` goes to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ def make_prefixes(rows: Sequence[dict[str, Any]], tokenizer: Any, cfg: GrpoFinet
     lengths = rng.integers(cfg.prefix_min_tokens, cfg.prefix_max_tokens + 1, size=len(order))
     prefixes = []
     for idx, k in zip(order, lengths):
-        ids = tokenizer(rows[int(idx)]["text"], add_special_tokens=False)["input_ids"][: int(k)]
+        ids = tokenizer(rows[int(idx)]["text"], add_special_tokens=False, verbose=False)["input_ids"][: int(k)]
         prefixes.append(tokenizer.decode(ids))
     return prefixes
 
@@ -70,11 +70,12 @@ def reward_texts(prefixes: Sequence[str], completions: Sequence[str], completion
     return [p + c for p, c in zip(prefixes, completions, strict=True)]
 
 
-def make_reward_fn(completion_only: bool) -> Callable[..., list[float]]:
-    """The Python reward GRPOTrainer calls: `lfp.reward.vader_reward` on the scored text."""
+def make_reward_fn(completion_only: bool, lex: Mapping[str, float] | None = None) -> Callable[..., list[float]]:
+    """The Python reward GRPOTrainer calls: `lfp.reward.vader_reward` on the scored text (with
+    `lex` in place of the VADER lexicon for the planted / shuffled controls)."""
 
     def vader_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return reward.vader_reward(reward_texts(prompts, completions, completion_only))
+        return reward.vader_reward(reward_texts(prompts, completions, completion_only), lex)
 
     return vader_reward
 
@@ -126,20 +127,40 @@ def grpo_config(cfg: GrpoFinetune, output_dir: str, seed: int, num_processes: in
     )
 
 
-def train(model: Any, tokenizer: Any, prefixes: list[str], cfg: GrpoFinetune, args: Any) -> Any:
+def train(model: Any, tokenizer: Any, prefixes: list[str], cfg: GrpoFinetune, args: Any,
+          lex: Mapping[str, float] | None = None) -> Any:
     """Run GRPO on the prefixes; returns the trainer (its model is the fine-tuned policy)."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=make_reward_fn(cfg.reward_completion_only),
+        reward_funcs=make_reward_fn(cfg.reward_completion_only, lex),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": prefixes}),
         processing_class=tokenizer,
     )
     trainer.train()
     return trainer
+
+
+def finetune_policy(base_dir: Any, train_rows: Sequence[dict[str, Any]], cfg: GrpoFinetune, seed: int,
+                    lex: Mapping[str, float] | None = None) -> tuple[Any, Any]:
+    """A GRPO fine-tune of the base model with `seed` (and `lex` as the reward's lexicon), as the
+    finetune stage trains it, but kept in memory: the measure stage's seeds and controls. fp32."""
+    import tempfile
+
+    import transformers
+    from accelerate import PartialState
+
+    from lfp.modeling import load_model
+
+    transformers.set_seed(seed)
+    policy, tokenizer = load_model(base_dir)
+    prefixes = make_prefixes(train_rows, tokenizer, cfg, cfg.train_prompts, seed)
+    with tempfile.TemporaryDirectory(prefix="lfp-grpo-control-") as tmp:
+        trainer = train(policy, tokenizer, prefixes, cfg, grpo_config(cfg, tmp, seed, PartialState().num_processes, False), lex)
+    return trainer.accelerator.unwrap_model(trainer.model).eval(), tokenizer
 
 
 def _completion_mask(new_ids: torch.Tensor, eos_id: int) -> torch.Tensor:

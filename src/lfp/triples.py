@@ -87,7 +87,7 @@ def token_window(tokenizer: Any, text: str, span: tuple[int, int], max_length: i
     maps to no token.
     """
     try:
-        enc = tokenizer(text, return_offsets_mapping=True)
+        enc = tokenizer(text, return_offsets_mapping=True, verbose=False)
     except NotImplementedError:
         raise ModelLoadError(f"{type(tokenizer).__name__}: the probe needs a fast tokenizer (offset mapping)") from None
     start, end = span

@@ -81,7 +81,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 def token_stream(tokenizer: Any, texts: list[str]) -> list[int]:
     """All texts' token ids, each followed by eos (the document separator of packed training)."""
     eos = tokenizer.eos_token_id
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return list(itertools.chain.from_iterable([*seq, eos] for seq in ids))
 
 

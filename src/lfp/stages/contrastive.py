@@ -316,6 +316,8 @@ def pair_triples(task: str, params: Params) -> tuple[list[dict[str, Any]], dict[
         triples = [offline_triple(task, row, cfg) for row in rows]
         return triples, {"n_triples": len(triples), **counts}
     client = llm_client(params)
+    if hasattr(client, "check"):  # test fakes may not have it
+        client.check()
     prompts = {"grade": load_prompt("contrastive_grade"), "rewrite": load_prompt("contrastive_rewrite")}
     skipped: Counter = Counter({"invalid_grade": 0, "invalid_rewrite": 0})
     triples = []

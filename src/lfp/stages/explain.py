@@ -186,7 +186,9 @@ def make_explainer(params: Params, task: str) -> OfflineExplainer | OpenAIExplai
     if cfg.backend == "openai":
         from lfp.llm import LlmClient
 
-        return OpenAIExplainer(LlmClient(params.llm), cfg.task_descriptions[task], cfg.simulate, params.seed)
+        client = LlmClient(params.llm)
+        client.check()  # an endpoint that is down fails here, before the corpus is encoded
+        return OpenAIExplainer(client, cfg.task_descriptions[task], cfg.simulate, params.seed)
     return OfflineExplainer(related_rule(params, task), cfg.related_threshold, cfg.simulate)
 
 

@@ -47,7 +47,7 @@ def source_rows(stage: StageContext, params: Params, model: str, task: str, sour
     return rows, saes, lm, tok
 
 
-def write_probe_inputs(model: str, task: str, lexicon: bool, layers: list[int], widths: list[int], rows: ProbeRows, predicted: np.ndarray, is_test: np.ndarray) -> None:
+def write_probe_inputs(model: str, task: str, lexicon: bool, layers: list[int], widths: list[int], rows: ProbeRows, predicted: np.ndarray, is_test: np.ndarray, base_rows: ProbeRows | None = None) -> None:
     """The validate stage's inputs (docs/artifacts.md): codes, signed delta, probe output, split."""
     with io.atomic_dir(paths.probe_data_dir(model, task)) as out:
         io.save_tensors(out / "inputs.safetensors", {
@@ -55,12 +55,17 @@ def write_probe_inputs(model: str, task: str, lexicon: bool, layers: list[int], 
             "target": torch.from_numpy(rows.target.astype(np.float32)),
             "predicted": torch.from_numpy(np.asarray(predicted, dtype=np.float32)),
             "is_test": torch.from_numpy(is_test.astype(np.uint8)),
+            **({"base_codes": torch.from_numpy(base_rows.codes),
+                "base_target": torch.from_numpy(base_rows.target.astype(np.float32))} if base_rows is not None else {}),
         })
         io.write_json(out / "inputs.json", {
             "layers": layers,
             "offsets": [int(x) for x in np.cumsum([0, *widths[:-1]])],
             "widths": widths,
             "rows": "positive then negative element of each contrastive triple, in file order",
+            "words": [str(w) for w in rows.words],  # lexicon tasks: the substituted word of each row
+            "base": "base_codes / base_target: the same rows through the base model and its own SAEs"
+            if base_rows is not None else "no base-model control (probe.base_control: false)",
             "predicted": "ridge prediction on the VADER -4..4 scale (10th/90th-percentile rescaling, clamped)"
             if lexicon else "logistic-probe decision function (log-odds of the positive element)",
         })
@@ -93,6 +98,7 @@ def run(params: Params, model: str, task: str) -> None:
             m, predicted = pair_probe(rows, is_test, params)
         out.update(m)
         del lm
+        base_rows = None
         if cfg.base_control:
             base_rows, _, _, _ = source_rows(stage, params, model, task, "base", layers, triples, lexicon)
             if lexicon:
@@ -108,7 +114,7 @@ def run(params: Params, model: str, task: str) -> None:
                                         + (f"{err_tau:.3f}" if np.isfinite(err_tau) else "undefined (constant counts)"))
             pc1, pc2 = plot_pca(tmp / "fig5_pca.png", rows.codes, rows.label, paths.run_id(model, task))
         out.update({"pca_explained_variance_pc1": pc1, "pca_explained_variance_pc2": pc2})
-        write_probe_inputs(model, task, lexicon, layers, widths, rows, predicted, is_test)
+        write_probe_inputs(model, task, lexicon, layers, widths, rows, predicted, is_test, base_rows)
         stage.run.write_metrics(paths.report_dir(model, task) / "probe.json", out)
         for f in sorted(figs.iterdir()):
             stage.run.log_artifact(f, artifact_path="probe")

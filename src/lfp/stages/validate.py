@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from lfp import ablation, io, paths
 from lfp.config import Params, section_dict
@@ -113,7 +114,7 @@ def score_vader(params: Params, model: str, task: str, lm: Any, tokenizer: Any, 
     texts = [row["text"] for row in io.read_jsonl(prepared_file(task, "test"), {"text": str})]
     prefixes = ablation.imdb_prefixes(texts, tokenizer, cfg.n_completions, cfg.prefix_tokens, np.random.default_rng(params.seed))
     scores = {}
-    for name, zeroed in conds:
+    for name, zeroed in tqdm(conds, desc="validate: sampled completions per condition", disable=None):
         with ablation.sae_hooks(lm, saes, zeroed):
             rewards = ablation.sample_rewards(lm, tokenizer, prefixes, max_new_tokens=cfg.max_new_tokens,
                                               batch_size=cfg.batch_size, seed=params.seed)

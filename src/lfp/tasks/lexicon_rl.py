@@ -35,7 +35,7 @@ class LexiconRl:
             metrics[f"imdb_{split}_raw"] = len(rows)
             out[split] = subsample(rows, limit, params.seed, f"imdb-{split}")
         metrics["dropped"] = dict(drops)
-        return out, metrics, {"source": "imdb"}
+        return out, metrics, {"data_source": "imdb"}
 
     def activation_corpus(self, params: Params, task: str) -> tuple[list[str], list[str], Path]:
         source = prepared_file(task, "train")

@@ -47,7 +47,7 @@ class PreferenceDpo:
         finetune, heldout = split_heldout(subsample(rows, params.prepare.max_pairs, seed, f"{task}-limit"),
                                           spec.heldout_fraction, seed, f"{task}-split")
         metrics = {"valid_pairs": len(rows), "dropped": dict(sorted(drops.items()))}
-        tags = {"source": spec.source if spec.source == HH_SOURCE else "local", "proxy": spec.proxy}
+        tags = {"data_source": spec.source if spec.source == HH_SOURCE else "local", "proxy": spec.proxy}
         return {"finetune": finetune, "heldout": heldout}, metrics, tags
 
     def activation_corpus(self, params: Params, task: str) -> tuple[list[str], list[str], Path]:
