@@ -74,6 +74,18 @@ def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(autouse=True)
+def _restore_lfp_params():
+    """`lfp.cli.main(["--params", F, ...])` exports LFP_PARAMS=F for the rest of its process (a CLI
+    process runs one stage); tests call main() many times in one process, so undo it after each."""
+    before = os.environ.get("LFP_PARAMS")
+    yield
+    if before is None:
+        os.environ.pop("LFP_PARAMS", None)
+    else:
+        os.environ["LFP_PARAMS"] = before
+
+
 @pytest.fixture()
 def one_torch_thread():
     """Micro models run several times faster on one torch thread (no sync cost); on a loaded

@@ -73,10 +73,10 @@ def test_grpo_stage_trains_saves_and_reports(project: Path, micro_params, monkey
     scored: list[list[str]] = []
     real = reward.vader_reward
 
-    def spy(texts):
+    def spy(texts, lex=None):
         texts = list(texts)
         scored.append(texts)
-        return real(texts)
+        return real(texts, lex)
 
     monkeypatch.setattr(reward, "vader_reward", spy)
     cfg = dataclasses.replace(micro_params.finetune.vader, eval_prompts=micro_params.finetune.vader.batch_size - 2)
@@ -111,7 +111,7 @@ def test_grpo_stage_trains_saves_and_reports(project: Path, micro_params, monkey
 
 def test_reward_fn_scores_prefix_plus_completion_or_completion_only(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
-    monkeypatch.setattr(reward, "vader_reward", lambda texts: seen.append(list(texts)) or [0.0] * len(seen[-1]))
+    monkeypatch.setattr(reward, "vader_reward", lambda texts, lex=None: seen.append(list(texts)) or [0.0] * len(seen[-1]))
     rl.make_reward_fn(False)(prompts=["I loved", "It was"], completions=[" it.", " bad."])
     rl.make_reward_fn(True)(prompts=["I loved", "It was"], completions=[" it.", " bad."])
     assert seen == [["I loved it.", "It was bad."], [" it.", " bad."]]

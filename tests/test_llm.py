@@ -40,9 +40,23 @@ class StubServer:
         self.responder = responder
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.gets: list[tuple[str, dict[str, str]]] = []  # (path, headers) of GET requests (LlmClient.check)
+        self.get_status = 200  # what GET /models answers (a real OpenAI-compatible server lists its models)
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                stub.gets.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                ok = stub.get_status == 200 and self.path.rstrip("/").endswith("/models")
+                body = ({"object": "list", "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": "stub"}]}
+                        if ok else {"error": {"message": "stub: no such route", "type": "invalid_request_error"}})
+                raw = json.dumps(body).encode()
+                self.send_response(200 if ok else (stub.get_status if stub.get_status != 200 else 404))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
@@ -281,3 +295,34 @@ def test_missing_key_error_redacts_the_query(monkeypatch):
     with pytest.raises(BackendError, match=KEY_ENV) as info:
         LlmClient(cfg_for(f"https://llm.example.com/v1?code={QUERY_KEY}"))
     assert QUERY_KEY not in str(info.value)
+
+
+def test_endpoint_check_lists_models_with_the_key_and_sends_no_completion(stub, monkeypatch):
+    server = stub(lambda req, n: (200, chat_body("unused")))
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    LlmClient(cfg_for(server.url)).check()
+    assert [path for path, _ in server.gets] == ["/v1/models"] and server.requests == []
+    assert server.gets[0][1]["authorization"] == f"Bearer {PLANTED_KEY}"
+
+
+@pytest.mark.parametrize(("status", "up"), [(404, True), (405, True), (401, False), (500, False)])
+def test_endpoint_check_counts_a_missing_models_route_as_up(stub, monkeypatch, status, up):
+    server = stub(lambda req, n: (200, chat_body("unused")))
+    server.get_status = status
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    client = LlmClient(cfg_for(server.url))
+    if up:
+        client.check()
+    else:
+        with pytest.raises(BackendError, match=rf"HTTP {status} on the endpoint check") as info:
+            client.check()
+        assert server.url in str(info.value) and PLANTED_KEY not in str(info.value)
+    assert len(server.gets) == 1  # no retries
+
+
+def test_endpoint_check_of_an_unreachable_port_fails_at_once(monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setenv(KEY_ENV, PLANTED_KEY)
+    with pytest.raises(BackendError, match="unreachable on the endpoint check") as info:
+        LlmClient(cfg_for(url, max_retries=3)).check()
+    assert url in str(info.value)

@@ -111,7 +111,7 @@ def test_prepare_writes_contract_files(raw_project: Path, micro_params) -> None:
     assert metrics["finetune"] == len(hh_ft) and metrics["valid_pairs"] == 20
     assert metrics["dropped"]["prompt_mismatch"] == 2 and metrics["dropped"]["empty_response"] == 2
     run = latest_run(params.tracking.experiment)
-    assert run.data.tags["task"] == "hh" and run.data.tags["source"] == "hh-rlhf"
+    assert run.data.tags["task"] == "hh" and run.data.tags["data_source"] == "hh-rlhf"
     assert run.data.metrics["heldout"] == len(hh_ho)
 
     prepare.run(params, task="toxic")
@@ -180,7 +180,7 @@ def test_toxic_local_source(raw_project: Path, micro_params) -> None:
     assert row["chosen"] == " You fool 0" and row["rejected"] == " No."
     assert io.read_json(prepare.metrics_file("toxic"))["valid_pairs"] == 6
     run = latest_run(params.tracking.experiment)
-    assert run.data.tags["source"] == "local" and run.data.tags["proxy"] == "False"
+    assert run.data.tags["data_source"] == "local" and run.data.tags["proxy"] == "False"
 
 
 def test_limits_are_seeded_subsamples(raw_project: Path, micro_params) -> None:

@@ -18,7 +18,7 @@ anything, the files a stage runs:
 A dep covers a file when it is that file or a folder above it. Strict: every file must be
 covered, except `src/lfp/__init__.py` (version string only).
 
-    python -m lfp.dag_deps [--dvc-yaml dvc.yaml] [--repo-root .]
+    python -m lfp.dag_deps [--dvc-yaml dvc.yaml] [--repo-root .] [--write]
 
 prints, per stage, the missing files (with the import chain that pulls each in) and a suggested
 sorted list of code deps; exit status 1 if any stage misses one.
@@ -606,14 +606,51 @@ def _data_files_or_code(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
+WHOLE_FOLDERS = ("src/lfp/sae", "src/lfp/tasks", "src/lfp/prompts")  # listed as one dep each
+
+
+def code_deps_of(stage_module: str, repo_root: Path) -> list[str]:
+    """The sorted `src/` deps a stage needs: its closure and the CLI's, whole folders collapsed."""
+    files = {p.as_posix() for p in import_closure(ENTRY_MODULE, repo_root=repo_root)}
+    files |= {p.as_posix() for p in import_closure(stage_module, repo_root=repo_root)}
+    files -= set(DEFAULT_IGNORE)
+    return sorted({next((d for d in WHOLE_FOLDERS if f.startswith(d + "/")), f) for f in files})
+
+
+def write_code_deps(dvc_yaml: Path, repo_root: Path) -> None:
+    """Replace the `- src/...` lines of every stage's deps with `code_deps_of` (text edit: the
+    file's comments, order and templating stay as they are)."""
+    modules = stage_modules(dvc_yaml)
+    out: list[str] = []
+    stage, in_deps = None, False
+    for line in dvc_yaml.read_text(encoding="utf-8").split("\n"):
+        m = re.match(r"^  ([\w-]+):$", line)
+        if m:
+            stage = m.group(1)
+        if in_deps and re.match(r"^\s+- src/", line):
+            continue
+        if in_deps and not re.match(r"^\s+- ", line):
+            in_deps = False
+        out.append(line)
+        if re.match(r"^\s+deps:$", line) and stage in modules:
+            indent = re.match(r"^(\s+)", line).group(1) + "  "
+            out.extend(f"{indent}- {d}" for d in code_deps_of(modules[stage], repo_root))
+            in_deps = True
+    dvc_yaml.write_text("\n".join(out), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lfp.dag_deps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dvc-yaml", type=Path, default=None, help="default: <repo-root>/dvc.yaml")
     parser.add_argument("--repo-root", type=Path, default=None, help="default: the folder above src/ (or the cwd's if it has dvc.yaml)")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite every stage's src/ deps in dvc.yaml as its import closure (folders whole)")
     args = parser.parse_args(argv)
     repo_root = args.repo_root or (Path.cwd() if (Path.cwd() / "dvc.yaml").is_file() else REPO_ROOT)
     dvc_yaml = args.dvc_yaml or repo_root / "dvc.yaml"
     src_dir = repo_root / "src"
+    if args.write:
+        write_code_deps(dvc_yaml, repo_root)
 
     chains_by_stage = _stage_chains(dvc_yaml, repo_root, src_dir, ENTRY_MODULE)
     missing: dict[str, list[Path]] = {}

@@ -9,6 +9,7 @@ or non-http URLs), tests/test_tracking.py::test_stage_run_logs_tags_params_and_t
 
 from __future__ import annotations
 
+import ast
 import http.server
 import json
 import re
@@ -30,8 +31,9 @@ REPLY = {"toxicity": 1, "dangerousness": 1, "bias": 1, "positive": "Happy to hel
 
 
 class StubLlm(http.server.ThreadingHTTPServer):
-    """An OpenAI-compatible endpoint on localhost: answers every chat call with REPLY, or, when
-    `echo_key`, fails with a 500 whose body repeats the Authorization header it received."""
+    """An OpenAI-compatible endpoint on localhost: lists its model on `GET /models` (the client's
+    endpoint check) and answers every chat call with REPLY, or, when `echo_key`, fails every
+    request, the check included, with a 500 whose body repeats the Authorization header it received."""
 
     def __init__(self, echo_key: bool) -> None:
         self.echo_key = echo_key
@@ -47,17 +49,22 @@ class StubLlm(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: StubLlm
 
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._reply({"object": "list", "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "stub"}]})
+
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
         self.rfile.read(int(self.headers.get("content-length", 0)))
+        self._reply({"id": "c1", "object": "chat.completion", "created": 0, "model": "stub",
+                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": json.dumps(REPLY)}}]})
+
+    def _reply(self, ok_body: dict) -> None:
         auth = self.headers.get("authorization", "")
         self.server.auth_headers.append(auth)
         self.server.paths.append(self.path)
         if self.server.echo_key:
             status, body = 500, {"error": {"message": f"invalid credentials {auth} for {self.path}", "type": "server_error"}}
         else:
-            status, body = 200, {"id": "c1", "object": "chat.completion", "created": 0, "model": "stub",
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": json.dumps(REPLY)}}]}
+            status, body = 200, ok_body
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -120,7 +127,9 @@ def test_key_in_the_base_url_query_is_sent_but_never_shown_or_written(project, m
     proc = run_lfp(["contrastive", "--task", "hh"], root,
                    {**env, "LFP_LLM_BASE_URL": f"{stub_llm.url}?{query}", "OPENAI_LOG": "debug"})
     assert PLANTED_KEY not in proc.stdout and PLANTED_KEY not in proc.stderr, proc.stderr[-3000:]
-    assert stub_llm.paths and all(p == f"/v1/chat/completions?{query}" for p in stub_llm.paths), stub_llm.paths
+    # the endpoint check (`GET /models`) first, then the chat calls (none when the check already failed)
+    assert stub_llm.paths and stub_llm.paths[0] == f"/v1/models?{query}", stub_llm.paths
+    assert all(p == f"/v1/chat/completions?{query}" for p in stub_llm.paths[1:]), stub_llm.paths
     if stub_llm.echo_key:
         assert_user_error(proc, "contrastive", f"LLM endpoint {stub_llm.url}?api-key=***&api-version=2024-06-01", "HTTP 500")
     else:
@@ -133,28 +142,64 @@ def test_key_in_the_base_url_query_is_sent_but_never_shown_or_written(project, m
 # the source tree
 # --------------------------------------------------------------------------------------------
 
+YAML_LOAD = r"yaml\.load\(|yaml\.unsafe_load|yaml\.full_load"
+SAFE_LOADERS = {"SafeLoader", "CSafeLoader"}
 FORBIDDEN = {
     r"trust_remote_code\s*=\s*True": "runs code shipped with a model",
     r"\bimport pickle\b|\bpickle\.load|\bcloudpickle\b|\bjoblib\.load": "unpickling runs arbitrary code",
     r"\btorch\.load\(": "torch.load unpickles",
     r"allow_pickle\s*=\s*True": "np.load with pickles",
     r"shell\s*=\s*True|os\.system\(|os\.popen\(": "shell injection",
-    r"yaml\.load\(|yaml\.unsafe_load|yaml\.full_load": "yaml.load builds arbitrary objects",
+    YAML_LOAD: "yaml.load builds arbitrary objects (unless its Loader is a SafeLoader)",
     r"(?<![\w.])(eval|exec)\(": "evaluates strings as code",
     r"verify\s*=\s*False": "disables TLS verification",
 }
 
 
-def source_lines() -> Iterator[tuple[str, int, str]]:
-    for path in sorted((ROOT / "src").rglob("*.py")):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            yield f"{path.relative_to(ROOT)}:{lineno}", lineno, line
+def safe_yaml_load_lines(text: str) -> set[int]:
+    """Lines of `yaml.load(..., Loader=X)` where X is yaml's SafeLoader or a class of this module
+    that derives from it (e.g. one refusing duplicate keys): those build plain data only."""
+    tree = ast.parse(text)
+    safe = set(SAFE_LOADERS)
+    changed = True
+    while changed:  # classes deriving from a safe loader, also through each other
+        changed = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name not in safe and any(
+                    (b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", None)) in safe for b in node.bases):
+                safe.add(node.name)
+                changed = True
+    lines = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml"):
+            loader = next((k.value for k in node.keywords if k.arg == "Loader"), None)
+            name = loader.attr if isinstance(loader, ast.Attribute) else getattr(loader, "id", None)
+            if name in safe:
+                lines.add(node.lineno)
+    return lines
+
+
+def unsafe_hits(where: str, text: str) -> list[str]:
+    safe_yaml = safe_yaml_load_lines(text)
+    return [f"{where}:{lineno}: {why}: {line.strip()}"
+            for lineno, line in enumerate(text.splitlines(), start=1)
+            for pattern, why in FORBIDDEN.items()
+            if re.search(pattern, line) and not (pattern == YAML_LOAD and lineno in safe_yaml)]
 
 
 def test_source_has_no_unsafe_loading_or_shell():
-    hits = [f"{where}: {why}: {line.strip()}" for where, _, line in source_lines()
-            for pattern, why in FORBIDDEN.items() if re.search(pattern, line)]
+    hits = [hit for path in sorted((ROOT / "src").rglob("*.py"))
+            for hit in unsafe_hits(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))]
     assert hits == []
+
+
+def test_yaml_load_is_allowed_only_with_a_safe_loader():
+    ok = "import yaml\nclass Strict(yaml.SafeLoader):\n    pass\nclass Stricter(Strict):\n    pass\n" \
+         "a = yaml.load(s, Loader=Strict)\nb = yaml.load(s, Loader=yaml.SafeLoader)\nc = yaml.load(s, Loader=Stricter)\n"
+    assert unsafe_hits("ok.py", ok) == []
+    bad = "import yaml\nclass Mine(yaml.Loader):\n    pass\na = yaml.load(s, Loader=Mine)\nb = yaml.load(s)\nc = yaml.full_load(s)\n"
+    assert [h.split(":")[1] for h in unsafe_hits("bad.py", bad)] == ["4", "5", "6"]
 
 
 def test_every_from_pretrained_refuses_remote_code():

@@ -110,6 +110,11 @@ def test_ce_recovered_above_one_is_flagged_with_its_denominator(rendered):
         assert any(n.startswith("† (") for n in sae.notes)
 
 
+# headline keys from reports/runs/{m}-{t}/lfp.json (stage `measure`), for the runs that have one
+MEASURE_KEYS = ("learned_value_tau", "learned_value_tau_seed_mean", "probe_tau_word_heldout_diff", "planted_auc",
+                "shuffled_learned_value_tau")
+
+
 def test_headline_carries_the_probe_numbers_and_controls(rendered):
     params, runs, *_, headline = rendered
     for (m, t), r in runs.items():
@@ -119,7 +124,9 @@ def test_headline_carries_the_probe_numbers_and_controls(rendered):
             assert headline[f"{label}.{name}"] == r["probe"].get(name)
         gain = "finetune_reward_gain" if key == "kendall_tau" else "finetune_dpo_loss_drop"
         assert isinstance(headline[f"{label}.{gain}"], float)
-    assert len(headline) == 6 * len(runs)
+        for name in MEASURE_KEYS if r.get("measure") else ():  # runs the `measure` stage validated
+            assert headline[f"{label}.{name}"] == r["measure"].get(name)
+    assert len(headline) == sum(6 + (len(MEASURE_KEYS) if r.get("measure") else 0) for r in runs.values())
 
 
 def test_committed_report_has_the_current_verdict(rendered):

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from lfp import io, paths
+from lfp import io, measure_report, paths
 from lfp.config import Params
 from lfp.errors import ArtifactError
 from lfp.tracking import stage_run
@@ -87,6 +87,8 @@ def load_run(model: str, task: str) -> dict[str, dict[str, Any]]:
         out[name] = io.read_json(run_dir / f"{name}.json")
     out["sae"] = io.read_json(paths.sae_metrics_file(model, task, "finetuned"))
     out["sae_base"] = io.read_json(paths.sae_metrics_file(model, task, "base"))
+    measured = run_dir / "lfp.json"  # stage `measure` (lexicon tasks in measure.tasks)
+    out["measure"] = io.read_json(measured) if measured.exists() else None
     features = run_dir / "features.jsonl"
     out["features"] = io.read_jsonl(features, allow_empty=True) if features.exists() else []
     return out
@@ -382,6 +384,10 @@ def headline_metrics(params: Params, runs: dict[tuple[str, str], dict[str, Any]]
         else:  # held-out DPO loss, base − fine-tuned (the base scores ln 2; positive = better)
             lb, lf = num(f, "dpo_loss_base"), num(f, "dpo_loss_finetuned")
             values["finetune_dpo_loss_drop"] = lb - lf if lb is not None and lf is not None else None
+        if r.get("measure"):  # the validated measurement (stage `measure`)
+            for k in ("learned_value_tau", "learned_value_tau_seed_mean", "probe_tau_word_heldout_diff", "planted_auc",
+                      "shuffled_learned_value_tau"):
+                values[k] = num(r["measure"], k)
         out.update({f"{_label(runs, m, t)}.{k}": v for k, v in values.items()})
     return out
 
@@ -402,6 +408,15 @@ def ce_cells(q: dict[str, Any], prefix: str) -> tuple[str, str, bool]:
 def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) -> list[Section]:
     paper = paper_results()
     secs: list[Section] = [verdict_section(params, runs, paper)]
+    for (m, t), r in runs.items():
+        if r.get("measure"):
+            sec = Section(f"The validated measurement: {_label(runs, m, t)} (controls that can fail)")
+            tau = num(r["probe"], "kendall_tau")
+            sec.text.extend(measure_report.sentences(r["measure"], tau))
+            sec.tables.append(("", pd.DataFrame(measure_report.table(r["measure"], tau), columns=measure_report.COLUMNS)))
+            sec.notes.append("Learned value of a word = mean over its real review contexts of log π_ft(word | context) − "
+                             "log π_base(word | context); per-word values and CIs in `reports/runs/<run>/lfp_words.csv`.")
+            secs.append(sec)
 
     overview = Section("What was measured")
     top_k = sorted({r["divergence"].get("top_k") for r in runs.values() if isinstance(r["divergence"].get("top_k"), int)})
