@@ -197,9 +197,7 @@ def test_real_imdb_triples(project: Path, micro_params) -> None:
     assert all(t[k]["text"][slice(*t[k]["span"])] == t[k]["word"] for t in triples for k in ("positive", "neutral", "negative"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "src bug: contrastive.py:102 and :188 name prepared_file('vader', 'test') and 'contrastive.vader.*' "
-    "whatever the lexicon task; pass the task into word_pools / vader_triples / check_neutral_words"))
+
 def test_errors_of_a_second_lexicon_task_name_its_own_file_and_keys(project: Path, micro_params) -> None:
     """A task of kind lexicon_rl not called `vader`: its errors must point at its own data and params."""
     from lfp.config import TaskSpec

@@ -272,7 +272,7 @@ def test_base_control_reads_base_saes_and_trains_none(in_tmp_project, tiny_model
     """The control's SAEs are a DVC output of `sae --source base`; missing, the stage names the folder."""
     write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")
     shutil.rmtree(paths.sae_dir("tiny", "hh", "base"))
-    with pytest.raises(ArtifactError, match=r"models/sae/tiny-hh/base/layer1-x1: SAE directory not found"):
+    with pytest.raises(ArtifactError, match=r"models/sae/tiny-hh/base/layer1-x1: missing \(run `lfp sae --model tiny --task hh --source base`\)"):
         probe.run(micro_params, "tiny", "hh")
     assert not (paths.report_dir("tiny", "hh") / "probe.json").exists()
     assert not paths.sae_dir("tiny", "hh", "base").exists()  # nothing trained in its place

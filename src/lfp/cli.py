@@ -89,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_threads()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous_params = os.environ.get("LFP_PARAMS")
+    if args.params:  # the pipeline id and the parent run's params read the same file
+        os.environ["LFP_PARAMS"] = args.params
     try:
         from lfp.config import load_params, seed_everything
 
-        if args.params:  # the pipeline id and the parent run's params read the same file
-            os.environ["LFP_PARAMS"] = args.params
         params = load_params(args.params)
         model = getattr(args, "model", None)
         task = getattr(args, "task", None)
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(f"lfp {args.stage}: interrupted")
         return 130
+    finally:  # in-process callers (tests, notebooks) get their environment back
+        if previous_params is None:
+            os.environ.pop("LFP_PARAMS", None)
+        else:
+            os.environ["LFP_PARAMS"] = previous_params
     return 0
 
 

@@ -107,7 +107,8 @@ def read_hh_subset(subset: str) -> tuple[list[dict[str, Any]], collections.Count
 
 
 def read_pairs_file(path: Path) -> tuple[list[dict[str, Any]], collections.Counter]:
-    """Pairs of a local toxic-dpo-v0.2 JSONL; the bare prompt is wrapped as one HH turn."""
+    """Pairs of a local preference JSONL (toxic-dpo-v0.2 format: `prompt`, `chosen`, `rejected`); the
+    bare prompt is wrapped as one HH turn; `subset` = the file's name without extensions."""
     drops: collections.Counter = collections.Counter()
     pairs = []
     for lineno, obj in io.iter_jsonl(path, PAIR_FIELDS):
@@ -120,7 +121,7 @@ def read_pairs_file(path: Path) -> tuple[list[dict[str, Any]], collections.Count
         if pair is None:
             drops[reason] += 1
             continue
-        pairs.append({"key": f"dpo-{lineno - 1:05d}", "subset": "toxic-dpo-v0.2", **pair})
+        pairs.append({"key": f"dpo-{lineno - 1:05d}", "subset": path.name.split(".")[0], **pair})
     return pairs, drops
 
 

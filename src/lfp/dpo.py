@@ -109,8 +109,11 @@ def train(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], args: Any)
     from datasets import Dataset
     from trl import DPOTrainer
 
+    from lfp.rl import quiet
+
     data = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    quiet(trainer)
     trainer.train()
     return trainer
 

@@ -70,3 +70,23 @@ def write_word_csv(path: Any, table: metrics.WordTable, generated: np.ndarray) -
             w.writerow(["word", "predicted", "true_value", "count", "generated_count"])
             for row in zip(table.words, table.predicted, table.true_value, table.count, generated):
                 w.writerow([row[0], f"{row[1]:.6g}", f"{row[2]:.6g}", int(row[3]), int(row[4])])
+
+
+def plot_learned_values(path: Any, lexicon_value: np.ndarray, learned: np.ndarray, planted: np.ndarray,
+                        planted_learned: np.ndarray, title: str) -> None:
+    """Every word's learned value (log-prob change in real contexts) against its lexicon value: the
+    behavioural ground truth for every word, generated or not (Figure 4's axis, never empty).
+    Planted words are marked, with their learned value under the planted fine-tune."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(lexicon_value, learned, s=8, alpha=0.5, label="fine-tuned − base")
+    ax.scatter(lexicon_value[planted], planted_learned[planted], s=24, c="tab:red", marker="x", label="planted words, planted fine-tune")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("VADER lexicon value")
+    ax.set_ylabel("learned value (Δ log p of the word in context)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

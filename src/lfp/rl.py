@@ -80,6 +80,14 @@ def make_reward_fn(completion_only: bool, lex: Mapping[str, float] | None = None
     return vader_reward
 
 
+def quiet(trainer: Any) -> None:
+    """No per-step log dicts on stdout: with tqdm off, transformers prints every log through its
+    PrinterCallback; the same numbers go to MLflow as `train/*` curves (`log_history`)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def trainer_defaults(seed: int, bf16: bool) -> dict[str, Any]:
     """TrainingArguments shared by the GRPO and DPO set-ups: fp32 unless the device has bf16 (bf16
     autocast made a CPU DPO step 4.4x slower), seeded, no checkpoints, our own MLflow logging only
@@ -140,6 +148,7 @@ def train(model: Any, tokenizer: Any, prefixes: list[str], cfg: GrpoFinetune, ar
         train_dataset=Dataset.from_dict({"prompt": prefixes}),
         processing_class=tokenizer,
     )
+    quiet(trainer)
     trainer.train()
     return trainer
 

@@ -84,7 +84,7 @@ def corpus_counts(texts: list[str]) -> Counter:
     return Counter(_LOWER_WORD.findall("\n".join(texts)))
 
 
-def word_pools(cfg: ContrastiveVader, counts: Counter) -> tuple[dict[str, float], list[str], list[str], dict[str, float]]:
+def word_pools(cfg: ContrastiveVader, counts: Counter, task: str = "vader") -> tuple[dict[str, float], list[str], list[str], dict[str, float]]:
     """(candidate lexicon, positive words, negative words, thresholds), each list sorted by value.
 
     Quantiles are taken over the whole single-word lexicon; replacement words must then occur at
@@ -99,17 +99,17 @@ def word_pools(cfg: ContrastiveVader, counts: Counter) -> tuple[dict[str, float]
     negative = sorted((w for w in common if lex[w] <= lo and lex[w] < 0), key=lambda w: (lex[w], w))
     if not positive or not negative:
         raise DataError(
-            f"{prepared_file('vader', 'test')}: no {'positive' if not positive else 'negative'} lexicon word beyond the "
-            f"quantile occurs >= contrastive.vader.min_word_count ({cfg.min_word_count}) times; lower it"
+            f"{prepared_file(task, 'test')}: no {'positive' if not positive else 'negative'} lexicon word beyond the "
+            f"quantile occurs >= contrastive.{task}.min_word_count ({cfg.min_word_count}) times; lower it"
         )
     return lex, positive, negative, {"positive_threshold": hi, "negative_threshold": lo}
 
 
-def check_neutral_words(words: list[str]) -> None:
+def check_neutral_words(words: list[str], task: str = "vader") -> None:
     """Neutral words must carry no valence under the reward, or the neutral element is not neutral."""
     lex = reward.lexicon()
     for i, word in enumerate(words):
-        where = f"params: 'contrastive.vader.neutral_words[{i}]' ('{word}')"
+        where = f"params: 'contrastive.{task}.neutral_words[{i}]' ('{word}')"
         if word in lex:
             raise ConfigError(f"{where} is in the VADER lexicon (valence {lex[word]}); pick a word absent from it")
         if not is_plain_word(word):
@@ -174,10 +174,10 @@ def iter_candidates(rows: list[dict[str, Any]], cfg: ContrastiveVader, lex: dict
             yield (rows[i]["id"], *found)
 
 
-def vader_triples(rows: list[dict[str, Any]], cfg: ContrastiveVader, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def vader_triples(rows: list[dict[str, Any]], cfg: ContrastiveVader, seed: int, task: str = "vader") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Lexicon-substitution triples from IMDB reviews (see the module docstring)."""
-    check_neutral_words(cfg.neutral_words)
-    lex, positive, negative, thresholds = word_pools(cfg, corpus_counts([row["text"] for row in rows]))
+    check_neutral_words(cfg.neutral_words, task)
+    lex, positive, negative, thresholds = word_pools(cfg, corpus_counts([row["text"] for row in rows]), task)
     rng = np.random.default_rng(seed)
     candidates = []
     for cand in iter_candidates(rows, cfg, lex, rng):
@@ -185,7 +185,7 @@ def vader_triples(rows: list[dict[str, Any]], cfg: ContrastiveVader, seed: int) 
         if len(candidates) >= cfg.max_triples:
             break
     if not candidates:
-        raise DataError(f"{prepared_file('vader', 'test')}: no sentence of <= {cfg.max_sentence_chars} chars contains a VADER word")
+        raise DataError(f"{prepared_file(task, 'test')}: no sentence of <= {cfg.max_sentence_chars} chars contains a VADER word")
     n = len(candidates)
     originals = [c[2] for c in candidates]
     k = max(1, n // cfg.word_repeats)
@@ -352,7 +352,7 @@ def run(params: Params, model: str | None = None, task: str | None = None) -> No
     with stage_run("contrastive", experiment=params.tracking.experiment, task=task, params=logged,
                    tags={"contrastive_backend": backend, "proxy": proxy}) as tracker:
         if lexicon:
-            triples, stats = vader_triples(io.read_jsonl(prepared_file(task, "test"), {"id": str, "text": str}), cfg, params.seed)
+            triples, stats = vader_triples(io.read_jsonl(prepared_file(task, "test"), {"id": str, "text": str}), cfg, params.seed, task)
         else:
             triples, stats = pair_triples(task, params)
         io.write_jsonl(paths.contrastive_file(task), triples)

@@ -11,7 +11,6 @@ IMDB-only sample skews every explanation towards "movie reviews".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from lfp.data import prepared_file
 from lfp.layers import chosen_layers
 from lfp.tasks import related_rule
 from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError, DataError, LfpError
+from lfp.errors import ArtifactError, DataError
 from lfp.explainers import (
     Context,
     FeatureRecord,
@@ -210,16 +209,11 @@ def summarize(rows: list[dict[str, Any]], explainer: Any, n_texts: int) -> dict[
     }
 
 
-def run(params: Params, model: str | None, task: str | None) -> None:
+def run(params: Params, model: str, task: str) -> None:
     """Explain, label and score the top matched features of every chosen layer."""
-    from accelerate import Accelerator
-
-    from lfp.modeling import load_model
     from lfp.sae import load_sae
-    from lfp.tracking import stage_run
+    from lfp.stage_context import open_stage
 
-    if model is None or task is None:
-        raise LfpError("explain needs --model and --task")
     cfg = params.explain
     layers = chosen_layers(model, task)
     selected = selected_features(model, task, layers, cfg.top_k_features)
@@ -232,10 +226,9 @@ def run(params: Params, model: str | None, task: str | None) -> None:
     log_params = {"explain": section_dict(cfg), "sae_ratio": min(params.sae.ratios)}
     if explainer.name == "openai":
         log_params["llm"] = section_dict(params.llm)
-    with stage_run(STAGE, experiment=params.tracking.experiment, model=model, task=task, params=log_params, tags=tags) as run_:
-        device = Accelerator().device
-        lm, tokenizer = load_model(paths.finetuned_dir(model, task))
-        lm.to(device)
+    with open_stage(STAGE, params, model=model, task=task, log_params=log_params, tags=tags) as stage:
+        run_, device = stage.run, stage.device
+        lm, tokenizer = stage.load(paths.finetuned_dir(model, task))
         saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(device).eval() for L in layers}
         texts = load_corpus(params)
         corpus = encode_corpus(lm, tokenizer, saes, {L: [f for f, _ in selected[L]] for L in layers}, texts,

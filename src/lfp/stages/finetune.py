@@ -26,7 +26,7 @@ from accelerate import PartialState
 from lfp import dpo, io, paths, rl
 from lfp.config import Params, section_dict
 from lfp.data import prepared_file
-from lfp.errors import ArtifactError, LfpError
+from lfp.errors import ArtifactError
 from lfp.modeling import load_model
 from lfp.tasks import kind_of
 from lfp.tracking import StageRun, stage_run

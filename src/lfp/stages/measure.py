@@ -27,6 +27,7 @@ from lfp import io, metrics, paths, reward, rl
 from lfp.config import Params, section_dict
 from lfp.data import prepared_file
 from lfp.errors import ConfigError, DataError
+from lfp.figures import plot_learned_values
 from lfp.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
 from lfp.stage_context import open_stage
 from lfp.triples import load_triples
@@ -198,7 +199,12 @@ def run(params: Params, model: str, task: str) -> None:
                  "planted": w in planted}
                 for w, v, lo, hi, n in zip(main.words, main.value, main.ci_low, main.ci_high, main.n_contexts)]
         write_words_csv(paths.report_dir(model, task) / "lfp_words.csv", rows)
+        plot_learned_values(paths.report_dir(model, task) / "lfp_learned_values.png",
+                            np.array([r["lexicon_value"] for r in rows]), np.array([r["learned_value"] for r in rows]),
+                            np.array([r["planted"] for r in rows]), np.array([r["learned_value_planted_model"] for r in rows]),
+                            f"{paths.run_id(model, task)}: learned-value τ {out['learned_value_tau']:.3f}; planted AUC {out['planted_auc']:.2f}")
         stage.run.write_metrics(paths.report_dir(model, task) / "lfp.json", out)
         stage.run.log_artifact(paths.report_dir(model, task) / "lfp_words.csv")
+        stage.run.log_artifact(paths.report_dir(model, task) / "lfp_learned_values.png")
         log.info("measure %s: learned-value tau %.3f; planted AUC %.2f (p %.3g); shuffled tau %.3f",
                  paths.run_id(model, task), out["learned_value_tau"], out["planted_auc"], out["planted_p"], out["shuffled_learned_value_tau"])

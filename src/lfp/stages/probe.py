@@ -24,6 +24,7 @@ import torch
 
 from lfp import io, metrics, paths
 from lfp.config import Params, section_dict
+from lfp.errors import ArtifactError
 from lfp.figures import plot_error_vs_frequency, plot_pca, write_word_csv
 from lfp.generation import generated_word_counts
 from lfp.layers import chosen_layers
@@ -76,6 +77,11 @@ def run(params: Params, model: str, task: str) -> None:
     lexicon = kind_of(params, task).probe_method == "ridge"
     triples = load_triples(task, lexicon)
     layers = chosen_layers(model, task)
+    for source in ("finetuned", "base") if cfg.base_control else ("finetuned",):  # fail before any forward pass
+        for layer in layers:
+            if not paths.sae_path(model, task, layer, min(params.sae.ratios), source).is_dir():
+                raise ArtifactError(f"{paths.sae_path(model, task, layer, min(params.sae.ratios), source)}: missing "
+                                    f"(run `lfp sae --model {model} --task {task} --source {source}`)")
     section = {"seed": params.seed, "probe": section_dict(cfg)}
     tags = {"probe": "ridge" if lexicon else "logistic", "rescale": "percentile" if lexicon else "none",
             "base_control": cfg.base_control, "contrastive_proxy": triples.proxy}

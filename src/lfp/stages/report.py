@@ -414,6 +414,10 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             tau = num(r["probe"], "kendall_tau")
             sec.text.extend(measure_report.sentences(r["measure"], tau))
             sec.tables.append(("", pd.DataFrame(measure_report.table(r["measure"], tau), columns=measure_report.COLUMNS)))
+            figure = paths.report_dir(m, t) / "lfp_learned_values.png"
+            if figure.exists():
+                sec.images.append((f"{m}-{t}: learned value vs lexicon value, every word (replaces Fig. 4's empty axis)",
+                                   _copy_figure(figure, f"{m}-{t}-learned-values.png")))
             sec.notes.append("Learned value of a word = mean over its real review contexts of log π_ft(word | context) − "
                              "log π_base(word | context); per-word values and CIs in `reports/runs/<run>/lfp_words.csv`.")
             secs.append(sec)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lfp import ablation, io, paths
 from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError, LfpError
+from lfp.errors import ArtifactError
 from lfp.data import prepared_file
 from lfp.tasks import kind_of
 
@@ -171,16 +171,11 @@ def ablation_metrics(result: dict[str, Any] | None, n_random: int, reason: str |
     }
 
 
-def run(params: Params, model: str | None, task: str | None) -> None:
+def run(params: Params, model: str, task: str) -> None:
     """Feature frequency at high predicted delta, and zero-ablation of the related features."""
-    from accelerate import Accelerator
-
-    from lfp.modeling import load_model
     from lfp.sae import load_sae
-    from lfp.tracking import stage_run
+    from lfp.stage_context import open_stage
 
-    if model is None or task is None:
-        raise LfpError("validate needs --model and --task")
     cfg = params.validate
     kind = kind_of(params, task)
     lexicon = kind.probe_method == "ridge"
@@ -194,16 +189,15 @@ def run(params: Params, model: str | None, task: str | None) -> None:
     }
     metrics.update(feature_frequency(tensors["codes"], tensors["predicted"], columns(index, related, source), cfg.delta_threshold))
     log_params = {"validate": section_dict(cfg), "beta": None if lexicon else params.finetune[task].beta}
-    with stage_run(STAGE, experiment=params.tracking.experiment, model=model, task=task, params=log_params,
-                   tags={"ablation_hook": "sae_reconstruction_zeroed"}) as run_:
+    with open_stage(STAGE, params, model=model, task=task, log_params=log_params,
+                    tags={"ablation_hook": "sae_reconstruction_zeroed"}) as stage:
+        run_ = stage.run
         if not related:
             reason = "no feature is labelled related in features.jsonl (e.g. hh with the offline explainer)"
             metrics.update(ablation_metrics(None, cfg.random_controls, reason))
         else:
-            device = Accelerator().device
-            lm, tokenizer = load_model(paths.finetuned_dir(model, task))
-            lm.to(device)
-            saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(device).eval() for L in index["layers"]}
+            lm, tokenizer = stage.load(paths.finetuned_dir(model, task))
+            saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in index["layers"]}
             conds = ablation_conditions(related, alive_features(tensors["codes"], index), cfg.random_controls, params.seed)
             scorer = SCORERS[kind.ablation_metric]
             metrics.update(ablation_metrics(scorer(params, model, task, lm, tokenizer, saes, conds), cfg.random_controls, None))
