@@ -6,10 +6,13 @@ User errors (LfpError) print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
+import json
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 from lfp.errors import LfpError
@@ -85,7 +88,54 @@ def _say(line: str) -> None:
     print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
 
 
+TIMINGS_ENV = "LFP_TIMINGS"  # a file: each stage process appends one JSON line of its start-up timings
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux /proc; 10 ms resolution), else None."""
+    try:
+        with open("/proc/self/stat") as f:  # starttime: field 22, in clock ticks after boot
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Timings:
+    """Where a stage process's time goes: before `run` (interpreter, imports, params, seeding),
+    inside `run`, and the MLflow run opening/closing inside it (lfp.tracking.RUN_OVERHEAD)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.age = _process_age()
+        self.marks = {"entry": (time.perf_counter(), time.process_time())}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.perf_counter(), time.process_time())
+
+    def write(self, args: argparse.Namespace) -> None:
+        self.mark("end")
+        entry = self.marks["entry"]
+        row: dict[str, object] = {
+            "stage": args.stage,
+            **{k: getattr(args, k) for k in ("model", "task", "source") if getattr(args, k, None) is not None},
+            "age_at_entry_s": self.age,
+            **{f"{k}_s": v[0] - entry[0] for k, v in self.marks.items() if k != "entry"},
+            **{f"{k}_cpu_s": v[1] for k, v in self.marks.items()},  # CPU since the process started
+        }
+        tracking = sys.modules.get("lfp.tracking")  # imported by the stage only if it opened a run
+        row.update(getattr(tracking, "RUN_OVERHEAD", {}))
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            _say(f"lfp {args.stage}: cannot write timings to {self.path}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    timings = _Timings(os.environ[TIMINGS_ENV]) if os.environ.get(TIMINGS_ENV) else None
     args = build_parser().parse_args(argv)
     _configure_threads()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -105,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(params.seed)
         module = importlib.import_module(f"lfp.stages.{args.stage}")
         kwargs = {"source": args.source} if STAGES[args.stage].needs_source else {}
+        if timings is not None:
+            timings.mark("ready")
         module.run(params, model=model, task=task, **kwargs)
     except LfpError as exc:
         _say(f"lfp {args.stage}: error: {exc}")
@@ -120,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("LFP_PARAMS", None)
         else:
             os.environ["LFP_PARAMS"] = previous_params
+        if timings is not None:
+            timings.write(args)
+        if argv is None:  # the `lfp` command: the process ends next
+            # Interpreter shutdown would otherwise scan the ~300k objects of torch / MLflow / SQLAlchemy
+            # in repeated garbage collections (~0.5-0.8 s per stage process); frozen, they are still
+            # freed and finalized as module teardown drops them, and atexit handlers still run.
+            gc.freeze()
     return 0
 
 

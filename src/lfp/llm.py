@@ -253,26 +253,32 @@ class LlmClient:
     def _fail(self, what: str) -> BackendError:
         return BackendError(f"LLM endpoint {self.base_url} (model {self.model}): {self._scrub(what)}")
 
-    def complete(self, system: str, user: str) -> str:
-        """The model's reply to one system + user message, at temperature 0."""
+    def _request(self, call: Any, when: str, up_statuses: tuple[int, ...] = ()) -> Any:
+        """`call()` with every client failure turned into one BackendError line ending in `when`;
+        an HTTP status in `up_statuses` counts as an answer (returns None)."""
         import openai
 
-        tries = f"after {self.max_retries + 1} attempt(s)"
         try:
-            resp = self._client.chat.completions.create(
-                model=self.model,
-                temperature=0,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            )
+            return call()
         except openai.APIStatusError as exc:
-            raise self._fail(f"HTTP {exc.status_code} {tries}: {exc.message}") from None
+            if exc.status_code in up_statuses:
+                return None
+            raise self._fail(f"HTTP {exc.status_code} {when}: {exc.message}") from None
         except openai.APITimeoutError:
-            raise self._fail(f"timed out {tries}") from None
+            raise self._fail(f"timed out {when}") from None
         except openai.APIConnectionError as exc:
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-            raise self._fail(f"unreachable {tries} ({cause})") from None
+            raise self._fail(f"unreachable {when} ({cause})") from None
         except (openai.OpenAIError, ValueError) as exc:  # e.g. a 200 whose body is not JSON
-            raise self._fail(f"bad response: {type(exc).__name__}: {exc}") from None
+            raise self._fail(f"bad response {when}: {type(exc).__name__}: {exc}") from None
+
+    def complete(self, system: str, user: str) -> str:
+        """The model's reply to one system + user message, at temperature 0."""
+        resp = self._request(lambda: self._client.chat.completions.create(
+            model=self.model,
+            temperature=0,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        ), f"after {self.max_retries + 1} attempt(s)")
         choices = getattr(resp, "choices", None)
         if not choices or choices[0].message is None or not isinstance(choices[0].message.content, str):
             raise self._fail("bad response: no choices[0].message.content")
@@ -281,19 +287,8 @@ class LlmClient:
     def check(self, timeout_s: float = 10.0) -> None:
         """Fail in seconds, before any heavy work, if the endpoint cannot be reached or refuses the
         key. One `GET /models`, no retries; a server without that route (404/405) counts as up."""
-        import openai
-
-        try:
-            self._client.with_options(max_retries=0, timeout=timeout_s).models.list()
-        except openai.APIStatusError as exc:
-            if exc.status_code in (404, 405):
-                return
-            raise self._fail(f"HTTP {exc.status_code} on the endpoint check: {exc.message}") from None
-        except openai.APITimeoutError:
-            raise self._fail(f"endpoint check timed out after {timeout_s:g} s") from None
-        except openai.APIConnectionError as exc:
-            cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-            raise self._fail(f"unreachable on the endpoint check ({cause})") from None
+        client = self._client.with_options(max_retries=0, timeout=timeout_s)
+        self._request(client.models.list, f"on the endpoint check (within {timeout_s:g} s)", up_statuses=(404, 405))
 
     def complete_json(self, system: str, user: str) -> dict[str, Any]:
         """`complete`, parsed as a JSON object (```json fences tolerated); otherwise BackendError."""

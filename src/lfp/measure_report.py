@@ -37,7 +37,11 @@ def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
                f"{m.get('planted_n', '—')} positive words separates them from {m.get('planted_n_other', '—')} other positive words by "
                f"their learned values with AUC {_f(_n(m, 'planted_auc'), 2)} (permutation p {_f(_n(m, 'planted_p'), 4)}; mean learned value "
                f"{_f(_n(m, 'planted_mean_learned'))} vs {_f(_n(m, 'planted_mean_learned_other'))}); the same score on the "
-               f"un-planted fine-tune gives AUC {_f(_n(m, 'planted_auc_base'), 2)}.")
+               f"un-planted fine-tune gives AUC {_f(_n(m, 'planted_auc_base'), 2)}. Through the probe (the paper-method ridge probe on "
+               f"the fine-tuned SAEs' codes of each word in context, planted model minus base): AUC {_f(_n(m, 'planted_probe_auc'), 2)} "
+               f"(p {_f(_n(m, 'planted_probe_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_probe_auc_base'), 2)}) — "
+               + ("the probe sees the plant too." if (_n(m, "planted_probe_p") or 1) < 0.05 and (_n(m, "planted_probe_auc") or 0) > 0.5
+                  else "the probe does not see the plant."))
     shuffled = m.get("shuffled_detected") is True
     out.append(f"**Shuffled-reward control — {'a pattern WAS found (the instrument is fooled)' if shuffled else 'no pattern found, as it should'}:** "
                f"a fine-tune on the lexicon with values permuted across words gives learned values with τ "
@@ -70,6 +74,8 @@ def table(m: dict[str, Any], paper_tau: float | None) -> list[list[str]]:
         ["identity-only ceiling (same split)", _f(_n(m, "identity_ceiling_tau")), "—", "one-hot word lookup, no model"],
         ["sign-only ceiling (same split)", _f(_n(m, "sign_ceiling_tau")), "—", "perfect sign, random order within sign"],
         ["planted control AUC", _f(_n(m, "planted_auc"), 2), "—", f"p {_f(_n(m, 'planted_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_auc_base'), 2)}"],
+        ["planted control AUC through the probe", _f(_n(m, "planted_probe_auc"), 2), "—",
+         f"p {_f(_n(m, 'planted_probe_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_probe_auc_base'), 2)}"],
         ["shuffled control τ vs lexicon", _f(_n(m, "shuffled_learned_value_tau")), _ci(m, "shuffled_learned_value_tau"), "must cover 0"],
         ["paper method: Table 4 τ (split by triple)", _f(paper_tau), "—",
          f"identity lookup on that split {_f(_n(m, 'paper_split_identity_ceiling_tau'))}; sign only {_f(_n(m, 'paper_split_sign_ceiling_tau'))}"],

@@ -27,6 +27,7 @@ import re
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,18 @@ _SECRET_WORDS = ("secret", "password", "passwd", "passphrase", "authorization", 
                  "api_key", "private_key", "access_key", "bearer")
 MIN_SECRET_LEN = 8  # shorter values ("1", "true") of secret-looking variables are not keys
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- :]")  # MLflow accepts [/\w.\- :]; '/' can make two keys alias
+# Seconds (wall and CPU) this process spent opening and closing its MLflow runs, import of mlflow
+# included: the CLI reports them with its start-up timings when $LFP_TIMINGS names a file
+# (benchmarks/pipeline.py).
+RUN_OVERHEAD = {"mlflow_open_s": 0.0, "mlflow_open_cpu_s": 0.0, "mlflow_close_s": 0.0, "mlflow_close_cpu_s": 0.0}
+
+
+def _add_overhead(what: str, since: tuple[float, float]) -> tuple[float, float]:
+    """Add the wall and CPU seconds since `since` to RUN_OVERHEAD[what]; return now."""
+    now = (time.perf_counter(), time.process_time())
+    RUN_OVERHEAD[f"mlflow_{what}_s"] += now[0] - since[0]
+    RUN_OVERHEAD[f"mlflow_{what}_cpu_s"] += now[1] - since[1]
+    return now
 
 
 def project_root() -> Path:
@@ -438,6 +451,7 @@ def stage_run(
     The stage's `params` go on its run; every leaf of the params file goes on the `pipeline@<id>`
     parent. Failures of the store become one BackendError line naming it.
     """
+    since = (time.perf_counter(), time.process_time())
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -459,7 +473,12 @@ def stage_run(
             _relocate_copied_store(db, experiment, root)
         if db is not None and not db.exists():
             _forget_cached_store(db)  # a store deleted since this process last used it: start afresh
-        mlflow.set_tracking_uri(uri)
+        # what mlflow.set_tracking_uri sets too (so subprocesses inherit it); the API call itself is
+        # skipped when it would change nothing, as it resets the tracer provider, which imports
+        # OpenTelemetry's SDK (~0.2 s per stage process; lfp records no traces)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        if mlflow.get_tracking_uri() != uri:
+            mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -500,11 +519,13 @@ def stage_run(
             handle._call(mlflow.log_params, logged)
             if full:
                 handle._call(_log_full_values, mlflow.MlflowClient(), handle.run_id, full)
+        _add_overhead("open", since)
         with io.commit_check(guard.check):
             yield handle
         guard.check()  # the store vanished after the last write: the run was not recorded
         status = "FINISHED"
     finally:
+        since = (time.perf_counter(), time.process_time())
         with contextlib.suppress(BackendError):
             guard.check()  # sets guard.lost
         with contextlib.suppress(Exception):
@@ -513,3 +534,4 @@ def stage_run(
                     mlflow.end_run(status=status)
             else:
                 mlflow.end_run(status=status)
+        _add_overhead("close", since)

@@ -122,3 +122,22 @@ def permutation_p(scores: np.ndarray, labels: np.ndarray, n_perm: int, seed: int
     labels = np.asarray(labels, dtype=bool)
     hits = sum(auc(scores, rng.permutation(labels)) >= observed - 1e-12 for _ in range(n_perm))
     return float((1 + hits) / (1 + n_perm))
+
+
+def layer_scales(codes: np.ndarray, offsets: list[int], widths: list[int]) -> np.ndarray:
+    """Per column, its layer's mean row ℓ2 norm on `codes` (1 where a layer is all zero): fitted on
+    one set of codes, applied to another (`codes / scales`)."""
+    scales = np.ones(codes.shape[1])
+    for off, width in zip(offsets, widths):
+        scale = float(np.linalg.norm(codes[:, off : off + width], axis=1).mean()) if len(codes) else 0.0
+        scales[off : off + width] = scale if scale > 0 else 1.0
+    return scales
+
+
+def word_means(words: list[str], values: np.ndarray) -> dict[str, float]:
+    """Mean of `values` per word (NaN values skipped; words with none left out)."""
+    sums: dict[str, list[float]] = {}
+    for w, v in zip(words, values):
+        if np.isfinite(v):
+            sums.setdefault(w, []).append(float(v))
+    return {w: float(np.mean(v)) for w, v in sums.items()}

@@ -8,7 +8,9 @@
    method"); the identity ceiling on that split is reported here beside them.
 3. A planted positive control: a fine-tune (same GRPO settings and seed) whose reward flips the sign
    of `measure.planted_words`; the planted words must separate from the other positive words by
-   their learned values (AUC, permutation p), and not under the un-planted fine-tune.
+   their learned values (AUC, permutation p), and not under the un-planted fine-tune; the same test
+   on the probe's view (the paper-method ridge probe applied to each word's SAE codes in its real
+   contexts, planted model minus base: `planted_probe_auc`).
 4. A negative control: a fine-tune on a shuffled lexicon (values permuted across words); its
    learned values must not track the real lexicon (τ CI covering 0).
 5. Seeds: the learned-value τ of `seed` and of every `measure.seeds` fine-tune, mean and 95 % CI.
@@ -35,11 +37,13 @@ from lfp.word_probes import (
     auc,
     identity_predictions,
     layer_normalise,
+    layer_scales,
     paired_tau_difference,
     permutation_p,
     ridge_predictions,
     score_words,
     sign_ceiling,
+    word_means,
     word_split,
 )
 
@@ -118,6 +122,35 @@ def word_heldout_probes(model: str, task: str, params: Params, lexicon: dict[str
     return out, preds, set(words[is_test].tolist())
 
 
+def probe_divergence(stage: Any, params: Params, model: str, task: str, windows: list, ctx_words: list[str],
+                     pad: int, base: Any, policies: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The probe's view of what a fine-tune changed, per word: the ridge probe (fitted on all the
+    fine-tuned model's contrastive rows, per-layer normalised) applied to the fine-tuned SAEs' codes
+    of each word in its real contexts, under `policy` minus under the base model. A plant that
+    taught the model to disprefer a word should push its predicted feedback down."""
+    from lfp.probe_codes import element_codes
+    from lfp.sae import load_sae
+
+    directory = paths.probe_data_dir(model, task)
+    tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")
+    layers, offsets, widths = index["layers"], index["offsets"], index["widths"]
+    train = tensors["codes"].numpy().astype(float)
+    scales = layer_scales(train, offsets, widths)
+    from sklearn.linear_model import Ridge
+
+    probe = Ridge(alpha=params.probe.ridge_alpha).fit(train / scales, tensors["target"].numpy().astype(float))
+    saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in layers}
+    keep = [i for i, (_, pos) in enumerate(windows) if pos]
+    kept_windows, kept_words = [windows[i] for i in keep], [ctx_words[i] for i in keep]
+    bs = params.measure.batch_size
+
+    def predicted(policy: Any) -> np.ndarray:
+        return probe.predict(element_codes(policy, saes, kept_windows, bs, pad, "measure codes") / scales)
+
+    base_pred = predicted(base)
+    return {name: word_means(kept_words, predicted(policy) - base_pred) for name, policy in policies.items()}
+
+
 def write_words_csv(path: Any, rows: list[dict[str, Any]]) -> None:
     with io.atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -153,12 +186,14 @@ def run(params: Params, model: str, task: str) -> None:
         def learned(policy: Any) -> LearnedValues:
             return learned_values(ctx.words, span_logprobs(policy.to(stage.device), windows, cfg.batch_size, pad) - lp_base)
 
-        main = learned(stage.load(paths.finetuned_dir(model, task))[0])
+        finetuned = stage.load(paths.finetuned_dir(model, task))[0]
+        main = learned(finetuned)
         base_dir = paths.base_model_dir(model)
         by_seed = {params.seed: main}
         for seed in cfg.seeds:
             by_seed[seed] = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, seed)[0])
-        planted_lv = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, planted_lex)[0])
+        planted_model = rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, planted_lex)[0]
+        planted_lv = learned(planted_model)
         shuffled_lv = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, shuffled_lex)[0])
 
         out: dict[str, Any] = {"n_words": len(main.words), "n_contexts": len(ctx.words), "seeds": sorted(by_seed)}
@@ -179,6 +214,13 @@ def run(params: Params, model: str, task: str) -> None:
                     "planted_auc_base": d_base["auc"], "planted_p_base": d_base["p"],
                     "planted_learned_value_tau_reward": tau_with_ci(planted_lv, planted_lex, cfg.bootstrap, params.seed)["tau"],
                     "planted_detected": bool(np.isfinite(d["auc"]) and d["p"] < 0.05 and d["auc"] > 0.5)})
+        shifts = probe_divergence(stage, params, model, task, windows, ctx.words, pad, base,
+                                  {"planted": planted_model, "finetuned": finetuned})
+        for name, key in (("planted", "planted_probe_auc"), ("finetuned", "planted_probe_auc_base")):
+            shift = LearnedValues(sorted(shifts[name]), np.array([shifts[name][w] for w in sorted(shifts[name])]),
+                                  np.array([]), np.array([]), np.array([]))
+            pd_ = planted_detection(shift, planted, lexicon, cfg.permutations, params.seed)
+            out.update({key: pd_["auc"], key.replace("_auc", "_p"): pd_["p"]})
         sh = tau_with_ci(shuffled_lv, lexicon, cfg.bootstrap, params.seed)
         out.update({"shuffled_learned_value_tau": sh["tau"], "shuffled_learned_value_tau_ci_low": sh["ci_low"],
                     "shuffled_learned_value_tau_ci_high": sh["ci_high"],
