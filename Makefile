@@ -23,9 +23,26 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
-## Print the performance benchmarks (ratios measured in one run).
-bench: $(STAMP)
+# The peer benchmark's own venv: sae-lens (and its transformer-lens, plotly, ...) never enters
+# .venv or requirements.txt. torch is pinned to the project's CPU build so pip does not pull CUDA.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed
+SAE_LENS := sae-lens==6.54.12
+
+$(BENCH_STAMP): requirements.txt pyproject.toml
+	test -x $(BENCH_BIN)/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install -q --upgrade pip
+	$(BENCH_BIN)/pip install -q "$$(grep -E '^torch==' requirements.txt | cut -d' ' -f1)" "$(SAE_LENS)"
+	$(BENCH_BIN)/pip install -q --no-deps -e .
+	touch $(BENCH_STAMP)
+
+## Print the performance benchmarks (ratios measured in one run), then lfp's SAEs vs SAELens's
+## TopK (benchmarks/sae_peers.py, in the bench venv).
+bench: $(STAMP) $(BENCH_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+	@echo "== sae_peers.py"
+	$(BENCH_BIN)/python benchmarks/sae_peers.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -59,11 +59,11 @@ def test_parallel_training_equals_one_at_a_time() -> None:
 
 @pytest.fixture(params=["onednn", "mm"])
 def gemm_backend(request, monkeypatch) -> str:
-    """Force GradientStep's GEMM path: oneDNN for any size, or torch.mm (MKL) only."""
+    """Force GradientStep's GEMM path: oneDNN for any size (LFP_SAE_GEMM), or torch.mm (MKL) only."""
     if request.param == "onednn":
         if step_module.ONEDNN_LINEAR is None:
             pytest.skip("torch built without oneDNN")
-        monkeypatch.setattr(step_module, "ONEDNN_MIN_WEIGHTS", 0)
+        monkeypatch.setenv("LFP_SAE_GEMM", "onednn")
     else:
         monkeypatch.setattr(step_module, "ONEDNN_LINEAR", None)
     return request.param
@@ -92,10 +92,17 @@ def test_parallel_training_equals_one_at_a_time_on_both_gemm_paths(gemm_backend:
             assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), alone.state_dict().values()))
 
 
-def test_gemm_path_follows_sae_size() -> None:
-    small, large = SparseAutoencoder(32, 48), SparseAutoencoder(512, 1024)
-    assert GradientStep(small, 1e-3).linear is None
-    assert GradientStep(large, 1e-3).linear is step_module.ONEDNN_LINEAR
+def test_small_saes_keep_mkl_without_measuring(monkeypatch, tmp_path) -> None:
+    """The default profile's SAEs (d_in·d_hidden ≤ ONEDNN_MIN_WEIGHTS) always run MKL, as before."""
+    from lfp.sae import backend
+
+    monkeypatch.setenv("LFP_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LFP_SAE_GEMM", raising=False)
+    monkeypatch.setattr(backend, "measure", lambda *a, **k: pytest.fail("measured a small SAE"))
+    for d, h in ((32, 48), (64, 64), (64, 128), (128, 256)):
+        step = GradientStep(SparseAutoencoder(d, h), 1e-3)
+        assert step.linear is None and step.backend == "mkl"
+    assert not (tmp_path / backend.CACHE_NAME).exists()
 
 
 def test_training_normalisation_matches_normalize_rows() -> None:

@@ -212,7 +212,7 @@ def test_tied_sae_with_different_encoder_and_decoder_is_refused(tmp_path: Path) 
     ({"d_sae": 0}, "field 'd_sae' must be a positive integer, got 0"),
     ({"d_in": True}, "field 'd_in' must be a positive integer, got True"),
     ({"tied": "yes"}, "field 'tied' must be true or false, got 'yes'"),
-    ({"lfp_architecture": "topk"}, "unknown lfp_architecture 'topk' (known: relu_l1)"),
+    ({"lfp_architecture": "jumprelu"}, "unknown lfp_architecture 'jumprelu' (known: relu_l1, topk)"),
     ({"architecture": "topk"}, "field 'architecture' must be 'standard' for lfp_architecture 'relu_l1', got 'topk'"),
     ({"apply_b_dec_to_input": True}, "field 'apply_b_dec_to_input' must be False"),
     ({"normalize_activations": "layer_norm"}, "field 'normalize_activations' must be 'none'"),

@@ -183,6 +183,12 @@ class Sae:
     heldout_fraction: float = _num(0.1, 0.0, 1.0, lo_open=True, hi_open=True)
     tied: bool = True
     ce_eval_texts: int = _num(64, 1)
+    # relu_l1 = the paper method (ReLU + l1, tied unless tied: false); topk = Gao et al. 2024
+    # (the k largest codes per row; l1 unused; set tied: false for the usual untied decoder)
+    architecture: Literal["relu_l1", "topk"] = "relu_l1"
+    k: int = _num(32, 1)  # topk: codes kept per row (L0 <= k)
+    aux_k: int = _num(0, 0)  # topk: dead latents in the auxiliary loss (0 = d_in // 2)
+    aux_coeff: float = _num(1.0 / 32, 0.0)  # topk: weight of the dead-latent auxiliary loss (0 = off)
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,43 @@
 """Sparse autoencoders on MLP outputs (the paper's §2, §3.2, App. F): model, training, files,
 quality and dictionary matching, one module per job.
 
-  model     SparseAutoencoder (tied ReLU + l1, `architecture = "relu_l1"`), normalize_rows_
-  step      the hand-derived training step and its two GEMM backends (MKL, oneDNN)
+  model     SparseAutoencoder: `architecture` "relu_l1" (tied ReLU + l1, the paper method, the
+            default) or "topk" (Gao et al. 2024: k largest codes, AuxK loss), normalize_rows_
+  step      the hand-derived training step: relu_l1 on two GEMM backends (MKL, oneDNN), topk
+  backend   choose_backend: the GEMM path measured per machine for large SAEs, cached
   optim     FusedAdam: torch's fused Adam kernel without torch.optim's per-step overhead
   rows      select_rows / as_float_tensor: activation rows -> float32 CPU tensors
   train     train_sae, train_saes (one single-threaded job per core), train_sae_reference
   files     save_sae / load_sae / read_sae_config: SAELens-style SAE directories, checked on load
-  quality   reconstruction_metrics (mse, fvu, l0, dead_fraction)
+  quality   reconstruction_metrics (mse, fvu, l0, dead_fraction, dead_count, l0_histogram)
   matching  dictionary_matching (max cosine, MMCS, Hungarian)
 
 Where artifacts live is not decided here (lfp.paths): this package never imports lfp.paths or
 lfp.stages.
 """
 
-from lfp.sae.files import CFG_FILENAME, WEIGHTS_FILENAME, load_sae, read_sae_config, save_sae
+from lfp.sae.files import (
+    CFG_FILENAME,
+    WEIGHTS_FILENAME,
+    load_sae,
+    read_sae_config,
+    save_sae,
+)
 from lfp.sae.matching import dictionary_matching
-from lfp.sae.model import SparseAutoencoder, normalize_rows_
+from lfp.sae.model import (
+    ARCHITECTURE_NAMES,
+    PAPER_METHOD,
+    SparseAutoencoder,
+    normalize_rows_,
+)
 from lfp.sae.quality import reconstruction_metrics
 from lfp.sae.rows import select_rows
 from lfp.sae.train import train_sae, train_sae_reference, train_saes, usable_cores
 
 __all__ = [
+    "ARCHITECTURE_NAMES",
     "CFG_FILENAME",
+    "PAPER_METHOD",
     "WEIGHTS_FILENAME",
     "SparseAutoencoder",
     "dictionary_matching",

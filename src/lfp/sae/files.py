@@ -2,9 +2,10 @@
 
 Why this format: `cfg.json` + `sae_weights.safetensors` with SAELens's field and tensor names
 (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec) lets `sae_lens.SAE.load_from_disk` and
-other SAELens-aware tools open our SAEs; `architecture` is SAELens's name ("standard" = ReLU) and
-`lfp_architecture` ours ("relu_l1", the paper's method), so a second SAE type (TopK) can be added
-by registering a `Codec`. Caller metadata (layer, ratio, l1, seed, model, task...) sits under
+other SAELens-aware tools open our SAEs; `architecture` is SAELens's name and `lfp_architecture`
+ours, one `Codec` per pair: "standard" (ReLU) = "relu_l1" (the paper's method), "topk" = "topk"
+with SAELens's TopKSAEConfig fields `k` and `rescale_acts_by_decoder_norm` (false: our decoder
+directions are unit-norm already, so SAELens must not rescale). Caller metadata (layer, ratio, l1, seed, model, task...) sits under
 `lfp_meta`, away from SAELens's own (`meta`/`metadata`) keys, which it parses strictly.
 
 Why the checks: a bit-rotted weights file of the right size used to run for minutes before a
@@ -49,6 +50,8 @@ class Codec:
     shapes: Callable[[int, int], dict[str, tuple[int, ...]]]
     to_tensors: Callable[[SparseAutoencoder], Tensors]
     from_tensors: Callable[[dict[str, Any], Tensors, Path], SparseAutoencoder]
+    fields: Callable[[SparseAutoencoder], dict[str, Any]] = lambda sae: {}  # cfg fields read from the model
+    check: Callable[[dict[str, Any], Path], None] = lambda cfg, path: None  # validates those fields
 
 
 def _relu_l1_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
@@ -67,7 +70,8 @@ def _relu_l1_to_tensors(sae: SparseAutoencoder) -> Tensors:
 
 
 def _relu_l1_from_tensors(cfg: dict[str, Any], t: Tensors, weights: Path) -> SparseAutoencoder:
-    sae = SparseAutoencoder(cfg["d_in"], cfg["d_sae"], tied=cfg["tied"])
+    """Also topk's: the same tensors, the codes' nonlinearity and k taken from cfg.json."""
+    sae = SparseAutoencoder(cfg["d_in"], cfg["d_sae"], tied=cfg["tied"], architecture=cfg["lfp_architecture"], k=cfg.get("k"))
     if sae.tied and not torch.equal(t["W_dec"], t["W_enc"].t()):
         raise ArtifactError(f"{weights}: cfg.json says tied but W_dec is not W_encᵀ (corrupted or edited weights)")
     state = {"encoder_weight": t["W_enc"].t().contiguous(), "encoder_bias": t["b_enc"], "decoder_bias": t["b_dec"]}
@@ -77,13 +81,33 @@ def _relu_l1_from_tensors(cfg: dict[str, Any], t: Tensors, weights: Path) -> Spa
     return sae
 
 
+def _topk_check(cfg: dict[str, Any], path: Path) -> None:
+    k = cfg.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg["d_sae"]:
+        raise ArtifactError(f"{path}: field 'k' must be an integer in 1..d_sae={cfg['d_sae']} for lfp_architecture 'topk', "
+                            f"got {cfg.get('k', '<missing>')!r}")
+
+
+_FIXED = {"dtype": "float32", "apply_b_dec_to_input": False, "normalize_activations": "none"}
+
 ARCHITECTURES: dict[str, Codec] = {
-    SparseAutoencoder.architecture: Codec(
+    "relu_l1": Codec(
         saelens_architecture="standard",
-        fixed={"dtype": "float32", "apply_b_dec_to_input": False, "normalize_activations": "none"},
+        fixed=_FIXED,
         shapes=_relu_l1_shapes,
         to_tensors=_relu_l1_to_tensors,
         from_tensors=_relu_l1_from_tensors,
+    ),
+    # SAELens's TopKSAE.encode: TopK_k(ReLU) of x W_enc + b_enc (b_dec not subtracted, no rescale
+    # by the decoder norms), decode f W_dec + b_dec: the same tensors and semantics as ours
+    "topk": Codec(
+        saelens_architecture="topk",
+        fixed={**_FIXED, "rescale_acts_by_decoder_norm": False},
+        shapes=_relu_l1_shapes,
+        to_tensors=_relu_l1_to_tensors,
+        from_tensors=_relu_l1_from_tensors,
+        fields=lambda sae: {"k": sae.k},
+        check=_topk_check,
     ),
 }
 
@@ -125,7 +149,7 @@ def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], meta: Ma
         raise ArtifactError(f"{target}: refusing to save an SAE with non-finite weights ({bad}): did training diverge?")
     cfg: dict[str, Any] = {
         "architecture": codec.saelens_architecture, "d_in": sae.d_in, "d_sae": sae.d_hidden,
-        "device": SAELENS_DEVICE, **codec.fixed,
+        "device": SAELENS_DEVICE, **codec.fixed, **codec.fields(sae),
         "lfp_format_version": FORMAT_VERSION, "lfp_architecture": sae.architecture, "tied": sae.tied,
         "lfp_meta": dict(meta),
     }
@@ -164,6 +188,7 @@ def read_sae_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         if cfg.get(name) != want or type(cfg.get(name)) is not type(want):
             raise ArtifactError(f"{path}: field '{name}' must be {want!r} for lfp_architecture "
                                 f"{cfg['lfp_architecture']!r}, got {cfg.get(name, '<missing>')!r}")
+    codec.check(cfg, path)
     return cfg
 
 

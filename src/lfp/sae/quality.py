@@ -6,6 +6,8 @@ it works unchanged for every architecture.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -16,16 +18,32 @@ from lfp.sae.rows import as_float_tensor
 EVAL_CHUNK_ROWS = 8192  # rows per chunk when scoring: bounds memory for any number of rows
 
 
+def l0_edges(d_hidden: int) -> list[int]:
+    """Histogram bin edges for per-row L0 in 0..d_hidden: [0, 1, 2, 4, 8, …, d_hidden + 1]; bin i
+    counts rows with edges[i] ≤ L0 < edges[i+1] (powers of two: dense relu_l1 codes and TopK's
+    L0 ≤ k both stay readable)."""
+    edges, e = [0, 1], 2
+    while e <= d_hidden:
+        edges.append(e)
+        e *= 2
+    return edges + [d_hidden + 1]
+
+
 @torch.no_grad()
-def reconstruction_metrics(sae: SparseAutoencoder, acts: np.ndarray | torch.Tensor) -> dict[str, float]:
+def reconstruction_metrics(sae: SparseAutoencoder, acts: np.ndarray | torch.Tensor) -> dict[str, Any]:
     """Held-out quality: mse (mean over elements, the paper's reconstruction loss), fvu
-    (Σ‖x−x̂‖² / Σ‖x−x̄‖²), l0 (mean active codes per row) and dead_fraction (features never active)."""
+    (Σ‖x−x̂‖² / Σ‖x−x̄‖²), l0 (mean active codes per row), dead_fraction and dead_count (features
+    never active on these rows), and l0_histogram {"edges", "counts"} (rows per L0 bin,
+    `l0_edges`; not a number, so MLflow skips it and the metrics JSON keeps it)."""
     n = int(acts.shape[0])
     if n == 0:
         raise ArtifactError("reconstruction_metrics: no held-out rows")
     sq_err = 0.0
     active = 0.0
     fired = torch.zeros(sae.d_hidden, dtype=torch.bool)
+    edges = l0_edges(sae.d_hidden)
+    counts = torch.zeros(len(edges) - 1, dtype=torch.int64)
+    boundaries = torch.tensor(edges[1:-1])
     s1 = torch.zeros(sae.d_in, dtype=torch.float64)
     s2 = torch.zeros((), dtype=torch.float64)
     for lo in range(0, n, EVAL_CHUNK_ROWS):
@@ -35,6 +53,8 @@ def reconstruction_metrics(sae: SparseAutoencoder, acts: np.ndarray | torch.Tens
         on = codes > 0
         active += float(on.sum())
         fired |= on.any(dim=0)
+        per_row = on.sum(dim=-1).reshape(-1)
+        counts += torch.bincount(torch.bucketize(per_row, boundaries, right=True), minlength=len(counts))
         s1 += x.double().sum(0)
         s2 += x.double().pow(2).sum()
     total_var = float(s2 - s1.pow(2).sum() / n)
@@ -43,4 +63,6 @@ def reconstruction_metrics(sae: SparseAutoencoder, acts: np.ndarray | torch.Tens
         "fvu": sq_err / total_var if total_var > 0 else float("nan"),
         "l0": active / n,
         "dead_fraction": 1.0 - float(fired.float().mean()),
+        "dead_count": int((~fired).sum()),
+        "l0_histogram": {"edges": edges, "counts": counts.tolist()},
     }

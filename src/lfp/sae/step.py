@@ -1,10 +1,11 @@
-"""The relu_l1 SAE's training step with hand-derived gradients, on two GEMM backends.
+"""The SAEs' training step with hand-derived gradients: relu_l1 on two GEMM backends, topk.
 
 Why: at batch 32 every GEMM is tiny and autograd spends as much time in dispatch as in
 arithmetic. `GradientStep` computes the same loss and gradients as `SparseAutoencoder.loss`
-+ backward (tests/test_sae.py checks it against the autograd reference) with preallocated
-buffers, the tied weight gradient as one GEMM, and, for large SAEs, oneDNN instead of MKL (2x
-MKL's speed on AMD CPUs).
++ backward (tests/test_sae.py and tests/test_sae_topk.py check it against the autograd
+reference) with preallocated buffers and the tied weight gradient as one GEMM; for relu_l1 it
+runs on MKL (torch.mm) or oneDNN, whichever `lfp.sae.backend` measured faster on this machine
+for large SAEs (oneDNN ran 2x MKL's speed on an AMD EPYC, 0.9x on an Intel CPU).
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import Any
 
 import torch
 
-from lfp.sae.model import SparseAutoencoder
+from lfp.sae.model import DeadLatents, SparseAutoencoder, aux_size
 
 
 def onednn_linear() -> Any:
     """torch's oneDNN linear op (y = x Wᵀ + b, optionally fused with a ReLU or `± other`), or None
     on builds without it or off x86-64 (where it was not measured). Why not torch.mm: where MKL
     runs its AVX2 kernels (AMD CPUs) oneDNN's AVX-512 JIT runs these batch-32 GEMMs ~2x faster,
-    but its ~15 µs overhead per call outweighs that on small SAEs, hence `ONEDNN_MIN_WEIGHTS`."""
+    but its ~15 µs overhead per call outweighs that on small SAEs, hence `ONEDNN_MIN_WEIGHTS`;
+    on Intel CPUs MKL can win at any size, hence the measured choice (`lfp.sae.backend`)."""
     try:
         if torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64"):
             return torch.ops.mkldnn._linear_pointwise
@@ -31,9 +33,12 @@ def onednn_linear() -> Any:
 
 
 ONEDNN_LINEAR = onednn_linear()
-# oneDNN only for d_in·d_hidden above this: the measured break-even on a 2-core AMD EPYC (equal
-# at 128x256 and 512x64; oneDNN 1.27x slower at 128x128, 0.82x at 128x512, 0.56x at 512x1024)
+# MKL always at or below this d_in·d_hidden; above it the faster path is measured per machine
+# (lfp.sae.backend). Break-even on a 2-core AMD EPYC: equal at 128x256 and 512x64; oneDNN 1.27x
+# slower at 128x128, 0.82x time at 128x512, 0.56x at 512x1024. Below it oneDNN's per-call overhead
+# loses on every CPU measured, and a fixed rule keeps small SAEs' weights the same on every run.
 ONEDNN_MIN_WEIGHTS = 1 << 15
+BACKENDS = ("mkl", "onednn")
 
 
 def normalize_rows_with_(weight: torch.Tensor, norms: torch.Tensor) -> None:
@@ -44,10 +49,32 @@ def normalize_rows_with_(weight: torch.Tensor, norms: torch.Tensor) -> None:
     weight.mul_(norms.clamp_min_(1e-12).reciprocal_())
 
 
+def normalize_columns_with_(weight: torch.Tensor, norms: torch.Tensor, squares: torch.Tensor) -> None:
+    """`normalize_columns_` for the training loop, the norms in the [1, columns] buffer `norms`:
+    √(Σ_rows w²) through the [rows, columns] buffer `squares`, since torch's vector_norm over
+    dim 0 of a row-major matrix runs ~13x slower (1 ms of a 4 ms step at 512x1024)."""
+    torch.mul(weight, weight, out=squares)
+    torch.sum(squares, 0, keepdim=True, out=norms)
+    weight.mul_(norms.sqrt_().clamp_min_(1e-12).reciprocal_())
+
+
+def backend_available(backend: str) -> bool:
+    """Whether `GradientStep` can run `backend` here ("onednn" needs torch's oneDNN linear op,
+    x86-64 and torch.backends.mkldnn enabled)."""
+    if backend == "onednn":
+        return ONEDNN_LINEAR is not None and torch.backends.mkldnn.enabled
+    return backend == "mkl"
+
+
+def backends_for(sae: SparseAutoencoder) -> tuple[str, ...]:
+    """The GEMM paths `GradientStep` can run for this SAE here."""
+    return tuple(b for b in BACKENDS if backend_available(b))
+
+
 class GradientStep:
     """One training step with hand-derived gradients (no autograd), buffers reused across steps.
 
-    With r = x̂ − x, g = 2r/(B·n), mask = [W_E x + b_E > 0]:
+    relu_l1 (below; topk: `_topk`). With r = x̂ − x, g = 2r/(B·n), mask = [W_E x + b_E > 0]:
       ∂b_D = Σ_rows g;  ∂f = g W_D + l1/B;  ∂pre = ∂f ⊙ mask;  ∂b_E = Σ_rows ∂pre;
       tied:   ∂W = ∂preᵀ x + fᵀ g  (computed as ONE GEMM [∂pre; f]ᵀ [x; g], K = 2B);
       untied: ∂W_E = ∂preᵀ x,  ∂W_D = gᵀ f.
@@ -62,11 +89,25 @@ class GradientStep:
         transposed left operands are first copied into contiguous buffers (~20 % faster so).
     """
 
-    def __init__(self, sae: SparseAutoencoder, l1: float) -> None:
+    def __init__(self, sae: SparseAutoencoder, l1: float = 0.0, *, backend: str | None = None, aux_k: int = 0,
+                 aux_coeff: float = 0.0, dead_window: int = 0) -> None:
+        """`backend`: "mkl" or "onednn" (None: `lfp.sae.backend.choose_backend`, measured per
+        machine for large SAEs); topk only: the auxiliary loss's `aux_k` (0: d_in // 2) and
+        `aux_coeff` (0: none) over the latents dead for `dead_window` rows."""
         self.sae = sae
         self.l1 = float(l1)
-        big = sae.d_in * sae.d_hidden > ONEDNN_MIN_WEIGHTS
-        self.linear = ONEDNN_LINEAR if big and torch.backends.mkldnn.enabled else None
+        if backend is None:
+            # lazy: lfp.sae.backend imports this module
+            from lfp.sae.backend import choose_backend
+
+            backend = choose_backend(sae)
+        if backend not in backends_for(sae):
+            raise ValueError(f"GradientStep: backend {backend!r} is not available for a {sae.architecture} SAE here "
+                             f"(available: {', '.join(backends_for(sae))})")
+        self.backend = backend
+        self.linear = ONEDNN_LINEAR if backend == "onednn" else None
+        self.aux_k, self.aux_coeff = int(aux_k), float(aux_coeff)
+        self.dead = DeadLatents(sae.d_hidden, dead_window) if sae.is_topk and self.aux_coeff > 0 else None
         self.buffers: dict[int, dict[str, torch.Tensor]] = {}
         for p in sae.parameters():
             p.grad = torch.zeros_like(p)
@@ -84,6 +125,8 @@ class GradientStep:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Write the gradients of the loss on batch `x` into `.grad`; return the loss (0-d)."""
+        if self.sae.is_topk:
+            return self._topk(x)
         return self._onednn(x) if self.linear is not None else self._mm(x)
 
     def _onednn(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,3 +200,104 @@ class GradientStep:
             buf["g_t"].copy_(g.t())
             torch.mm(buf["g_t"], f, out=sae.decoder_weight.grad)
         return loss
+
+    def _nt(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """a wᵀ: into `out` with torch.mm (MKL), or a fresh tensor from oneDNN."""
+        if self.linear is None:
+            return torch.mm(a, w.t(), out=out)
+        return self.linear(a, w, None, "none", [], "")
+
+    def _topk(self, x: torch.Tensor) -> torch.Tensor:
+        """topk, on either backend (`_nt`). With S = the k selected entries of each row with
+        pre > 0 (f = ReLU(pre) on S, 0 elsewhere), r = x̂ − x, g = 2r/(B·n):
+          ∂b_D = Σ_rows g;  ∂f = g W_Dᵀ;  ∂pre = ∂f ⊙ [f > 0];  ∂b_E = Σ_rows ∂pre;
+          untied: ∂W_E = ∂preᵀ x,  ∂W_D = gᵀ f  ([n, h], nn.Linear layout);
+          tied:   ∂W = ∂preᵀ x + fᵀ g  (ONE GEMM [∂pre; f]ᵀ [x; g]).
+        Auxiliary loss over the dead latents D (when any): a = ReLU(pre) on the top k_aux of D,
+        ê = a W_D, e = −r (a constant), loss += c·(ê − e)²/(B·n) with c = aux_coeff·scale, and
+        g_a = 2c(ê − e)/(B·n) adds ∂pre += (g_a W_Dᵀ) ⊙ [a > 0], and g_aᵀ a to ∂W_D (untied: the
+        GEMM becomes [g; g_a]ᵀ [f; a]) or aᵀ g_a to ∂W (tied: [∂pre; f; a]ᵀ [x; g; g_a])."""
+        sae, nt = self.sae, self._nt
+        b, n, k = x.shape[0], sae.d_in, sae.k
+        buf = self._topk_buf(b)
+        W = sae.encoder_weight.data
+        WD = sae.decoder_rows().data  # [h, n]
+        WD_lin = WD.t()  # [n, h]: x̂ = f WD_linᵀ + b_D
+        f, df, dpre = buf["f"], buf["df"], buf["dpre"]
+        vals, idx = buf["vals"], buf["idx"]
+        if self.linear is None:
+            pre = torch.addmm(sae.encoder_bias.data, x, W.t(), out=buf["pre"])
+        else:
+            pre = self.linear(x, W, sae.encoder_bias.data, "none", [], "")
+        torch.topk(pre, k, dim=1, sorted=False, out=(vals, idx))
+        f.zero_().scatter_(1, idx, vals.clamp_min_(0.0))
+        if self.linear is None:
+            g = torch.addmm(sae.decoder_bias.data, f, WD, out=buf["g"])
+            g.sub_(x)  # r
+        else:
+            g = self.linear.binary(f, x, WD_lin, sae.decoder_bias.data, "sub")  # r = x̂ − x
+        flat = g.view(-1)
+        loss = torch.dot(flat, flat) / flat.numel()
+        dead = self.dead.mask() if self.dead is not None else None
+        n_dead = int(dead.sum()) if dead is not None else 0
+        a = ga = None
+        if n_dead:
+            k_aux, scale = aux_size(n, self.aux_k, n_dead)
+            c = self.aux_coeff * scale
+            masked = torch.where(dead, pre, buf["neg_inf"], out=buf["masked"])
+            a_vals, a_idx = masked.topk(k_aux, dim=1, sorted=False)
+            a = buf["a"]
+            a.zero_().scatter_(1, a_idx, a_vals.clamp_min_(0.0))
+            ga = nt(a, WD_lin, buf["ga"])  # ê
+            ga.add_(g)  # ê − e = ê + r
+            aflat = ga.view(-1)
+            loss = loss + c * torch.dot(aflat, aflat) / aflat.numel()
+            ga.mul_(2.0 * c / ga.numel())
+        g.mul_(2.0 / g.numel())
+        torch.sum(g, 0, out=sae.decoder_bias.grad)
+        df = nt(g, WD, df)  # ∂f = g W_Dᵀ (W_D as [h, n] rows)
+        threshold_backward = torch.ops.aten.threshold_backward.grad_input
+        threshold_backward(df, f, 0.0, grad_input=dpre)  # ∂f ⊙ [f > 0]
+        if n_dead:
+            da = nt(ga, WD, buf["da"])
+            threshold_backward(da, a, 0.0, grad_input=da)
+            dpre.add_(da)
+        torch.sum(dpre, 0, out=sae.encoder_bias.grad)
+        m = 2 * b if n_dead else b
+        if sae.decoder_weight is None:  # ∂W = [∂pre; f; a]ᵀ [x; g; g_a]
+            left_t, right = buf["left_t"][:, : b + m], buf["right"][: b + m]
+            left_t[:, :b].copy_(dpre.t())
+            left_t[:, b : 2 * b].copy_(f.t())
+            right[:b].copy_(x)
+            right[b : 2 * b].copy_(g)
+            if n_dead:
+                left_t[:, 2 * b :].copy_(a.t())
+                right[2 * b :].copy_(ga)
+            sae.encoder_weight.grad = nt(left_t, right.t(), sae.encoder_weight.grad)
+        else:  # ∂W_E = ∂preᵀ x;  ∂W_D = [g; g_a]ᵀ [f; a]
+            dpre_t = buf["left_t"][:, :b]
+            dpre_t.copy_(dpre.t())
+            sae.encoder_weight.grad = nt(dpre_t, x.t(), sae.encoder_weight.grad)
+            g_t, fa = buf["g_t"][:, :m], buf["fa"][:m]
+            g_t[:, :b].copy_(g.t())
+            fa[:b].copy_(f)
+            if n_dead:
+                g_t[:, b:].copy_(ga.t())
+                fa[b:].copy_(a)
+            sae.decoder_weight.grad = nt(g_t, fa.t(), sae.decoder_weight.grad)
+        if self.dead is not None:
+            self.dead.update(f)
+        return loss
+
+    def _topk_buf(self, b: int) -> dict[str, torch.Tensor]:
+        key = -b  # apart from the relu_l1 buffers of the same batch size
+        if key not in self.buffers:
+            h, n, k = self.sae.d_hidden, self.sae.d_in, self.sae.k
+            self.buffers[key] = {
+                "pre": torch.empty(b, h), "f": torch.empty(b, h), "g": torch.empty(b, n), "df": torch.empty(b, h),
+                "dpre": torch.empty(b, h), "vals": torch.empty(b, k), "idx": torch.empty(b, k, dtype=torch.int64),
+                "left_t": torch.empty(h, 3 * b), "right": torch.empty(3 * b, n), "g_t": torch.empty(n, 2 * b),
+                "fa": torch.empty(2 * b, h), "masked": torch.empty(b, h), "neg_inf": torch.full((), -torch.inf),
+                "a": torch.empty(b, h), "ga": torch.empty(b, n), "da": torch.empty(b, h),
+            }
+        return self.buffers[key]

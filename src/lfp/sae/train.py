@@ -1,7 +1,9 @@
-"""Training relu_l1 SAEs on cached activations: the fast loop, the parallel pool, the reference.
+"""Training SAEs on cached activations: the fast loop, the parallel pool, the reference.
 
 `train_sae` runs the paper's algorithm (Adam, batch 32, MSE + l1·‖f‖₁, unit-norm encoder rows
-before every step) with `GradientStep` and `FusedAdam` instead of autograd + torch.optim;
+before every step; `architecture="relu_l1"`, the paper method) or a TopK SAE (`"topk"`: the k
+largest codes per row, MSE + the dead-latent auxiliary loss, unit-norm decoder directions; see
+lfp.sae.model) with `GradientStep` and `FusedAdam` instead of autograd + torch.optim;
 `train_saes` trains several SAEs at once, one single-threaded job per core (threads inside a
 batch-32 GEMM barely pay off); `train_sae_reference` is the plain autograd version, kept as the
 executable specification the fast loop agrees with to float rounding (tests/test_sae.py).
@@ -22,12 +24,72 @@ import numpy as np
 import torch
 
 from lfp.errors import ArtifactError
-from lfp.sae.model import SparseAutoencoder, normalize_rows_
+from lfp.sae.backend import choose_backend
+from lfp.sae.model import PAPER_METHOD, DeadLatents, SparseAutoencoder
 from lfp.sae.optim import FusedAdam
 from lfp.sae.rows import as_float_tensor, select_rows
-from lfp.sae.step import GradientStep, normalize_rows_with_
+from lfp.sae.step import GradientStep, normalize_columns_with_, normalize_rows_with_
 
 Loader = Callable[[], np.ndarray | torch.Tensor]  # loads one SAE's training activations
+
+# topk defaults. AUX_COEFF: Gao et al.'s α = 1/32 (also sparsify's; SAELens uses 1.0), relative
+# to the MSE. DEAD_WINDOW_ROWS: a latent that fired on none of the last this-many training rows
+# is dead for the auxiliary loss (Gao et al.: 10M tokens; SAELens: 1000 steps; here the paper's
+# budget is 75k rows, so ~13 % of it).
+DEFAULT_K = 32
+AUX_COEFF = 1.0 / 32
+DEAD_WINDOW_ROWS = 10_000
+
+
+@torch.no_grad()
+def center_init_(sae: SparseAutoencoder, data: torch.Tensor) -> None:
+    """b_D = the training rows' mean and b_E = −W_E·mean: the encoder starts on centred inputs,
+    as Gao et al.'s b_pre (init at the geometric median) does, without subtracting b_D from
+    every input (apply_b_dec_to_input stays false)."""
+    mean = data.double().mean(0).float()
+    sae.decoder_bias.copy_(mean)
+    sae.encoder_bias.copy_(-(sae.encoder_weight @ mean))
+
+
+# topk's decoder learns at lr · √(DECODER_LR_WIDTH / d_in): Adam moves every element by ~lr, so a
+# unit-norm direction of d_in elements turns by ~lr·√d_in per step; this keeps that turn the same
+# at every width. Measured (benchmarks/sae_peers.py, 4 seeds): on the tiny model's 64-wide
+# activations the plain lr left FVU ~25 % above SAELens's TopK (whose 0.1-norm decoder init with
+# decoder-norm rescaling speeds its decoder up similarly), lr·3 put it ~5-15 % below; on
+# 512-wide rows any speed-up hurt (lr·3: +6 % FVU).
+DECODER_LR_WIDTH = 512
+
+
+class _Adams:
+    """Adam over the SAE's parameters, an untied topk decoder at its own learning rate."""
+
+    def __init__(self, sae: SparseAutoencoder, lr: float, make: Callable[[list[torch.nn.Parameter], float], Any]) -> None:
+        own = [sae.decoder_weight] if sae.is_topk and sae.decoder_weight is not None else []
+        rest = [p for p in sae.parameters() if not any(p is q for q in own)]
+        self.opts = [make(rest, lr)]
+        if own:
+            self.opts.append(make(own, lr * decoder_lr_scale(sae.d_in)))
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+    def zero_grad(self) -> None:
+        for o in self.opts:
+            o.zero_grad()
+
+
+def decoder_lr_scale(d_in: int) -> float:
+    """The factor on lr for an untied topk decoder: √(DECODER_LR_WIDTH / d_in)."""
+    return math.sqrt(DECODER_LR_WIDTH / d_in)
+
+
+def _arch_kw(architecture: str, k: int | None, tied: bool | None) -> dict[str, Any]:
+    """SparseAutoencoder settings: tied defaults to True for relu_l1 (the paper) and False for
+    topk (Gao et al., SAELens, sparsify); k is read for topk only (default DEFAULT_K)."""
+    if architecture == "topk":
+        return {"architecture": architecture, "k": DEFAULT_K if k is None else int(k), "tied": bool(tied) if tied is not None else False}
+    return {"architecture": architecture, "k": None, "tied": True if tied is None else bool(tied)}
 
 
 def usable_cores() -> int:
@@ -68,9 +130,15 @@ def train_sae(
     batch_size: int,
     epochs: int,
     seed: int,
-    tied: bool = True,
+    tied: bool | None = None,
     max_rows: int | None = None,
     threads: int | None = None,
+    architecture: str = PAPER_METHOD,
+    k: int | None = None,
+    aux_k: int = 0,
+    aux_coeff: float = AUX_COEFF,
+    dead_window: int = DEAD_WINDOW_ROWS,
+    backend: str | None = None,
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """Train one SAE on the rows of `acts` [n_rows, d_in] (array, memmap or tensor).
 
@@ -78,13 +146,21 @@ def train_sae(
     order in contiguous batches of `batch_size` (the last one may be smaller). Runs on `threads`
     torch threads (default 1: batch-32 GEMMs gain ≤ 1.5x from a second core on an idle machine and
     collapse ~10x on a busy one; to use several cores train several SAEs with `train_saes`).
+    `architecture` "relu_l1" (the paper method; `tied` defaults to True; `k` is ignored) or "topk"
+    (`k` codes per row, default DEFAULT_K; `tied` defaults to False; `l1` is ignored: a TopK SAE
+    is sparse by construction, so no penalty is trained or reported; the auxiliary loss weighs
+    `aux_coeff` (0 = off) over the top `aux_k` (0: d_in // 2) latents dead for `dead_window`
+    rows). `backend` forces the GEMM path ("mkl"/"onednn"; default: `choose_backend`).
+    Deterministic: the same arguments and backend give bit-identical weights.
     Returns the trained module (on CPU, eval mode) and stats: rows, steps, seconds, cpu_seconds (of
     the calling thread: robust to a shared CPU when threads=1), rows_per_s, first/final loss, mean
-    loss per epoch.
+    loss per epoch, backend, and for topk dead_fraction_train (latents dead at the end).
     """
     _check_acts(acts, "train_sae")
+    arch = _arch_kw(architecture, k, tied)
     with torch_threads(threads or 1):
-        return _train(acts, d_hidden, l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, tied=tied, max_rows=max_rows)
+        return _train(acts, d_hidden, l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, max_rows=max_rows,
+                      aux_k=aux_k, aux_coeff=aux_coeff, dead_window=dead_window, backend=backend, **arch)
 
 
 def train_saes(
@@ -95,24 +171,34 @@ def train_saes(
     batch_size: int,
     epochs: int,
     seed: int,
-    tied: bool = True,
+    tied: bool | None = None,
     max_rows: int | None = None,
     workers: int | None = None,
+    architecture: str = PAPER_METHOD,
+    k: int | None = None,
+    aux_k: int = 0,
+    aux_coeff: float = AUX_COEFF,
+    dead_window: int = DEAD_WINDOW_ROWS,
 ) -> list[tuple[SparseAutoencoder, dict[str, Any]]]:
     """Train independent SAEs — `jobs` = [(load activations, d_hidden)] — one per core at a time.
 
     Why: batch-32 GEMMs scale poorly over threads (and collapse on a busy machine), while
     independent single-threaded trainings scale with cores. Each result is identical to
     `train_sae(load(), d_hidden, ..., threads=1)`; loaders run inside the workers, so at most
-    `workers` activation sets are in memory at once. Largest dictionaries start first.
+    `workers` activation sets are in memory at once. Largest dictionaries start first. A shape's
+    GEMM path is chosen in the first worker that needs it (`choose_backend`: measured once per
+    machine for large SAEs, under a lock, so the other jobs of that shape wait for the choice).
     """
     workers = max(1, min(workers or usable_cores(), len(jobs) or 1))
+    arch = _arch_kw(architecture, k, tied)
+    kw = dict(l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, max_rows=max_rows, aux_k=aux_k,
+              aux_coeff=aux_coeff, dead_window=dead_window, **arch)
 
     def one(job: tuple[Loader, int]) -> tuple[SparseAutoencoder, dict[str, Any]]:
         torch.set_num_threads(1)  # per OS thread: MKL/OpenMP thread counts are thread-local
         acts = job[0]()
         _check_acts(acts, "train_saes")
-        return _train(acts, job[1], l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, tied=tied, max_rows=max_rows)
+        return _train(acts, job[1], backend=None, **kw)
 
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
     # a pool even for one worker: in the main thread glibc hands the 2 MB of each step's fresh
@@ -127,17 +213,29 @@ def train_saes(
 
 def _train(
     acts: np.ndarray | torch.Tensor, d_hidden: int, *, l1: float, lr: float, batch_size: int, epochs: int,
-    seed: int, tied: bool, max_rows: int | None,
+    seed: int, tied: bool, max_rows: int | None, architecture: str, k: int | None, aux_k: int, aux_coeff: float,
+    dead_window: int, backend: str | None,
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """The training loop of `train_sae` under the caller's thread setting."""
     data = as_float_tensor(acts, select_rows(int(acts.shape[0]), max_rows, seed))
     n_rows, d_in = data.shape
     gen = init_generator(seed, d_in, d_hidden)
-    sae = SparseAutoencoder(d_in, d_hidden, tied=tied)
+    sae = SparseAutoencoder(d_in, d_hidden, tied=tied, architecture=architecture, k=k)
     sae.reset_parameters(gen)
-    step = GradientStep(sae, l1)
-    opt = FusedAdam(list(sae.parameters()), lr)
-    weight, norms = sae.encoder_weight.detach(), torch.empty(d_hidden, 1)
+    if sae.is_topk:
+        center_init_(sae, data)
+    if backend is None:
+        backend = choose_backend(sae, batch_size)
+    step = GradientStep(sae, 0.0 if sae.is_topk else l1, backend=backend, aux_k=aux_k, aux_coeff=aux_coeff, dead_window=dead_window)
+    opt = _Adams(sae, lr, FusedAdam)
+    if sae.is_topk and not sae.tied:  # unit-norm decoder directions (columns of decoder_weight)
+        weight, squares = sae.decoder_weight.detach(), torch.empty(d_in, d_hidden)
+        norms = torch.empty(1, d_hidden)
+
+        def normalize(w: torch.Tensor, norms: torch.Tensor) -> None:
+            normalize_columns_with_(w, norms, squares)
+    else:  # unit-norm encoder rows (the paper; tied topk: the shared matrix)
+        weight, norms, normalize = sae.encoder_weight.detach(), torch.empty(d_hidden, 1), normalize_rows_with_
     losses = torch.zeros(epochs)
     first_loss = final_loss = float("nan")
     start, cpu_start = time.perf_counter(), time.thread_time()
@@ -149,7 +247,7 @@ def _train(
             for lo in range(0, n_rows, batch_size):
                 loss = step(data[lo : lo + batch_size])
                 opt.step()
-                normalize_rows_with_(weight, norms)
+                normalize(weight, norms)
                 total += loss
                 n_steps += 1
                 if n_steps == 1:
@@ -163,14 +261,18 @@ def _train(
     stats = {
         "rows": int(n_rows), "steps": n_steps, "seconds": seconds, "cpu_seconds": cpu_seconds,
         "rows_per_s": n_rows * epochs / seconds if seconds > 0 else float("inf"),
-        "first_loss": first_loss, "final_loss": final_loss, "epoch_loss": losses.tolist(),
+        "first_loss": first_loss, "final_loss": final_loss, "epoch_loss": losses.tolist(), "backend": step.backend,
     }
+    if step.dead is not None:
+        stats["dead_fraction_train"] = float(step.dead.mask().float().mean())
     return sae, stats
 
 
 def train_sae_reference(
     acts: np.ndarray | torch.Tensor, d_hidden: int, *, l1: float, lr: float, batch_size: int, epochs: int,
-    seed: int, tied: bool = True, max_rows: int | None = None, threads: int | None = None,
+    seed: int, tied: bool | None = None, max_rows: int | None = None, threads: int | None = None,
+    architecture: str = PAPER_METHOD, k: int | None = None, aux_k: int = 0, aux_coeff: float = AUX_COEFF,
+    dead_window: int = DEAD_WINDOW_ROWS,
 ) -> SparseAutoencoder:
     """The same algorithm written the plain way (autograd + torch.optim.Adam, batch by batch).
 
@@ -178,17 +280,25 @@ def train_sae_reference(
     baseline (same thread policy). Same seed ⇒ same init, same batches, so results agree to float
     rounding.
     """
+    arch = _arch_kw(architecture, k, tied)
     data = as_float_tensor(acts, select_rows(int(acts.shape[0]), max_rows, seed))
     gen = init_generator(seed, data.shape[1], d_hidden)
-    sae = SparseAutoencoder(data.shape[1], d_hidden, tied=tied)
+    sae = SparseAutoencoder(data.shape[1], d_hidden, **arch)
     sae.reset_parameters(gen)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    if sae.is_topk:
+        center_init_(sae, data)
+    opt = _Adams(sae, lr, lambda params, lr: torch.optim.Adam(params, lr=lr))
+    dead = DeadLatents(d_hidden, dead_window) if sae.is_topk and aux_coeff > 0 else None
     with torch_threads(threads or 1):
         for _ in range(epochs):
             data = data[torch.randperm(data.shape[0], generator=gen)]
             for lo in range(0, data.shape[0], batch_size):
+                x = data[lo : lo + batch_size]
                 opt.zero_grad()
-                sae.loss(data[lo : lo + batch_size], l1).backward()
+                sae.loss(x, 0.0 if sae.is_topk else l1, dead=None if dead is None else dead.mask(), aux_k=aux_k, aux_coeff=aux_coeff).backward()
+                if dead is not None:  # which latents fired on this batch, before the update
+                    with torch.no_grad():
+                        dead.update(sae.encode(x))
                 opt.step()
-                normalize_rows_(sae.encoder_weight)
+                sae.normalize_()
     return sae.eval()

@@ -476,16 +476,20 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
     rows, shaky_rows, undefined = [], 0, 0
     for (m, t), r in runs.items():
         q = r["sae"]
+        # the paper's tied ReLU + l1 unless sae.architecture says otherwise (older runs: no field)
+        arch = q.get("architecture") or "relu_l1"
+        sparsity = f"k={q.get('k')}" if arch == "topk" else f"ℓ1={fmt(q.get('l1'), 4)}"
         for L in r["divergence"].get("chosen_layers", []):
             for ratio in params.sae.ratios:
                 k = f"layer{L}_x{ratio}_"
                 recovered, denom, shaky = ce_cells(q, k)
                 shaky_rows += shaky
                 undefined += recovered == MISSING
-                rows.append([m, t, L, f"{ratio}n", fmt(q.get(k + "mse"), 5), fmt(q.get(k + "fvu")), fmt(q.get(k + "l0"), 1),
-                             fmt(q.get(k + "dead_fraction"), pct=True), recovered, denom, fmt(q.get(f"layer{L}_mmcs"))])
-    s.tables.append(("ours", pd.DataFrame(rows, columns=["model", "task", "layer", "dict", "MSE", "FVU", "L0", "dead",
-                                                         "CE recovered", "CE zero − clean (nats)", "MMCS"])))
+                rows.append([m, t, L, f"{ratio}n", arch, sparsity, fmt(q.get(k + "mse"), 5), fmt(q.get(k + "fvu")),
+                             fmt(q.get(k + "l0"), 1), fmt(q.get(k + "dead_fraction"), pct=True), recovered, denom,
+                             fmt(q.get(f"layer{L}_mmcs"))])
+    s.tables.append(("ours", pd.DataFrame(rows, columns=["model", "task", "layer", "dict", "architecture", "k / ℓ1", "MSE", "FVU", "L0",
+                                                         "dead", "CE recovered", "CE zero − clean (nats)", "MMCS"])))
     t11 = paper["table11_tied_untied"]
     prow = [[pm, tied, v["sparsity"], v["reconstruction"]] for pm, d in t11.items() if not pm.startswith("_") for tied, v in d.items()]
     s.tables.append(("paper Table 11 (normalized, 1 epoch)", pd.DataFrame(prow, columns=["model", "weights", "sparsity loss", "reconstruction loss"])))

@@ -82,6 +82,8 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
         raise ConfigError("params: 'sae.ratios' needs two different sizes (small and large dictionary) for matching")
     small_r, large_r = min(cfg.ratios), max(cfg.ratios)
     l1 = params.spec(model).sae_l1 if params.spec(model).sae_l1 is not None else cfg.l1
+    topk = cfg.architecture == "topk"  # TopK: k fixes the sparsity, no l1 term
+    arch = {"architecture": cfg.architecture, "k": cfg.k if topk else None}
     act_dir = paths.activations_dir(model, task, source)
     index = read_index(act_dir)
     layers, offsets = [int(x) for x in index["layers"]], np.asarray(index["text_offsets"], dtype=np.int64)
@@ -95,19 +97,20 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
 
     with open_stage("sae", params, model=model, task=task, source=source,
                     log_params={"seed": params.seed, "sae": section_dict(cfg), "l1_effective": l1},
-                    tags={"tied": cfg.tied}) as stage:
+                    tags={"tied": cfg.tied, "architecture": cfg.architecture}) as stage:
         tracking, device = stage.run, stage.device
         lm, tokenizer = stage.load(paths.model_dir(model, task, source))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ce_clean = cross_entropy(lm, ce_texts, pad_id, device)
         metrics: dict[str, Any] = {"train_rows": len(train_rows), "heldout_rows": len(held_rows),
-                                   "ce_texts": len(ce_texts), "l1": l1, "ce_clean": ce_clean}
+                                   "ce_texts": len(ce_texts), "l1": None if topk else l1, "ce_clean": ce_clean, **arch}
         matching: dict[str, Any] = {"small_ratio": small_r, "large_ratio": large_r, "layers": {}}
         start = time.perf_counter()
         keys = [(layer, ratio) for layer in layers for ratio in cfg.ratios]
         jobs = [(lambda L=layer: load_layer(act_dir, L, index)[train_rows], ratio * index["d_model"]) for layer, ratio in keys]
         trained = dict(zip(keys, train_saes(
             jobs, l1=l1, lr=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=params.seed, tied=cfg.tied,
+            architecture=cfg.architecture, k=cfg.k, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff,
         )))
         metrics["train_seconds"] = time.perf_counter() - start
         with io.atomic_dir(paths.sae_dir(model, task, source)) as out:
@@ -119,7 +122,7 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
                 for ratio in cfg.ratios:
                     sae, info = trained[(layer, ratio)]
                     save_sae(sae, out / paths.sae_path(model, task, layer, ratio, source).name, {
-                        "layer": layer, "ratio": ratio, "l1": l1, "learning_rate": cfg.learning_rate,
+                        "layer": layer, "ratio": ratio, "l1": None if topk else l1, **arch, "learning_rate": cfg.learning_rate,
                         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": params.seed,
                         "train_rows": info["rows"], "final_loss": info["final_loss"], "model": model, "task": task,
                         "source": source,
