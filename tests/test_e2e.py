@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lfp import paths
 from lfp.tracking import numeric_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return proj
 
 
-SOURCES = ("base", "finetuned")  # activations and SAEs exist once per source (dvc.yaml's `source` axis)
+SOURCES = paths.SOURCES  # activations and SAEs exist once per source (dvc.yaml's `source` axis)
 
 
 def run_names(proj: Path) -> list[str]:

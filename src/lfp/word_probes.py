@@ -28,14 +28,20 @@ def word_split(words: np.ndarray, test_fraction: float, seed: int) -> np.ndarray
     return np.array([w in test_words for w in words], dtype=bool)
 
 
+def layer_scales(codes: np.ndarray, offsets: list[int], widths: list[int]) -> np.ndarray:
+    """Per column, its layer's mean row ℓ2 norm on `codes` (1 where a layer is all zero): fitted on
+    one set of codes, applied to another (`codes / scales`)."""
+    scales = np.ones(codes.shape[1])
+    for off, width in zip(offsets, widths):
+        scale = float(np.linalg.norm(codes[:, off : off + width], axis=1).mean()) if len(codes) else 0.0
+        scales[off : off + width] = scale if scale > 0 else 1.0
+    return scales
+
+
 def layer_normalise(codes: np.ndarray, offsets: list[int], widths: list[int], train: np.ndarray) -> np.ndarray:
     """Each layer's block divided by its mean row ℓ2 norm on the training rows (1 if all zero)."""
-    out = np.array(codes, dtype=np.float64, copy=True)
-    for off, width in zip(offsets, widths):
-        block = out[:, off : off + width]
-        scale = float(np.linalg.norm(block[train], axis=1).mean()) if train.any() else 0.0
-        block /= scale if scale > 0 else 1.0
-    return out
+    codes = np.asarray(codes, dtype=np.float64)
+    return codes / layer_scales(codes[train], offsets, widths)
 
 
 @dataclass
@@ -122,16 +128,6 @@ def permutation_p(scores: np.ndarray, labels: np.ndarray, n_perm: int, seed: int
     labels = np.asarray(labels, dtype=bool)
     hits = sum(auc(scores, rng.permutation(labels)) >= observed - 1e-12 for _ in range(n_perm))
     return float((1 + hits) / (1 + n_perm))
-
-
-def layer_scales(codes: np.ndarray, offsets: list[int], widths: list[int]) -> np.ndarray:
-    """Per column, its layer's mean row ℓ2 norm on `codes` (1 where a layer is all zero): fitted on
-    one set of codes, applied to another (`codes / scales`)."""
-    scales = np.ones(codes.shape[1])
-    for off, width in zip(offsets, widths):
-        scale = float(np.linalg.norm(codes[:, off : off + width], axis=1).mean()) if len(codes) else 0.0
-        scales[off : off + width] = scale if scale > 0 else 1.0
-    return scales
 
 
 def word_means(words: list[str], values: np.ndarray) -> dict[str, float]:

@@ -73,16 +73,16 @@ def seed_summary(taus: list[float]) -> dict[str, float]:
     return {"mean": float(x.mean()), "ci_low": float(x.mean() - half), "ci_high": float(x.mean() + half)}
 
 
-def planted_detection(lv: LearnedValues, planted: set[str], lexicon: dict[str, float], n_perm: int, seed: int) -> dict[str, float]:
-    """Planted words vs the other positive words: AUC of −learned value (the plant taught the model
-    to avoid them) and its permutation p."""
-    keep = np.array([lexicon[w] > 0 for w in lv.words])
-    labels = np.array([w in planted for w in lv.words])[keep]
-    scores = -lv.value[keep]
-    return {"auc": auc(scores, labels), "p": permutation_p(scores, labels, n_perm, seed),
+def planted_detection(per_word: dict[str, float], planted: set[str], lexicon: dict[str, float], n_perm: int, seed: int) -> dict[str, float]:
+    """Planted words vs the other positive words: AUC of −(per-word change) (the plant taught the
+    model to avoid them) and its permutation p."""
+    words = [w for w in sorted(per_word) if lexicon[w] > 0]
+    values = np.array([per_word[w] for w in words])
+    labels = np.array([w in planted for w in words])
+    return {"auc": auc(-values, labels), "p": permutation_p(-values, labels, n_perm, seed),
             "n_planted": int(labels.sum()), "n_other": int((~labels).sum()),
-            "mean_planted": float(lv.value[keep][labels].mean()) if labels.any() else float("nan"),
-            "mean_other": float(lv.value[keep][~labels].mean()) if (~labels).any() else float("nan")}
+            "mean_planted": float(values[labels].mean()) if labels.any() else float("nan"),
+            "mean_other": float(values[~labels].mean()) if (~labels).any() else float("nan")}
 
 
 def word_heldout_probes(model: str, task: str, params: Params, lexicon: dict[str, float]) -> tuple[dict[str, Any], dict[str, tuple[float, float]], set[str]]:
@@ -206,8 +206,8 @@ def run(params: Params, model: str, task: str) -> None:
         s = seed_summary(seed_taus)
         out.update({"learned_value_tau_per_seed": seed_taus, "learned_value_tau_seed_mean": s["mean"],
                     "learned_value_tau_seed_ci_low": s["ci_low"], "learned_value_tau_seed_ci_high": s["ci_high"]})
-        d = planted_detection(planted_lv, planted, lexicon, cfg.permutations, params.seed)
-        d_base = planted_detection(main, planted, lexicon, cfg.permutations, params.seed)
+        d = planted_detection(dict(zip(planted_lv.words, planted_lv.value)), planted, lexicon, cfg.permutations, params.seed)
+        d_base = planted_detection(dict(zip(main.words, main.value)), planted, lexicon, cfg.permutations, params.seed)
         out.update({"planted_auc": d["auc"], "planted_p": d["p"], "planted_n": d["n_planted"], "planted_n_other": d["n_other"],
                     "planted_mean_learned": d["mean_planted"], "planted_mean_learned_other": d["mean_other"],
                     # the same score where nothing was planted (the normal fine-tune)
@@ -217,9 +217,7 @@ def run(params: Params, model: str, task: str) -> None:
         shifts = probe_divergence(stage, params, model, task, windows, ctx.words, pad, base,
                                   {"planted": planted_model, "finetuned": finetuned})
         for name, key in (("planted", "planted_probe_auc"), ("finetuned", "planted_probe_auc_base")):
-            shift = LearnedValues(sorted(shifts[name]), np.array([shifts[name][w] for w in sorted(shifts[name])]),
-                                  np.array([]), np.array([]), np.array([]))
-            pd_ = planted_detection(shift, planted, lexicon, cfg.permutations, params.seed)
+            pd_ = planted_detection(shifts[name], planted, lexicon, cfg.permutations, params.seed)
             out.update({key: pd_["auc"], key.replace("_auc", "_p"): pd_["p"]})
         sh = tau_with_ci(shuffled_lv, lexicon, cfg.bootstrap, params.seed)
         out.update({"shuffled_learned_value_tau": sh["tau"], "shuffled_learned_value_tau_ci_low": sh["ci_low"],
