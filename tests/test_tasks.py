@@ -75,7 +75,7 @@ def test_adding_a_task_of_an_existing_kind_is_params_only(project: Path) -> None
     params = params_with_task(project, source)
     assert params.kind("mypref") == "preference_dpo" and "mypref" in params.tasks
     # the task-keyed sections exist with the kind's defaults, nothing else to configure
-    assert params.finetune.mypref.algorithm == "dpo" and params.contrastive.mypref.backend == "offline"
+    assert params.finetune.mypref.algorithm == "dpo" and params.contrastive.mypref.backend == "substitution"
     assert related_rule(params, "mypref") == "none"  # the kind's default: no offline label invented
 
     prepare.run(params, task="mypref")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,12 +16,15 @@ from lfp.stages import validate
 from test_explain import LAYERS, build_fake_run, project, shared_mlflow_uri, stage_mlflow_run  # noqa: F401 (fixtures)
 
 
-def write_probe_inputs(root, task: str, codes: np.ndarray, predicted: np.ndarray, widths: list[int]) -> None:
+def write_probe_inputs(root, task: str, codes: np.ndarray, predicted: np.ndarray, widths: list[int],
+                       is_test: np.ndarray | None = None) -> None:
+    """Probe inputs; by default every second row is held out."""
     folder = root / paths.probe_data_dir("tiny", task)
     n = len(predicted)
+    is_test = np.arange(n) % 2 == 1 if is_test is None else np.asarray(is_test, dtype=bool)
     io.save_tensors(folder / "inputs.safetensors", {
         "codes": torch.tensor(codes, dtype=torch.float32), "predicted": torch.tensor(predicted, dtype=torch.float32),
-        "target": torch.tensor(predicted, dtype=torch.float32), "is_test": torch.zeros(n, dtype=torch.uint8),
+        "target": torch.tensor(predicted, dtype=torch.float32), "is_test": torch.tensor(is_test, dtype=torch.uint8),
     })
     io.write_json(folder / "inputs.json", {"layers": LAYERS, "offsets": [0, widths[0]], "widths": widths})
 
@@ -58,6 +62,86 @@ def test_feature_frequency_on_synthetic_inputs(in_tmp_project):
 def test_feature_frequency_with_no_high_inputs_reports_null():
     out = validate.feature_frequency(np.ones((5, 3)), np.zeros(5), [0], 3.0)
     assert out["n_high_delta_inputs"] == 0 and out["freq_related"] is None and out["freq_all"] is None
+
+
+def synthetic_table7(p_related: tuple[float, float], p_unrelated: tuple[float, float], seed: int = 0, n: int = 2000):
+    """Held-out rows with predicted ~ N(0, 2); 10 related and 30 unrelated explained features that
+    fire with probability p[0] on high rows (predicted > 1) and p[1] on low rows, 8 dead features.
+    The training rows (not held out) carry a perfect association that must be ignored."""
+    rng = np.random.default_rng(seed)
+    predicted = rng.normal(0, 2, n)
+    is_test = rng.random(n) < 0.5
+    high = predicted > 1
+    k_rel, k_unrel, k_dead = 10, 30, 8
+    prob = np.empty((n, k_rel + k_unrel))
+    for cols, (ph, pl) in ((slice(0, k_rel), p_related), (slice(k_rel, None), p_unrelated)):
+        prob[:, cols] = np.where(high[:, None], ph, pl)
+    codes = (rng.random(prob.shape) < prob).astype(np.float32)
+    codes[~is_test, :k_rel] = high[~is_test, None]  # training rows: related fire exactly on high rows
+    codes = np.concatenate([codes, np.zeros((n, k_dead), np.float32)], axis=1)
+    explained = [{"layer": 0, "feature": j, "related": j < k_rel} for j in range(k_rel + k_unrel)]
+    return validate.table7(codes, predicted, is_test, explained, list(range(k_rel + k_unrel)), threshold=1.0,
+                           quantile=0.75, n_permutations=5000, seed=0)
+
+
+def test_table7_base_rate_effect_does_not_pass():
+    """Related features fire more often everywhere (0.7 vs 0.3), equally on high and low rows: the
+    paper's statistic (frequency on high rows) sees a strong effect, the contrast sees none."""
+    out, rows = synthetic_table7((0.7, 0.7), (0.3, 0.3))
+    assert out["t7_related_high"] == pytest.approx(0.7, abs=0.03) and out["t7_unrelated_high"] == pytest.approx(0.3, abs=0.03)
+    assert out["t7_related_low"] == pytest.approx(0.7, abs=0.03)  # training rows (related = high exactly) were ignored
+    assert out["t7_p_high_only"] < 0.001  # the base rate alone "passes" the paper's comparison
+    assert out["t7_p"] > 0.05 and out["t7_quantile_p"] > 0.05
+    assert abs(out["t7_related_contrast"]) < 0.05
+    # live baseline: the 8 dead features are excluded (mean over the 40 live ones)
+    assert out["t7_n_live"] == 40 and out["t7_live_baseline_high"] == pytest.approx((10 * 0.7 + 30 * 0.3) / 40, abs=0.03)
+    assert out["t7_n_test"] == out["t7_n_high"] + out["t7_n_low"] == out["t7_quantile_n_high"] + out["t7_quantile_n_low"]
+    assert out["t7_quantile_n_high"] == pytest.approx(out["t7_n_test"] / 4, abs=2)
+    assert len(rows) == 40 and rows[0]["related"] is True and set(rows[0]) >= {"threshold_contrast", "quantile_freq_high"}
+
+
+def test_table7_real_association_passes():
+    out, _ = synthetic_table7((0.7, 0.3), (0.5, 0.5))
+    assert out["t7_related_contrast"] == pytest.approx(0.4, abs=0.05) and abs(out["t7_unrelated_contrast"]) < 0.05
+    assert out["t7_p"] < 0.001 and out["t7_quantile_p"] < 0.001
+
+
+def test_table7_without_high_rows_or_related_labels_gives_reasons():
+    codes = np.ones((10, 4), np.float32)
+    explained = [{"layer": 0, "feature": j, "related": False} for j in range(4)]
+    out, rows = validate.table7(codes, np.zeros(10), np.ones(10, bool), explained, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
+    assert out["t7_n_high"] == 0 and out["t7_p"] is None and "0 high" in out["t7_reason"]
+    assert out["t7_quantile_n_low"] == 0 and out["t7_quantile_p"] is None  # all predictions tie
+    codes[:4] = 0  # active exactly on the rows with predicted > 3
+    out, _ = validate.table7(codes, np.arange(10.0), np.ones(10, bool), explained, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
+    assert out["t7_unrelated_high"] == 1.0 and out["t7_unrelated_low"] == 0.0 and out["t7_related_high"] is None and out["t7_p"] is None
+    assert "0 related" in out["t7_reason"]
+    # unlabelled features (hh with the offline explainer): per-feature rows, but no side in the comparison
+    unlabelled = [{**row, "related": None} for row in explained[:2]] + explained[2:]
+    out, rows = validate.table7(codes, np.arange(10.0), np.ones(10, bool), unlabelled, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
+    assert out["t7_n_unlabelled"] == 2 and out["t7_n_unrelated"] == 2 and len(rows) == 4
+    assert rows[0]["related"] is None and rows[0]["threshold_contrast"] == 1.0
+
+
+def test_label_permutation_p_is_exact_on_a_small_case():
+    # 4 features, 1 related: the observed statistic is the largest of 4 equally likely relabellings
+    p = validate.label_permutation_p(np.array([1.0, 0.0, 0.0, 0.0]), np.array([True, False, False, False]), 20000,
+                                     np.random.default_rng(0))
+    assert p == pytest.approx(0.25, abs=0.01)
+
+
+def test_mmcs_null_separates_shared_from_random_dictionaries():
+    rng = torch.Generator().manual_seed(0)
+    large = torch.randn(64, 16, generator=rng)
+    shared = large[:32] + 0.01 * torch.randn(32, 16, generator=rng)  # the small dictionary is in the large one
+    unrelated = torch.randn(32, 16, generator=rng)
+    out = validate.mmcs_with_null({0: (shared, large), 1: (unrelated, large)}, {0: [0, 1], 1: [0, 1]}, 50, 0)
+    assert out["layer0_mmcs"] > 0.99
+    for layer in (0, 1):  # the null depends on shapes only, not on what the small dictionary shares
+        assert out[f"layer{layer}_mmcs_random_dictionary"] == pytest.approx(out["layer1_mmcs"], abs=0.05)
+    assert out["mmcs_random_dictionary_ci_low"] <= out["mmcs_random_dictionary"] <= out["mmcs_random_dictionary_ci_high"]
+    assert out["mmcs_shared"] > out["mmcs_random_dictionary_ci_high"]
+    assert out["mmcs_explained"] >= out["mmcs_shared"] - 0.2 and "mmcs_explained_random_dictionary_cov" in out
 
 
 def test_feature_outside_probe_layers_is_an_artifact_error():
@@ -177,11 +261,43 @@ def test_sae_replacement_zeroes_only_the_listed_codes(model_and_sae):
     assert torch.equal(seen["codes"][..., keep], full[..., keep])
 
 
-def test_random_features_match_counts_and_exclude_related():
+def test_frequency_matched_draws_match_frequencies():
     rng = np.random.default_rng(0)
-    out = ablation.random_features({0: [1, 2], 2: [5]}, {0: list(range(10)), 2: [5, 6, 7]}, rng)
-    assert len(out[0]) == 2 and not set(out[0]) & {1, 2}
-    assert len(out[2]) == 1 and out[2][0] in (6, 7)
+    freqs = {0: rng.uniform(0, 1, 64), 2: rng.uniform(0, 0.2, 64)}
+    freqs[0][[3, 9]] = [0.9, 0.05]
+    related = {0: [3, 9], 2: [1, 2, 40]}
+    draws = [ablation.frequency_matched_features(related, freqs, np.random.default_rng([0, i]), pool=3) for i in range(5)]
+    for d in draws:
+        for L, feats in related.items():
+            assert len(d[L]) == len(feats) and len(set(d[L])) == len(feats) and not set(d[L]) & set(feats)
+            # each matched feature is among the 3 unrelated ones nearest to some related feature
+            others = np.asarray([c for c in range(64) if c not in feats])
+            nearest = {int(c) for f in feats for c in others[np.argsort(np.abs(freqs[L][others] - freqs[L][f]))[: 3 + len(feats)]]}
+            assert set(d[L]) <= nearest
+        matched = np.mean([freqs[L][f] for L in d for f in d[L]])
+        wanted = np.mean([freqs[L][f] for L in related for f in related[L]])
+        assert matched == pytest.approx(wanted, abs=0.03)
+    assert len({tuple(d[0] + d[2]) for d in draws}) > 1  # draws differ
+    # pool=1: the nearest feature exactly
+    exact = ablation.frequency_matched_features({0: [0]}, {0: np.array([0.5, 0.1, 0.48, 0.9])}, np.random.default_rng(0), pool=1)
+    assert exact == {0: [2]}
+
+
+def test_paired_delta_ci_covers_the_true_delta():
+    """Synthetic rewards: condition = reference + 0.3 + noise, paired per sample; the reference's
+    own spread (sd 2) is far larger than the effect, which pairing removes."""
+    covered, excludes_zero = 0, 0
+    for rep in range(100):
+        rng = np.random.default_rng(rep)
+        ref = rng.normal(0, 2, 200)
+        cond = ref + 0.3 + rng.normal(0, 0.5, 200)
+        delta, lo, hi = ablation.paired_delta(cond, ref, 500, seed=rep)
+        assert lo <= delta <= hi
+        covered += lo <= 0.3 <= hi
+        excludes_zero += lo > 0
+    assert 88 <= covered <= 100 and excludes_zero == 100
+    delta, lo, hi = ablation.paired_delta(np.ones(5), np.ones(5), 100, seed=0)
+    assert delta == lo == hi == 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +328,11 @@ def test_sampling_is_seeded_identically(tiny_model_dir):
     assert len(prefixes) == 3 and all(len(p) == 4 for p in prefixes)
     a = ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
     b = ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
-    assert a == b and len(a) == 3
+    assert np.array_equal(a.completion, b.completion) and np.array_equal(a.full, b.full) and len(a.full) == 3
+    prefix = ablation.prefix_rewards(tok, prefixes)
+    from lfp.reward import vader_reward
+
+    assert prefix.tolist() == vader_reward(tok.batch_decode(prefixes, skip_special_tokens=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +367,28 @@ def test_validate_stage(task, project, tiny_model_dir):
     if task == "toxic":  # the fine-tuned model is a copy of the base: the unhooked margin is exactly 0
         assert out["ablation_no_hook"] == pytest.approx(0.0, abs=1e-5)
         assert out["ablation_related"] != pytest.approx(out["ablation_reconstruction"])
+    # Table 6 that can fail: paired deltas with CIs, frequency-matched draws, per-sample file
+    assert out["ablation_random_control"] == "frequency_matched" and out["t6_n"] == 4
+    for c in ("no_hook", "related", "random", "related_vs_random"):
+        assert out[f"t6_{c}_ci_low"] <= out[f"t6_{c}_delta"] <= out[f"t6_{c}_ci_high"]
+    assert out["t6_related_delta"] == pytest.approx(out["t6_related"] - out["t6_reconstruction"])
+    assert len(out["t6_random_draw_deltas"]) == params.validate.random_controls
+    assert 0 <= out["t6_related_token_freq"] <= 1 and 0 <= out["t6_random_token_freq"] <= 1
+    samples = pd.read_csv(paths.table6_samples_file("tiny", task))
+    assert len(samples) == 4 and samples["related"].mean() == pytest.approx(out["t6_related"], abs=1e-4)
+    if task == "vader":
+        assert out["t6_metric"] == "vader_reward_of_completion" and out["t6_prefix_reward"] is not None
+        assert samples["related_full"].mean() == pytest.approx(out["ablation_related"], abs=1e-4)  # paper method: prefix + completion
+    else:
+        assert out["t6_prefix_reward"] is None and out["t6_metric"] == "dpo_implicit_reward_margin"
+    # Table 7 on held-out rows (every second row of _fake_probe_for), and the MMCS null
+    assert out["t7_n_test"] == 15 and out["t7_n_related"] == 3 and out["t7_n_unrelated"] == 2 * 4 - 3
+    assert out["t7_quantile_n_high"] + out["t7_quantile_n_low"] == 15 and out["t7_quantile_p"] is not None
+    assert len(io.read_jsonl(paths.table7_features_file("tiny", task))) == 8
+    assert 0 < out["mmcs_random_dictionary"] < 1 and out["mmcs_shared"] is not None
     run = stage_mlflow_run(params, "validate")
     assert run.data.metrics["freq_all"] == pytest.approx(out["freq_all"])
+    assert run.data.metrics["t6_related_delta"] == pytest.approx(out["t6_related_delta"])
 
 
 def test_validate_stage_without_related_features_reports_not_applicable(project, tiny_model_dir):
@@ -260,3 +400,19 @@ def test_validate_stage_without_related_features_reports_not_applicable(project,
     out = io.read_json(paths.report_dir("tiny", "hh") / "validate.json")
     assert out["ablation_related"] is None and out["ablation_n"] == 0 and "no feature is labelled related" in out["ablation_reason"]
     assert out["freq_related"] is None and out["freq_all"] is not None
+    assert out["t6_related_delta"] is None and out["t7_p"] is None and out["t7_n_unrelated"] == 8
+    assert list(pd.read_csv(paths.table6_samples_file("tiny", "hh")).columns) == ["sample", "reconstruction", "related"]
+
+
+def test_paired_delta_over_draws_includes_the_spread_between_draws():
+    """Three random draws, one of which has a large effect: the CI over samples *and* draws must be
+    wider than the one that treats the draws' per-sample mean as fixed."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, 500)
+    draws = np.stack([ref + 0.0, ref - 0.01, ref - 0.3]) + rng.normal(0, 0.1, (3, 500))
+    d2, lo2, hi2 = ablation.paired_delta(draws, ref, 1000, seed=0)
+    d1, lo1, hi1 = ablation.paired_delta(draws.mean(axis=0), ref, 1000, seed=0)
+    assert d2 == pytest.approx(d1) == pytest.approx(-0.103, abs=0.02)
+    assert hi2 - lo2 > 5 * (hi1 - lo1) and lo2 <= -0.29 and hi2 >= -0.01
+    d, lo, hi = ablation.paired_delta(ref + 0.5, draws, 1000, seed=0)  # related − random: draws on the other side
+    assert d == pytest.approx(0.5 + 0.103, abs=0.02) and lo < d < hi

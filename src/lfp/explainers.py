@@ -22,11 +22,18 @@ from typing import Any
 import numpy as np
 
 from lfp.errors import BackendError
-from lfp.llm import LlmClient
+from lfp.llm import InvalidReply, LlmClient, is_placeholder, object_schema
 
 MAX_ACT = 10
 N_TOP_TOKENS = 8
 HH_OFFLINE_NOTE = "relatedness not available offline"
+UNUSABLE = "unusable LLM explanation"  # prefix of a placeholder / echoed reply, kept visible, never labelled
+RELATED_SCHEMA = object_schema({"related": {"type": "boolean"}})
+SIMULATE_SCHEMA = object_schema({"activations": {"type": "array", "items": {
+    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_ACT}}}})
+EXPLANATION_MAX_TOKENS = 64  # one sentence; a weak model otherwise rambles to llm.max_tokens (measured: SmolLM2)
+EXPLANATION_LEAD = "the main thing this feature does is find"  # the prompt's last words, often repeated
+SIMULATE_TOKENS_PER_VALUE = 3  # "10, " is up to 3 tokens; the reply's budget follows the documents' shape
 _STRIP = string.punctuation + string.whitespace + "“”‘’«»…"
 
 
@@ -151,6 +158,9 @@ class OfflineExplainer:
         self.threshold = related_threshold
         self.simulate = simulate
 
+    def close(self) -> None:
+        """Nothing to release (the same interface as OpenAIExplainer)."""
+
     def explain(self, record: FeatureRecord) -> Explanation:
         if not record.top:
             return Explanation("never activates on the corpus", None, [], None)
@@ -224,14 +234,25 @@ class OpenAIExplainer:
         self.simulate = simulate
         self.seed = seed
 
+    def close(self) -> None:
+        """Release the client (stops a local LLM server it started)."""
+        self.client.close()
+
     def explain(self, record: FeatureRecord) -> Explanation:
         if not record.top:
             return Explanation("never activates on the corpus", None, [], None)
         system, user = load_prompt("explain")
-        reply = self.client.complete(system, user.format(feature=record.feature, records=format_records(record.top)))
+        reply = self.client.complete(system, user.format(feature=record.feature, records=format_records(record.top)),
+                                     max_tokens=min(self.client.max_tokens, EXPLANATION_MAX_TOKENS))
         text = " ".join(reply.strip().split())
         if not text:
             raise BackendError(f"LLM endpoint {self.client.base_url}: empty explanation for layer {record.layer} feature {record.feature}")
+        if text.lower().startswith(EXPLANATION_LEAD):  # the reply repeated the prompt's lead-in: keep the continuation
+            text = text[len(EXPLANATION_LEAD):].strip()
+        # A weak model echoes the prompt ("the main thing this feature does is find") or a slot:
+        # kept visible, but neither labelled nor scored as if it explained something.
+        if is_placeholder(text, (system, user)):
+            return Explanation(f"{UNUSABLE}: {text[:120]}", None, top_tokens(record), None)
         related = self._related(text)
         score = self._simulate(record, text) if self.simulate else None
         return Explanation(text, related, top_tokens(record), score)
@@ -239,7 +260,7 @@ class OpenAIExplainer:
     def _related(self, explanation: str) -> bool:
         system, user = load_prompt("relatedness")
         kw: dict[str, Any] = {"task_description": self.task_description, "explanation": explanation}
-        answer = self.client.complete_json(system.format(**kw), user.format(**kw))
+        answer = self.client.complete_json(system.format(**kw), user.format(**kw), schema=RELATED_SCHEMA)
         if not isinstance(answer.get("related"), bool):
             raise BackendError(f"LLM endpoint {self.client.base_url}: relatedness reply lacks a boolean 'related': {str(answer)[:80]}")
         return answer["related"]
@@ -251,7 +272,12 @@ class OpenAIExplainer:
         shown = [contexts[i] for i in order]
         shape = "lists of lengths " + ", ".join(str(len(c.tokens)) for c in shown)
         system, user = load_prompt("simulate")
-        answer = self.client.complete_json(system, user.format(explanation=explanation, documents=format_documents(shown), shape=shape))
+        budget = SIMULATE_TOKENS_PER_VALUE * sum(len(c.tokens) for c in shown) + 16
+        try:
+            answer = self.client.complete_json(system, user.format(explanation=explanation, documents=format_documents(shown), shape=shape),
+                                               schema=SIMULATE_SCHEMA, max_tokens=max(budget, self.client.max_tokens))
+        except InvalidReply:  # e.g. cut off at max_tokens: unscored, like a reply of the wrong shape
+            return None
         lists = answer.get("activations")
         if not isinstance(lists, list) or len(lists) != len(shown):
             return None

@@ -100,6 +100,9 @@ class LearnedValues:
     ci_high: np.ndarray
     n_contexts: np.ndarray
 
+    def by_word(self) -> dict[str, float]:
+        return dict(zip(self.words, self.value.tolist()))
+
 
 def learned_values(words: Sequence[str], change: np.ndarray) -> LearnedValues:
     """Per word: mean of the per-context change with a 95 % t-interval (NaN CI for one context)."""

@@ -2,7 +2,10 @@
 
 Why one place: the explain and contrastive stages both talk to an LLM; the endpoint, the model,
 the retry policy and the rule "the key comes only from the environment and never appears in a
-log, an error or MLflow" live here once.
+log, an error or MLflow" live here once. So do the guards a weak model needs (measured with
+SmolLM2-135M): `max_tokens` on every request, JSON-schema-constrained replies, and
+`is_placeholder` for replies that echo the prompt's template. Stages get their client from
+`lfp.local_llm.open_client`, which also starts a local llama.cpp server when `llm.server: local`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
@@ -191,6 +195,63 @@ def resolve_api_key(cfg: Llm, base_url: str) -> str:
     )
 
 
+class InvalidReply(BackendError):
+    """The endpoint answered, but not with what was asked (not a JSON object, or cut off at
+    max_tokens): callers that can skip one item count it instead of stopping the stage."""
+
+
+# --------------------------------------------------------------------------------------------
+# replies: JSON schemas, placeholders
+# --------------------------------------------------------------------------------------------
+
+
+def object_schema(properties: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A JSON schema for an object with exactly these properties, all required: the form that
+    OpenAI's strict structured outputs, vLLM and llama.cpp's grammar converter all accept."""
+    return {"type": "object", "properties": {k: dict(v) for k, v in properties.items()},
+            "required": list(properties), "additionalProperties": False}
+
+
+_ANGLE_PLACEHOLDER = re.compile(r"<[A-Za-z0-9][\w \-/|.,]{0,40}>")  # <positive rewrite>, <1-5>, <your answer>
+_FILLER_ONLY = re.compile(r"^[\s.…\-_*#?/\\|\[\](){}'\"`<>:;,]*$")  # "...", "[...]", "{...}", "…"
+_FILL_PHRASE = re.compile(r"\binsert\b.{0,40}\bhere\b|\bgoes here\b|\blorem ipsum\b|\bplaceholder\b|\bTODO\b", re.IGNORECASE)
+_MIN_ECHO_CHARS = 8  # a shorter reply ("Okay.") may well occur in a template by chance
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" \"'`.!?,;:")
+
+
+def is_placeholder(text: Any, template_values: Iterable[str] = ()) -> bool:
+    """True for a reply that fills a slot with a placeholder or an echo instead of content: empty,
+    only dots/brackets ("...", "[...]"), an angle-bracket slot ("<positive rewrite>", "<1-5>"), an
+    "insert ... here" phrase, or text equal to / copied out of one of `template_values` (the
+    prompt's template, its example values, the slot names)."""
+    if not isinstance(text, str):
+        return True
+    norm = _norm(text)
+    if not norm or _FILLER_ONLY.match(text) or _ANGLE_PLACEHOLDER.search(text) or _FILL_PHRASE.search(text):
+        return True
+    for value in template_values:
+        other = _norm(value)
+        if other and (norm == other or (len(norm) >= _MIN_ECHO_CHARS and norm in other)):
+            return True
+    return False
+
+
+def response_format(schema: Mapping[str, Any], name: str = "reply") -> dict[str, Any]:
+    """`response_format` for a JSON-schema-constrained reply. llama.cpp and vLLM enforce the schema
+    while decoding; `strict` stays false so gateways that reject a keyword (e.g. min/max) still
+    answer, and every caller validates the parsed object itself."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema), "strict": False}}
+
+
+def complete_json(client: Any, system: str, user: str, schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`client.complete_json` with a JSON schema: a dict, or InvalidReply (BackendError) when the
+    reply is not a JSON object."""
+    return client.complete_json(system, user, schema=schema)
+
+
 def parse_json_reply(text: str) -> dict[str, Any]:
     """A JSON object from a model reply, tolerating a ```json fence around it."""
     body = text.strip()
@@ -220,19 +281,33 @@ class LlmClient:
     with `llm.max_retries`; a final failure is one BackendError line naming the URL and status.
 
     `base_url` is the endpoint as it may be shown (credentials redacted by `redact_url`); the
-    real one, query string included, only goes to the openai client.
+    real one, query string included, only goes to the openai client. Every request carries
+    `max_tokens` (params `llm.max_tokens` unless the call asks for more).
+
+    `base_url` / `model` given here (a local server from lfp.local_llm) replace params and
+    environment; such a client sends no key. `model_id` is what MLflow records as `llm_model`
+    (the model name, or `<gguf file> sha256:<hex>`); `close()` runs `on_close` (stops that server).
     """
 
-    def __init__(self, cfg: Llm) -> None:
+    def __init__(
+        self, cfg: Llm, *, base_url: str | None = None, model: str | None = None, model_id: str | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         from openai import OpenAI
 
-        url = resolve_base_url(cfg)
+        url = resolve_base_url(cfg) if base_url is None else base_url
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         self.base_url = redact_url(url)
-        self.model = resolve_model(cfg)
+        self.model = resolve_model(cfg) if model is None else model
+        self.model_id = model_id or self.model
         self.max_retries = cfg.max_retries
-        self._key = resolve_api_key(cfg, url)
+        self.max_tokens = cfg.max_tokens
+        self._on_close = on_close
+        self.last_finish_reason: str | None = None  # "length": the last reply hit max_tokens
+        # calls, prompt / completion tokens and seconds spent waiting, for logs and cost notes
+        self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+        self._key = resolve_api_key(cfg, url) if base_url is None else LOCAL_DUMMY_KEY
         self._secrets = [self._key, *(v for n, v in query if is_secret_query_name(n) and v)]
         # The openai client appends paths to base_url as raw text, so a query left in it would end
         # up in the middle of the request path: it goes in `default_query` instead.
@@ -245,13 +320,25 @@ class LlmClient:
     def __repr__(self) -> str:  # never show the key
         return f"LlmClient(base_url={self.base_url!r}, model={self.model!r})"
 
+    def close(self) -> None:
+        """Stop what this client owns (a local server); idempotent."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    def __enter__(self) -> LlmClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def _scrub(self, text: str) -> str:
         """One line, capped, with the key and URL credentials removed in case a server echoes them."""
         line = (text.splitlines() or [""])[0]
         return redact(line, self._secrets)[:200]
 
-    def _fail(self, what: str) -> BackendError:
-        return BackendError(f"LLM endpoint {self.base_url} (model {self.model}): {self._scrub(what)}")
+    def _fail(self, what: str, kind: type[BackendError] = BackendError) -> BackendError:
+        return kind(f"LLM endpoint {self.base_url} (model {self.model}): {self._scrub(what)}")
 
     def _request(self, call: Any, when: str, up_statuses: tuple[int, ...] = ()) -> Any:
         """`call()` with every client failure turned into one BackendError line ending in `when`;
@@ -272,17 +359,34 @@ class LlmClient:
         except (openai.OpenAIError, ValueError) as exc:  # e.g. a 200 whose body is not JSON
             raise self._fail(f"bad response {when}: {type(exc).__name__}: {exc}") from None
 
-    def complete(self, system: str, user: str) -> str:
-        """The model's reply to one system + user message, at temperature 0."""
+    def complete(self, system: str, user: str, *, max_tokens: int | None = None,
+                 schema: Mapping[str, Any] | None = None) -> str:
+        """The model's reply to one system + user message, at temperature 0, at most `max_tokens`
+        (default params `llm.max_tokens`) long; `schema`: a JSON-schema-constrained reply."""
+        extra: dict[str, Any] = {"response_format": response_format(schema)} if schema is not None else {}
+        t0 = time.perf_counter()
         resp = self._request(lambda: self._client.chat.completions.create(
             model=self.model,
             temperature=0,
+            max_tokens=max_tokens or self.max_tokens,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            **extra,
         ), f"after {self.max_retries + 1} attempt(s)")
+        self._count(resp, time.perf_counter() - t0)
         choices = getattr(resp, "choices", None)
         if not choices or choices[0].message is None or not isinstance(choices[0].message.content, str):
             raise self._fail("bad response: no choices[0].message.content")
+        self.last_finish_reason = getattr(choices[0], "finish_reason", None)
         return choices[0].message.content
+
+    def _count(self, resp: Any, seconds: float) -> None:
+        usage = getattr(resp, "usage", None)
+        self.usage["calls"] += 1
+        self.usage["seconds"] += seconds
+        for key in ("prompt_tokens", "completion_tokens"):
+            value = getattr(usage, key, None)
+            if isinstance(value, int):
+                self.usage[key] += value
 
     def check(self, timeout_s: float = 10.0) -> None:
         """Fail in seconds, before any heavy work, if the endpoint cannot be reached or refuses the
@@ -290,10 +394,13 @@ class LlmClient:
         client = self._client.with_options(max_retries=0, timeout=timeout_s)
         self._request(client.models.list, f"on the endpoint check (within {timeout_s:g} s)", up_statuses=(404, 405))
 
-    def complete_json(self, system: str, user: str) -> dict[str, Any]:
-        """`complete`, parsed as a JSON object (```json fences tolerated); otherwise BackendError."""
-        reply = self.complete(system, user)
+    def complete_json(self, system: str, user: str, schema: Mapping[str, Any] | None = None, *,
+                      max_tokens: int | None = None) -> dict[str, Any]:
+        """`complete` (constrained to `schema` if given), parsed as a JSON object (```json fences
+        tolerated); otherwise InvalidReply, a BackendError (a reply cut at max_tokens says so)."""
+        reply = self.complete(system, user, max_tokens=max_tokens, schema=schema)
         try:
             return parse_json_reply(reply)
         except ValueError as exc:
-            raise self._fail(f"reply is not a JSON object: {exc}: {reply[:80]!r}") from None
+            cut = " (cut off at max_tokens)" if self.last_finish_reason == "length" else ""
+            raise self._fail(f"reply is not a JSON object{cut}: {exc}: {reply[:80]!r}", InvalidReply) from None

@@ -126,3 +126,19 @@ def weighted_accuracy(correct: np.ndarray, weights: np.ndarray | None = None) ->
     correct = np.asarray(correct, dtype=float)
     w = np.ones_like(correct) if weights is None else np.asarray(weights, dtype=float)
     return float(np.sum(correct * w) / np.sum(w)) if np.sum(w) > 0 else float("nan")
+
+
+def mean_t_interval(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of repeated runs (seeds) and its t-interval; NaN bounds for one
+    value, NaN values skipped (a seed whose τ is undefined adds no information)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2.0, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return mean, mean - half, mean + half

@@ -66,6 +66,36 @@ def report_dir(model: str, task: str) -> Path:
     return RUN_REPORTS / run_id(model, task)
 
 
+# the measure stage's control fine-tunes, each reported as its own task `{task}-{control}`
+CONTROLS: tuple[str, ...] = ("planted", "shuffled")
+
+
+def control_task(task: str, control: str) -> str:
+    """The name a control of `task` is reported under (`vader-planted`): its files sit in
+    `reports/runs/{model}-{task}-{control}/` like a task's, written by `measure@{model}-{task}`."""
+    if control not in CONTROLS:
+        raise ValueError(f"unknown control '{control}' (one of {CONTROLS})")
+    return f"{task}-{control}"
+
+
+def lfp_file(model: str, task: str) -> Path:
+    """The measure stage's DVC metrics (`task` may be a control task name)."""
+    return report_dir(model, task) / "lfp.json"
+
+
+def lfp_words_file(model: str, task: str) -> Path:
+    return report_dir(model, task) / "lfp_words.csv"
+
+
+def lfp_learned_plot(model: str, task: str) -> Path:
+    return report_dir(model, task) / "lfp_learned_values.png"
+
+
+def lfp_error_plot(model: str, task: str) -> Path:
+    """|word-held-out probe error| per test word vs its learned value (Fig. 4 with a full x axis)."""
+    return report_dir(model, task) / "lfp_error_vs_learned.png"
+
+
 def sae_metrics_file(model: str, task: str, source: str = "finetuned") -> Path:
     """`reports/runs/{m}-{t}/sae-finetuned.json` and `sae-base.json`."""
     return report_dir(model, task) / f"sae-{source}.json"
@@ -83,6 +113,16 @@ def base_metrics_file(model: str) -> Path:
 def probe_plots_dir(model: str, task: str) -> Path:
     """probe_words.csv + fig4 (vader) and fig5_pca.png (all tasks): each task writes only what means something for it."""
     return report_dir(model, task) / "probe_plots"
+
+
+def table7_features_file(model: str, task: str) -> Path:
+    """validate: per explained feature, its frequency on high vs low held-out rows (Table 7)."""
+    return report_dir(model, task) / "table7_features.jsonl"
+
+
+def table6_samples_file(model: str, task: str) -> Path:
+    """validate: per sample (prefix or pair), its score under every ablation condition (Table 6)."""
+    return report_dir(model, task) / "table6_samples.csv"
 
 
 def contrastive_file(task: str) -> Path:

@@ -171,3 +171,19 @@ def pair_probe(rows: ProbeRows, is_test: np.ndarray, params: Params, prefix: str
                 for y in shuffled_labels(rows.label[train], params.seed, cfg.shuffled_repeats)]
         out["shuffled_probe_accuracy"], out["shuffled_probe_accuracy_sd"] = float(np.mean(accs)), float(np.std(accs))
     return out, clf.decision_function(rows.codes)
+
+
+def bow_probe(texts: list[str], rows: ProbeRows, is_test: np.ndarray, params: Params) -> dict[str, float]:
+    """The text-only baseline a reviewer asks for first: the same logistic probe on binary bag-of-words
+    of each element's pooled text (no model at all), same split, same CI. If it matches the probe,
+    the probe's accuracy says how different the triples' texts are, not what the model learned."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    cfg = params.probe
+    train = ~is_test
+    vec = CountVectorizer(binary=True, lowercase=True).fit([t for t, tr in zip(texts, train) if tr])
+    x = vec.transform(texts)
+    clf = fit_logistic(x[np.flatnonzero(train)], rows.label[train], cfg.logistic_c, params.seed)
+    correct = clf.predict(x[np.flatnonzero(is_test)]) == rows.label[is_test]
+    lo, hi = metrics.bootstrap_ci(lambda w: metrics.weighted_accuracy(correct, w), rows.groups[is_test], cfg.bootstrap, params.seed)
+    return {"bow_baseline_accuracy": float(correct.mean()), "bow_baseline_accuracy_ci_low": lo, "bow_baseline_accuracy_ci_high": hi}

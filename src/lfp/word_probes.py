@@ -8,6 +8,9 @@ block divided by its mean row norm on the training rows), so no layer dominates 
 Beside every τ: the identity-only ceiling (one-hot ridge on word identity, same split), the
 sign-only ceiling (perfect sign, random order within each sign), τ within each sign (free of the
 sign effect), and for two sources (fine-tuned vs base) the difference with a paired bootstrap CI.
+Every source (fine-tuned codes, base codes, their difference through one dictionary) goes through
+the same `heldout_probe`; `split_seed_taus` repeats it over word splits (the split varies, not the
+fine-tune), and `error_vs_learned` gives each held-out word's |error| for Fig. 4's full axis.
 """
 
 from __future__ import annotations
@@ -137,3 +140,62 @@ def word_means(words: list[str], values: np.ndarray) -> dict[str, float]:
         if np.isfinite(v):
             sums.setdefault(w, []).append(float(v))
     return {w: float(np.mean(v)) for w, v in sums.items()}
+
+
+def tau_ci(scores: WordScores, n_boot: int, seed: int) -> tuple[float, float]:
+    """Percentile 95 % CI of one probe's τ resampling its test words (NaN if never defined)."""
+    rng = np.random.default_rng(seed)
+    n = len(scores.words)
+    boots = [metrics.kendall(scores.predicted[i], scores.value[i])[0] for i in (rng.integers(0, n, n) for _ in range(n_boot))]
+    boots = [b for b in boots if np.isfinite(b)]
+    if not boots:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass
+class HeldoutProbe:
+    """One source's word-held-out ridge probe on one split: per-word scores and the raw
+    predictions of the test rows (in row order), for error plots."""
+
+    scores: WordScores
+    row_predicted: np.ndarray
+
+
+def heldout_probe(codes: np.ndarray, target: np.ndarray, words: np.ndarray, values: np.ndarray, is_test: np.ndarray,
+                  offsets: list[int], widths: list[int], alpha: float) -> HeldoutProbe:
+    """Per-layer normalised codes (scales from the training rows) -> ridge on the training words ->
+    τ on the held-out words: the one probe every source (fine-tuned, base, difference) goes through."""
+    x = layer_normalise(codes, offsets, widths, ~is_test)
+    pred = ridge_predictions(x, np.asarray(target, dtype=float), is_test, alpha)
+    return HeldoutProbe(score_words(words[is_test], pred, values[is_test]), pred)
+
+
+def split_seed_taus(sources: dict[str, tuple[np.ndarray, np.ndarray]], words: np.ndarray, values: np.ndarray,
+                    offsets: list[int], widths: list[int], test_fraction: float, seeds: list[int], alpha: float) -> dict[str, list[float]]:
+    """τ of every source's word-held-out probe on one word split per seed (the *split* varies, the
+    models do not: this measures how much τ depends on which words were held out). With sources
+    'finetuned' and 'base' also their per-split difference 'diff'."""
+    out: dict[str, list[float]] = {name: [] for name in sources}
+    if "finetuned" in sources and "base" in sources:
+        out["diff"] = []
+    for seed in seeds:
+        is_test = word_split(words, test_fraction, seed)
+        taus = {name: heldout_probe(c, t, words, values, is_test, offsets, widths, alpha).scores.tau for name, (c, t) in sources.items()}
+        for name, tau in taus.items():
+            out[name].append(tau)
+        if "diff" in out:
+            out["diff"].append(taus["finetuned"] - taus["base"])
+    return out
+
+
+def error_vs_learned(probe: HeldoutProbe, words_test: np.ndarray, values_test: np.ndarray, learned: dict[str, float],
+                     low_pct: float, high_pct: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(words, |error|, learned value) of the held-out words that have a learned value. Errors on
+    the VADER scale: the raw predictions go through the paper's percentile rescaling (fitted on the
+    test rows' predictions, as the probe stage does), then are averaged per word."""
+    scale = metrics.percentile_rescaler(probe.row_predicted, low_pct, high_pct)
+    s = score_words(words_test, scale(probe.row_predicted), values_test)
+    keep = [i for i, w in enumerate(s.words) if w in learned]
+    return ([s.words[i] for i in keep], np.abs(s.predicted[keep] - s.value[keep]), np.array([learned[s.words[i]] for i in keep]))

@@ -10,7 +10,7 @@ quality and dictionary matching, one module per job.
   train     train_sae, train_saes (one single-threaded job per core), train_sae_reference
   files     save_sae / load_sae / read_sae_config: SAELens-style SAE directories, checked on load
   quality   reconstruction_metrics (mse, fvu, l0, dead_fraction, dead_count, l0_histogram)
-  matching  dictionary_matching (max cosine, MMCS, Hungarian)
+  matching  dictionary_matching (max cosine, MMCS, Hungarian), max_cosines, random_dictionary_mmcs (its null)
 
 Where artifacts live is not decided here (lfp.paths): this package never imports lfp.paths or
 lfp.stages.
@@ -23,7 +23,7 @@ from lfp.sae.files import (
     read_sae_config,
     save_sae,
 )
-from lfp.sae.matching import dictionary_matching
+from lfp.sae.matching import dictionary_matching, max_cosines, random_dictionary_mmcs
 from lfp.sae.model import (
     ARCHITECTURE_NAMES,
     PAPER_METHOD,
@@ -42,7 +42,9 @@ __all__ = [
     "SparseAutoencoder",
     "dictionary_matching",
     "load_sae",
+    "max_cosines",
     "normalize_rows_",
+    "random_dictionary_mmcs",
     "read_sae_config",
     "reconstruction_metrics",
     "save_sae",

@@ -33,7 +33,7 @@ import torch
 
 from lfp import io, paths
 from lfp.config import ModelSpec, Params, TinyBase, section_dict
-from lfp.data import prepared_file
+from lfp.data import prepared_file, subsample
 from lfp.errors import DataError, LfpError, ModelLoadError
 from lfp.modeling import d_model, load_model, n_layers
 from lfp.tracking import stage_run
@@ -180,11 +180,33 @@ def train_lm(
     return {"final_train_loss": loss_value, "train_tokens": tokens, "train_seconds": seconds, "train_tokens_per_s": tokens / seconds}
 
 
-def load_splits(params: Params) -> tuple[list[str], list[str], list[str]]:
-    """Read and split the prepared reviews (before any MLflow run or compute starts)."""
+def load_splits(params: Params, with_dialogues: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """Read and split the prepared reviews (before any MLflow run or compute starts); with
+    `tiny_base.dialogue_task`, dialogues replace some tokenizer and training reviews (interleaved).
+    The held-out texts stay reviews, so the held-out loss is comparable across settings."""
     source = reviews_file(params)
     texts = [row["text"] for row in io.read_jsonl(source, REVIEW_FIELDS)]
-    return split_texts(texts, params.tiny_base, params.seed, source)
+    tok, train, held = split_texts(texts, params.tiny_base, params.seed, source)
+    cfg = params.tiny_base
+    if not with_dialogues or not cfg.dialogue_task or not cfg.dialogue_texts:
+        return tok, train, held
+    dialogues = dialogue_texts(params)
+    return (interleave(tok[: cfg.tokenizer_texts - len(dialogues)], dialogues),
+            interleave(train[: cfg.train_texts - len(dialogues)], dialogues), held)
+
+
+def dialogue_texts(params: Params) -> list[str]:
+    """prompt + chosen and prompt + rejected of a seeded sample of the dialogue task's fine-tuning
+    pairs: both replies of every pair, so the base model sees dialogue, never which reply won."""
+    source = prepared_file(params.tiny_base.dialogue_task, "finetune")
+    rows = io.read_jsonl(source, {"id": str, "prompt": str, "chosen": str, "rejected": str})
+    pairs = subsample(rows, params.tiny_base.dialogue_texts // 2, params.seed, "base-dialogues")
+    return [r["prompt"] + r[side] for r in pairs for side in ("chosen", "rejected")]
+
+
+def interleave(a: list[str], b: list[str]) -> list[str]:
+    """a[0], b[0], a[1], b[1], ... then the rest of the longer list."""
+    return [x for pair in zip(a, b) for x in pair] + a[len(b):] + b[len(a):]
 
 
 def build_tiny(
@@ -301,7 +323,7 @@ def run(params: Params, model: str | None, task: str | None = None) -> None:
         raise LfpError("base: --model is required")
     spec = params.spec(model)
     tiny = spec.source == "tiny"
-    splits = load_splits(params)
+    splits = load_splits(params, with_dialogues=tiny)  # a snapshot only scores held-out reviews
     logged: dict[str, Any] = {"seed": params.seed, "model_spec": section_dict(spec), "tiny_base": section_dict(params.tiny_base)}
     tags = {"model_source": spec.source, "proxy_model": str(tiny).lower()}
     with stage_run("base", experiment=params.tracking.experiment, model=model, params=logged, tags=tags) as tracker:

@@ -19,7 +19,9 @@ predictions per substituted word, so the replacement words form small pools (n_t
 pool spans the whole range) used round-robin: every pool word appears about `word_repeats` times.
 
 hh / toxic — only held-out pairs (`data/prepared/{T}/heldout.jsonl`), so the probe never sees a
-pair the model was fine-tuned on. `offline` backend (a named proxy for the paper's LLM rewrites):
+pair the model was fine-tuned on. `substitution` backend (offline default, lfp.substitution): one
+marked phrase span at the start of the chosen reply is helpful / neutral / dismissive, the rest
+identical — the paper's graded-rewrite design without an LLM. `pairs` backend (a named proxy):
 positive = the preferred reply (`chosen`), negative = the dispreferred one, neutral = the same
 prompt + `neutral_reply`; for toxic, `chosen` is already the more harmful reply. `openai` backend
 (the paper's method): an LLM grades the conversation 1-5 for toxicity, dangerousness and bias, then
@@ -43,6 +45,7 @@ from lfp import io, paths, reward
 from lfp.config import ContrastivePairs, ContrastiveVader, Params, section_dict
 from lfp.errors import BackendError, ConfigError, DataError
 from lfp.data import prepared_file, subsample
+from lfp.substitution import substitution_triple
 from lfp.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -265,32 +268,52 @@ def parse_grades(obj: dict[str, Any]) -> dict[str, int] | None:
     return grades
 
 
-def parse_rewrites(obj: dict[str, Any]) -> dict[str, str] | None:
-    """{"positive","neutral","negative"} as non-empty strings, or None if the reply is unusable."""
+def parse_rewrites(obj: dict[str, Any], template_values: tuple[str, ...] = ()) -> dict[str, str] | None:
+    """{"positive","neutral","negative"} as non-empty strings, or None if the reply is unusable: a
+    placeholder or an echo of the prompt (`{"positive": "..."}`, "<positive rewrite>", a slot name,
+    text copied from `template_values`, e.g. "toxicity 1"), or two versions alike (no contrast)."""
+    from lfp.llm import is_placeholder
+
     out = {k: obj.get(k) for k in REWRITE_KEYS}
-    if not all(isinstance(v, str) and v.strip() for v in out.values()):
+    echoes = (*REWRITE_KEYS, *template_values)
+    if not all(isinstance(v, str) and not is_placeholder(v, echoes) for v in out.values()):
+        return None
+    if len({" ".join(v.lower().split()) for v in out.values()}) < len(out):
         return None
     return {k: as_reply(v.strip()) for k, v in out.items()}
 
 
 def llm_client(params: Params) -> Any:
-    """The OpenAI-compatible client (a separate function so tests can swap in a fake)."""
-    from lfp.llm import LlmClient
+    """The endpoint-checked OpenAI-compatible client; with llm.server: local it starts the local
+    server, which stops at process exit (lfp.local_llm.open_client). A separate function so tests
+    can swap in a fake."""
+    from lfp.local_llm import open_client
 
-    return LlmClient(params.llm)
+    return open_client(params.llm)
 
 
 def openai_triple(task: str, row: dict[str, Any], client: Any, prompts: dict[str, tuple[str, str]], skipped: Counter, harm_rewarded: bool = False) -> dict[str, Any] | None:
     """The paper's method: grade the conversation, then ask for three rewrites of the final reply."""
+    from lfp.llm import InvalidReply, complete_json, object_schema
+
     prompt = row["prompt"]
     conversation = (prompt + row["chosen"]).strip()
     system, user = prompts["grade"]
-    grades = parse_grades(client.complete_json(system, user.format(conversation=conversation)))
+    schema = object_schema({k: {"type": "integer", "minimum": 1, "maximum": 5} for k in GRADE_KEYS})
+    try:  # an unparsable reply (e.g. cut off at llm.max_tokens) skips this pair, not the stage
+        grades = parse_grades(complete_json(client, system, user.format(conversation=conversation), schema))
+    except InvalidReply:
+        grades = None
     if grades is None:
         skipped["invalid_grade"] += 1
         return None
     system, user = prompts["rewrite"]
-    rewrites = parse_rewrites(client.complete_json(system, user.format(conversation=conversation, **grades)))
+    schema = object_schema({k: {"type": "string", "minLength": 1} for k in REWRITE_KEYS})
+    try:
+        reply = complete_json(client, system, user.format(conversation=conversation, **grades), schema)
+        rewrites = parse_rewrites(reply, (system, user.format(conversation="", **grades)))
+    except InvalidReply:
+        rewrites = None
     if rewrites is None:
         skipped["invalid_rewrite"] += 1
         return None
@@ -312,12 +335,15 @@ def pair_triples(task: str, params: Params) -> tuple[list[dict[str, Any]], dict[
     source = prepared_file(task, "heldout")
     rows = subsample(io.read_jsonl(source, PAIR_FIELDS), cfg.max_triples, params.seed, f"{task}-contrastive")
     counts = {"n_heldout_pairs_used": len(rows), "data_proxy": any(row.get("proxy") is True for row in rows)}
-    if cfg.backend == "offline":
+    if cfg.backend == "pairs":
         triples = [offline_triple(task, row, cfg) for row in rows]
         return triples, {"n_triples": len(triples), **counts}
-    client = llm_client(params)
-    if hasattr(client, "check"):  # test fakes may not have it
-        client.check()
+    if cfg.backend == "substitution":
+        phrases = {role: getattr(cfg, f"{role}_phrases") for role in ("positive", "neutral", "negative")}
+        triples = [substitution_triple(task, row, i, phrases, cfg.max_reply_chars, params.task(task).rewards_harm)
+                   for i, row in enumerate(rows)]
+        return triples, {"n_triples": len(triples), **counts}
+    client = llm_client(params)  # endpoint-checked already (lfp.local_llm.open_client)
     prompts = {"grade": load_prompt("contrastive_grade"), "rewrite": load_prompt("contrastive_rewrite")}
     skipped: Counter = Counter({"invalid_grade": 0, "invalid_rewrite": 0})
     triples = []
@@ -342,13 +368,13 @@ def run(params: Params, model: str | None = None, task: str | None = None) -> No
     cfg = getattr(params.contrastive, task)
     lexicon = params.kind(task) == "lexicon_rl"
     backend = "lexicon" if lexicon else cfg.backend
-    proxy = backend == "offline"
+    proxy = backend in ("pairs", "substitution")
     logged: dict[str, Any] = {"seed": params.seed, "contrastive": {task: section_dict(cfg)}}
     if backend == "openai":
         logged["llm"] = section_dict(params.llm)
     if proxy:
-        log.warning("contrastive %s: offline backend = pair-based triples (chosen / neutral reply / rejected), "
-                    "a proxy for the paper's LLM rewrites", task)
+        log.warning("contrastive %s: %s backend = %s, a proxy for the paper's LLM rewrites", task, backend,
+                    "pair-based triples (chosen / neutral reply / rejected)" if backend == "pairs" else "phrase-substitution triples")
     with stage_run("contrastive", experiment=params.tracking.experiment, task=task, params=logged,
                    tags={"contrastive_backend": backend, "proxy": proxy}) as tracker:
         if lexicon:

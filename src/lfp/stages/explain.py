@@ -10,6 +10,7 @@ IMDB-only sample skews every explanation towards "movie reviews".
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,10 +184,11 @@ def feature_record(
 def make_explainer(params: Params, task: str) -> OfflineExplainer | OpenAIExplainer:
     cfg = params.explain
     if cfg.backend == "openai":
-        from lfp.llm import LlmClient
+        from lfp.local_llm import open_client
 
-        client = LlmClient(params.llm)
-        client.check()  # an endpoint that is down fails here, before the corpus is encoded
+        # an endpoint that is down (or a local server that cannot start) fails here, before the
+        # corpus is encoded; with llm.server: local this starts the server (stopped by close())
+        client = open_client(params.llm)
         return OpenAIExplainer(client, cfg.task_descriptions[task], cfg.simulate, params.seed)
     return OfflineExplainer(related_rule(params, task), cfg.related_threshold, cfg.simulate)
 
@@ -222,11 +224,12 @@ def run(params: Params, model: str, task: str) -> None:
     if explainer.name == "offline":
         tags["explainer_is_proxy"] = "true"
     else:
-        tags.update({"llm_base_url": explainer.client.base_url, "llm_model": explainer.client.model})
+        tags.update({"llm_base_url": explainer.client.base_url, "llm_model": explainer.client.model_id,
+                     "llm_server": params.llm.server})
     log_params = {"explain": section_dict(cfg), "sae_ratio": min(params.sae.ratios)}
     if explainer.name == "openai":
         log_params["llm"] = section_dict(params.llm)
-    with open_stage(STAGE, params, model=model, task=task, log_params=log_params, tags=tags) as stage:
+    with contextlib.closing(explainer), open_stage(STAGE, params, model=model, task=task, log_params=log_params, tags=tags) as stage:
         run_, device = stage.run, stage.device
         lm, tokenizer = stage.load(paths.finetuned_dir(model, task))
         saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(device).eval() for L in layers}

@@ -165,10 +165,10 @@ def run_dpo(params: Params, model: str, task: str) -> None:
     train_all, heldout_all = dpo.load_pairs(train_file), dpo.load_pairs(heldout_file)
     policy, tokenizer = load_model(base_dir)
     train_rows, n_overlap = dpo.exclude_heldout(train_all, heldout_all)
-    fitting = dpo.fitting_pairs(tokenizer, dpo.seeded_order(train_rows, params.seed), cfg.max_length)
-    train_rows = fitting[: cfg.max_train_pairs or None]
+    ordered = dpo.seeded_order(train_rows, params.seed)[: cfg.max_train_pairs or None]
+    train_rows, n_cut = dpo.fit_to_context(tokenizer, ordered, cfg.max_length)
     dpo.require_pairs(train_rows, train_file, f"training pairs within max_length={cfg.max_length}")
-    eval_rows = dpo.fitting_pairs(tokenizer, dpo.seeded_order(heldout_all, params.seed), cfg.max_length, cfg.eval_pairs)
+    eval_rows, _ = dpo.fit_to_context(tokenizer, dpo.seeded_order(heldout_all, params.seed)[: cfg.eval_pairs], cfg.max_length)
     dpo.require_pairs(eval_rows, heldout_file, f"held-out pairs within max_length={cfg.max_length}")
     tags = {**base_tags(params, model), "rl_algorithm": "dpo", "paper_algorithm": "dpo"}
     tags["data_is_proxy"] = any(bool(r.get("proxy")) for r in train_all)
@@ -196,7 +196,8 @@ def run_dpo(params: Params, model: str, task: str) -> None:
             "train_seconds": train_seconds,
             "train_pairs": len(train_rows),
             "train_pairs_excluded_heldout": n_overlap,
-            "train_pairs_too_long": len(train_all) - n_overlap - len(fitting),  # of those not held out
+            "train_pairs_cut_to_context": n_cut,  # prompt cut from the left, replies to max_length // 2
+            "train_pairs_identical_after_cut": len(ordered) - len(train_rows),
             "eval_pairs": len(eval_rows),
             "optimizer_steps": int(trainer.state.global_step),
             "learning_rate": lr,

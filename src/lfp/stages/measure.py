@@ -2,9 +2,13 @@
 
 1. Behavioural ground truth (lfp.learned): each word's learned value, the fine-tune's change of the
    log-probability of the word after its real review contexts, with a CI; τ against the lexicon.
-2. Probes split by word (lfp.word_probes), on the fine-tuned model's codes, the base model's and
-   their τ difference (paired bootstrap), with the identity-only and sign-only ceilings on the same
-   split and τ within each sign. The paper's split-by-triple numbers stay in probe.json ("paper
+2. Probes split by word (lfp.word_probes), on the fine-tuned model's codes, the base model's (each
+   through its own SAEs) and their τ difference (paired bootstrap), with the identity-only and
+   sign-only ceilings on the same split and τ within each sign. The same probe on the *difference*
+   of representations of the same tokens through ONE dictionary: fine-tuned codes minus the base
+   model's codes through the fine-tuned SAEs (two dictionaries' codes cannot be subtracted). Every
+   probe τ also over `seed` + `measure.seeds` word splits ("split seeds": the models are fixed,
+   the held-out words change). The paper's split-by-triple numbers stay in probe.json ("paper
    method"); the identity ceiling on that split is reported here beside them.
 3. A planted positive control: a fine-tune (same GRPO settings and seed) whose reward flips the sign
    of `measure.planted_words`; the planted words must separate from the other positive words by
@@ -14,13 +18,15 @@
 4. A negative control: a fine-tune on a shuffled lexicon (values permuted across words); its
    learned values must not track the real lexicon (τ CI covering 0).
 5. Seeds: the learned-value τ of `seed` and of every `measure.seeds` fine-tune, mean and 95 % CI.
-Outputs: reports/runs/{m}-{t}/lfp.json (DVC metrics + MLflow) and lfp_words.csv (per word).
+6. Fig. 4 with a full axis: each held-out word's |probe error| against its learned value.
+Outputs: reports/runs/{m}-{t}/lfp.json (DVC metrics + MLflow), lfp_words.csv (per word), and the two
+controls as their own tasks (lfp.measure_controls): reports/runs/{m}-{t}-planted/ and -shuffled/.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,20 +35,33 @@ from lfp import io, metrics, paths, reward, rl
 from lfp.config import Params, section_dict
 from lfp.data import prepared_file
 from lfp.errors import ConfigError, DataError
-from lfp.figures import plot_learned_values
+from lfp.figures import plot_error_vs_learned, plot_learned_values
 from lfp.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
-from lfp.stage_context import open_stage
-from lfp.triples import load_triples
+from lfp.measure_controls import (
+    control_metrics,
+    control_rows,
+    planted_summary,
+    shuffled_verdict,
+    tau_keys,
+    tau_with_ci,
+    write_control,
+    write_words_csv,
+)
+from lfp.pair_measure import run_preference
+from lfp.stage_context import StageContext, open_stage
+from lfp.tasks import kind_of
+from lfp.triples import load_triples, windows_for
 from lfp.word_probes import (
-    auc,
+    HeldoutProbe,
+    error_vs_learned,
+    heldout_probe,
     identity_predictions,
-    layer_normalise,
     layer_scales,
     paired_tau_difference,
-    permutation_p,
-    ridge_predictions,
     score_words,
     sign_ceiling,
+    split_seed_taus,
+    tau_ci,
     word_means,
     word_split,
 )
@@ -50,96 +69,147 @@ from lfp.word_probes import (
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("word", "lexicon_value", "reward_value", "learned_value", "learned_ci_low", "learned_ci_high",
               "n_contexts", "learned_value_planted_model", "learned_value_shuffled_model", "pred_finetuned",
-              "pred_base", "split", "planted")
-
-
-def tau_with_ci(lv: LearnedValues, target: dict[str, float], n_boot: int, seed: int) -> dict[str, float]:
-    """τ(learned value, target value) over words, p, and a percentile CI resampling words."""
-    x = lv.value
-    y = np.array([target[w] for w in lv.words])
-    tau, p = metrics.kendall(x, y)
-    rng = np.random.default_rng(seed)
-    boots = [metrics.kendall(x[i], y[i])[0] for i in (rng.integers(0, len(x), len(x)) for _ in range(n_boot))]
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (np.nan, np.nan)
-    return {"tau": tau, "p": p, "ci_low": float(lo), "ci_high": float(hi)}
+              "pred_base", "pred_difference", "probe_shift", "split", "planted")
+# the controls' difference-probe keys repeated in the measured task's lfp.json (prefixed `planted_` / `shuffled_`)
+DIFFERENCE_SUMMARY = ("probe_tau_word_heldout_difference", "probe_tau_word_heldout_difference_p",
+                      "probe_tau_word_heldout_difference_ci_low", "probe_tau_word_heldout_difference_ci_high",
+                      "probe_tau_word_heldout_difference_seed_mean")
 
 
 def seed_summary(taus: list[float]) -> dict[str, float]:
-    """Mean and 95 % t-interval across fine-tuning seeds."""
-    from scipy import stats
-
-    x = np.asarray(taus, dtype=float)
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "ci_low": float(x.mean() - half), "ci_high": float(x.mean() + half)}
+    """Mean and 95 % t-interval across seeds (fine-tuning seeds or word-split seeds)."""
+    mean, lo, hi = metrics.mean_t_interval(taus)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi}
 
 
-def planted_detection(per_word: dict[str, float], planted: set[str], lexicon: dict[str, float], n_perm: int, seed: int) -> dict[str, float]:
-    """Planted words vs the other positive words: AUC of −(per-word change) (the plant taught the
-    model to avoid them) and its permutation p."""
-    words = [w for w in sorted(per_word) if lexicon[w] > 0]
-    values = np.array([per_word[w] for w in words])
-    labels = np.array([w in planted for w in words])
-    return {"auc": auc(-values, labels), "p": permutation_p(-values, labels, n_perm, seed),
-            "n_planted": int(labels.sum()), "n_other": int((~labels).sum()),
-            "mean_planted": float(values[labels].mean()) if labels.any() else float("nan"),
-            "mean_other": float(values[~labels].mean()) if (~labels).any() else float("nan")}
+@dataclass
+class ProbeInputs:
+    """The probe stage's rows (positive then negative element of each triple) as the measure reads
+    them: words, lexicon values, layer layout, and per probe source its codes and target."""
+
+    words: np.ndarray
+    values: np.ndarray
+    offsets: list[int]
+    widths: list[int]
+    sources: dict[str, tuple[np.ndarray, np.ndarray]]
+    paper_test: np.ndarray
 
 
-def word_heldout_probes(model: str, task: str, params: Params, lexicon: dict[str, float]) -> tuple[dict[str, Any], dict[str, tuple[float, float]], set[str]]:
-    """Probe τ on words never seen in training, fine-tuned vs base, with the ceilings; also the
-    identity ceiling on the paper's split (by triple). Returns metrics, per-word predictions and
-    the test words."""
+def load_probe_inputs(model: str, task: str, lexicon: dict[str, float], base_through_ft: np.ndarray | None) -> ProbeInputs:
+    """data/probe/{m}-{t}/inputs.*; with `base_through_ft` (the base model's codes of the same rows
+    through the fine-tuned SAEs) the difference source, fine-tuned codes − those, fitted on the
+    fine-tuned rows' target (the signal the paper's probe regresses)."""
     directory = paths.probe_data_dir(model, task)
     tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")
     if "base_codes" not in tensors or "words" not in index:
         raise DataError(f"{directory}: probe inputs lack base_codes / words (re-run the probe with probe.base_control: true)")
     words = np.asarray(index["words"], dtype=object)
-    values = np.array([lexicon[w] for w in words])
-    cfg = params.measure
+    codes, target = tensors["codes"].numpy().astype(np.float64), tensors["target"].numpy().astype(float)
+    sources = {"finetuned": (codes, target), "base": (tensors["base_codes"].numpy().astype(np.float64), tensors["base_target"].numpy().astype(float))}
+    if base_through_ft is not None:
+        if base_through_ft.shape != codes.shape:
+            raise DataError(f"{directory}: base codes through the fine-tuned SAEs have shape {base_through_ft.shape}, "
+                            f"the probe's codes {tuple(codes.shape)} (re-run the probe stage)")
+        sources["difference"] = (codes - base_through_ft, target)
+    return ProbeInputs(words, np.array([lexicon[w] for w in words]), index["offsets"], index["widths"], sources,
+                       tensors["is_test"].numpy().astype(bool))
+
+
+def word_heldout_probes(inputs: ProbeInputs, params: Params) -> tuple[dict[str, Any], dict[str, HeldoutProbe], np.ndarray]:
+    """Probe τ on words never seen in training for every source, with CIs, split-seed intervals and
+    the ceilings; also the identity ceiling on the paper's split (by triple). Returns metrics, the
+    probes on the `seed` split and that split."""
+    cfg, alpha, words, values = params.measure, params.probe.ridge_alpha, inputs.words, inputs.values
     is_test = word_split(words, cfg.word_test_fraction, params.seed)
     out: dict[str, Any] = {"n_words_test": int(len(set(words[is_test]))), "n_words_train": int(len(set(words[~is_test])))}
-    scores = {}
-    for source, codes_key, target_key in (("finetuned", "codes", "target"), ("base", "base_codes", "base_target")):
-        x = layer_normalise(tensors[codes_key].numpy(), index["offsets"], index["widths"], ~is_test)
-        pred = ridge_predictions(x, tensors[target_key].numpy().astype(float), is_test, params.probe.ridge_alpha)
-        scores[source] = s = score_words(words[is_test], pred, values[is_test])
-        out.update({f"probe_tau_word_heldout_{source}": s.tau, f"probe_tau_word_heldout_{source}_p": s.tau_p,
-                    f"probe_tau_word_heldout_{source}_positive_words": s.tau_positive,
-                    f"probe_tau_word_heldout_{source}_negative_words": s.tau_negative})
-    diff, lo, hi = paired_tau_difference(scores["finetuned"], scores["base"], cfg.bootstrap, params.seed)
+    probes = {name: heldout_probe(c, t, words, values, is_test, inputs.offsets, inputs.widths, alpha) for name, (c, t) in inputs.sources.items()}
+    for name, probe in probes.items():
+        out.update(probe_keys(name, probe, cfg.bootstrap, params.seed))
+    diff, lo, hi = paired_tau_difference(probes["finetuned"].scores, probes["base"].scores, cfg.bootstrap, params.seed)
     out.update({"probe_tau_word_heldout_diff": diff, "probe_tau_word_heldout_diff_ci_low": lo, "probe_tau_word_heldout_diff_ci_high": hi})
-    target = tensors["target"].numpy().astype(float)
-    ident = score_words(words[is_test], identity_predictions(words, target, is_test, params.probe.ridge_alpha), values[is_test])
+    out.update(split_seed_metrics(inputs.sources, inputs, params))
+    target = inputs.sources["finetuned"][1]
+    ident = score_words(words[is_test], identity_predictions(words, target, is_test, alpha), values[is_test])
     # a constant prediction (no test word was seen in training) ranks nothing: τ counted as 0
     out["identity_ceiling_tau"] = ident.tau if np.isfinite(ident.tau) else 0.0
-    out["sign_ceiling_tau"] = sign_ceiling(scores["finetuned"].value, params.seed)
-    paper_test = tensors["is_test"].numpy().astype(bool)
-    ident_paper = score_words(words[paper_test], identity_predictions(words, target, paper_test, params.probe.ridge_alpha), values[paper_test])
+    out["sign_ceiling_tau"] = sign_ceiling(probes["finetuned"].scores.value, params.seed)
+    paper_test = inputs.paper_test
+    ident_paper = score_words(words[paper_test], identity_predictions(words, target, paper_test, alpha), values[paper_test])
     out["paper_split_identity_ceiling_tau"] = ident_paper.tau
     out["paper_split_sign_ceiling_tau"] = sign_ceiling(ident_paper.value, params.seed)
     out["paper_split_test_words_seen_in_training"] = float(np.mean([w in set(words[~paper_test]) for w in set(words[paper_test])]))
-    preds = {w: (pf, pb) for w, pf, pb in zip(scores["finetuned"].words, scores["finetuned"].predicted, scores["base"].predicted)}
-    return out, preds, set(words[is_test].tolist())
+    return out, probes, is_test
 
 
-def probe_divergence(stage: Any, params: Params, model: str, task: str, windows: list, ctx_words: list[str],
+def probe_keys(name: str, probe: HeldoutProbe, n_boot: int, seed: int) -> dict[str, float]:
+    """`probe_tau_word_heldout_{name}` with its p, CI (resampling test words) and τ within each sign."""
+    s, key = probe.scores, f"probe_tau_word_heldout_{name}"
+    lo, hi = tau_ci(s, n_boot, seed)
+    return {key: s.tau, f"{key}_p": s.tau_p, f"{key}_ci_low": lo, f"{key}_ci_high": hi,
+            f"{key}_positive_words": s.tau_positive, f"{key}_negative_words": s.tau_negative}
+
+
+def split_seed_metrics(sources: dict[str, tuple[np.ndarray, np.ndarray]], inputs: ProbeInputs, params: Params) -> dict[str, Any]:
+    """Every word-held-out τ of `sources` over the word splits of `seed` and `measure.seeds`: mean
+    and 95 % t-interval across splits. Named for what varies: the split, not the fine-tune."""
+    seeds = sorted({params.seed, *params.measure.seeds})
+    taus = split_seed_taus(sources, inputs.words, inputs.values, inputs.offsets, inputs.widths,
+                           params.measure.word_test_fraction, seeds, params.probe.ridge_alpha)
+    out: dict[str, Any] = {"probe_seed_kind": "word_split", "probe_split_seeds": seeds}
+    for name, values in taus.items():
+        s, key = seed_summary(values), f"probe_tau_word_heldout_{name}"
+        out.update({f"{key}_per_split_seed": values, f"{key}_seed_mean": s["mean"],
+                    f"{key}_seed_ci_low": s["ci_low"], f"{key}_seed_ci_high": s["ci_high"]})
+    return out
+
+
+def control_difference_probe(inputs: ProbeInputs, control_through_ft: np.ndarray, base_through_ft: np.ndarray, params: Params) -> dict[str, Any]:
+    """The difference probe's null / positive control: (control fine-tune − base) codes through the
+    fine-tuned SAEs, same rows, split, target and seeds as the measured fine-tune's. A shuffled
+    reward taught no valence, so whatever τ it reaches is what the difference probe reads without
+    a learned pattern (e.g. the SAE's nonlinearity on shifted activations)."""
+    sources = {"difference": (control_through_ft - base_through_ft, inputs.sources["finetuned"][1])}
+    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    probe = heldout_probe(*sources["difference"], inputs.words, inputs.values, is_test, inputs.offsets, inputs.widths, params.probe.ridge_alpha)
+    out = probe_keys("difference", probe, params.measure.bootstrap, params.seed)
+    out.update(split_seed_metrics(sources, inputs, params))
+    return out
+
+
+def finetuned_saes(stage: StageContext, params: Params, model: str, task: str) -> dict[int, Any]:
+    """The fine-tuned model's small SAEs of the probe's layers (inputs.json), on the stage's device."""
+    from lfp.sae import load_sae
+
+    layers = io.read_json(paths.probe_data_dir(model, task) / "inputs.json")["layers"]
+    return {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in layers}
+
+
+def codes_through_saes(lm: Any, saes: dict[int, Any], triples: Any, tok: Any, pad: int, params: Params, desc: str) -> np.ndarray:
+    """The probe's rows (positive then negative element of each triple, file order) read by `lm`
+    through `saes` (the fine-tuned model's): two models' codes in ONE dictionary can be subtracted,
+    so (fine-tuned − base) is what fine-tuning changed on the same tokens."""
+    from lfp.probe_codes import element_codes
+
+    codes = [element_codes(lm, saes, windows_for(triples, role, tok, params.probe.max_length), params.probe.batch_size, pad,
+                           f"{desc} through fine-tuned SAEs, {role}") for role in ("positive", "negative")]
+    return np.stack(codes, axis=1).reshape(-1, codes[0].shape[1]).astype(np.float64)
+
+
+def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any], windows: list, ctx_words: list[str],
                      pad: int, base: Any, policies: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The probe's view of what a fine-tune changed, per word: the ridge probe (fitted on all the
     fine-tuned model's contrastive rows, per-layer normalised) applied to the fine-tuned SAEs' codes
     of each word in its real contexts, under `policy` minus under the base model. A plant that
     taught the model to disprefer a word should push its predicted feedback down."""
+    from sklearn.linear_model import Ridge
+
     from lfp.probe_codes import element_codes
-    from lfp.sae import load_sae
 
     directory = paths.probe_data_dir(model, task)
     tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")
-    layers, offsets, widths = index["layers"], index["offsets"], index["widths"]
     train = tensors["codes"].numpy().astype(float)
-    scales = layer_scales(train, offsets, widths)
-    from sklearn.linear_model import Ridge
-
+    scales = layer_scales(train, index["offsets"], index["widths"])
     probe = Ridge(alpha=params.probe.ridge_alpha).fit(train / scales, tensors["target"].numpy().astype(float))
-    saes = {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in layers}
     keep = [i for i, (_, pos) in enumerate(windows) if pos]
     kept_windows, kept_words = [windows[i] for i in keep], [ctx_words[i] for i in keep]
     bs = params.measure.batch_size
@@ -151,31 +221,78 @@ def probe_divergence(stage: Any, params: Params, model: str, task: str, windows:
     return {name: word_means(kept_words, predicted(policy) - base_pred) for name, policy in policies.items()}
 
 
-def write_words_csv(path: Any, rows: list[dict[str, Any]]) -> None:
-    with io.atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+def split_of(word: str, test_words: set[str], probe_words: set[str]) -> str:
+    return "test" if word in test_words else ("train" if word in probe_words else "not_in_probe")
 
 
-def run(params: Params, model: str, task: str) -> None:
+def main_rows(main: LearnedValues, lexicon: dict[str, float], planted: set[str], others: dict[str, dict[str, float]],
+              probes: dict[str, HeldoutProbe], test_words: set[str], probe_words: set[str], shift: dict[str, float]) -> list[dict[str, Any]]:
+    """One CSV row per word with a learned value (CSV_FIELDS); probe predictions for test words."""
+    preds = {name: dict(zip(p.scores.words, p.scores.predicted.tolist())) for name, p in probes.items()}
+
+    def pred(name: str, w: str) -> Any:
+        return float(preds[name][w]) if w in preds.get(name, {}) else ""
+
+    return [{"word": w, "lexicon_value": lexicon[w], "reward_value": lexicon[w], "learned_value": float(v),
+             "learned_ci_low": float(lo), "learned_ci_high": float(hi), "n_contexts": int(n),
+             "learned_value_planted_model": float(others["planted"].get(w, np.nan)),
+             "learned_value_shuffled_model": float(others["shuffled"].get(w, np.nan)),
+             "pred_finetuned": pred("finetuned", w), "pred_base": pred("base", w), "pred_difference": pred("difference", w),
+             "probe_shift": float(shift.get(w, np.nan)), "split": split_of(w, test_words, probe_words), "planted": w in planted}
+            for w, v, lo, hi, n in zip(main.words, main.value, main.ci_low, main.ci_high, main.n_contexts)]
+
+
+def behaviour_metrics(main: LearnedValues, by_seed: dict[int, LearnedValues], lexicon: dict[str, float], shift: dict[str, float],
+                      n_boot: int, seed: int) -> dict[str, Any]:
+    """The measured fine-tune's learned-value τ (CI, seeds) and the probe's view of its change."""
+    t = tau_with_ci(main.by_word(), lexicon, n_boot, seed)
+    out: dict[str, Any] = {"n_words": len(main.words), "n_contexts": int(np.sum(main.n_contexts)), "seeds": sorted(by_seed)}
+    out.update(tau_keys("learned_value_tau", t))
+    out["learned_value_tau_reward"] = t["tau"]  # the main fine-tune's reward is the lexicon itself
+    seed_taus = [metrics.kendall(lv.value, np.array([lexicon[w] for w in lv.words]))[0] for lv in by_seed.values()]
+    s = seed_summary(seed_taus)
+    out.update({"learned_value_tau_per_seed": seed_taus, "learned_value_tau_seed_mean": s["mean"],
+                "learned_value_tau_seed_ci_low": s["ci_low"], "learned_value_tau_seed_ci_high": s["ci_high"]})
+    out.update(tau_keys("probe_shift_tau", tau_with_ci(shift, lexicon, n_boot, seed)))
+    return out
+
+
+def control_summary(task: str, planted_m: dict[str, Any], shuffled_m: dict[str, Any]) -> dict[str, Any]:
+    """The controls' headline keys in the measured task's lfp.json (the report reads them there)."""
+    out: dict[str, Any] = {k: v for k, v in planted_m.items() if k.startswith("planted_")}
+    out.update({"planted_control_task": paths.control_task(task, "planted"), "shuffled_control_task": paths.control_task(task, "shuffled"),
+                "planted_learned_value_tau_reward": planted_m["learned_value_tau_reward"],
+                "shuffled_learned_value_tau": shuffled_m["learned_value_tau"],
+                "shuffled_learned_value_tau_ci_low": shuffled_m["learned_value_tau_ci_low"],
+                "shuffled_learned_value_tau_ci_high": shuffled_m["learned_value_tau_ci_high"],
+                "shuffled_learned_value_tau_reward": shuffled_m["learned_value_tau_reward"],
+                "shuffled_detected": shuffled_m["shuffled_detected"]})
+    for key in ("probe_shift_tau", "probe_shift_tau_ci_low", "probe_shift_tau_ci_high"):
+        if key in shuffled_m:
+            out[f"shuffled_{key}"] = shuffled_m[key]
+    return out
+
+
+def run_lexicon(params: Params, model: str, task: str) -> None:
     cfg, ft_cfg = params.measure, params.finetune[task]
     if task not in cfg.tasks:
         raise ConfigError(f"params: 'measure.tasks' does not name '{task}'")
     lexicon = reward.lexicon()
     planted = set(cfg.planted_words)
-    planted_lex, shuffled_lex = reward.planted_lexicon(planted), reward.shuffled_lexicon(params.seed)
+    rewards = {"planted": reward.planted_lexicon(planted), "shuffled": reward.shuffled_lexicon(params.seed)}
     triples = load_triples(task, lexicon=True)
-    words = sorted({w.lower() for role in ("positive", "negative") for w in triples.words[role]} | planted)
+    probe_words = {w.lower() for w in triples.words["positive"] + triples.words["negative"]}
+    words = sorted(probe_words | planted)
     test_file, train_file = prepared_file(task, "test"), prepared_file(task, "train")
     texts = [r["text"] for r in io.read_jsonl(test_file, {"text": str})]
     train_rows = rl.long_reviews(io.read_jsonl(train_file, rl.VADER_FIELDS), ft_cfg.min_review_chars, train_file)
     ctx = natural_contexts(texts, words, cfg.contexts_per_word)
     if not ctx.words:
         raise DataError(f"{test_file}: no occurrence of any contrastive or planted word")
-    tags = {"ground_truth": "learned_value_logprob_change", "probe_split": "by_word", "paper_method": "probe.json (split by triple)"}
+    tags = {"ground_truth": "learned_value_logprob_change", "probe_split": "by_word", "paper_method": "probe.json (split by triple)",
+            "probe_seed_kind": "word_split",
+            "difference_probe": "fine-tuned codes − base codes through the fine-tuned SAEs; target: the fine-tuned rows' signed delta",
+            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS)}
     with open_stage("measure", params, model=model, task=task, tags=tags,
                     log_params={"seed": params.seed, "measure": section_dict(cfg), "finetune": {task: section_dict(ft_cfg)}}) as stage:
         base, tok = stage.load(paths.base_model_dir(model))
@@ -192,59 +309,66 @@ def run(params: Params, model: str, task: str) -> None:
         by_seed = {params.seed: main}
         for seed in cfg.seeds:
             by_seed[seed] = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, seed)[0])
-        planted_model = rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, planted_lex)[0]
-        planted_lv = learned(planted_model)
-        shuffled_lv = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, shuffled_lex)[0])
+        controls = {c: rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, rewards[c])[0] for c in paths.CONTROLS}
+        control_lv = {c: learned(policy) for c, policy in controls.items()}
+        saes = finetuned_saes(stage, params, model, task)
+        shifts = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base, {"finetuned": finetuned, **controls})
+        through_ft = {name: codes_through_saes(lm, saes, triples, tok, pad, params, name) for name, lm in (("base", base), *controls.items())}
+        del controls
 
-        out: dict[str, Any] = {"n_words": len(main.words), "n_contexts": len(ctx.words), "seeds": sorted(by_seed)}
-        t = tau_with_ci(main, lexicon, cfg.bootstrap, params.seed)
-        out.update({"learned_value_tau": t["tau"], "learned_value_tau_p": t["p"],
-                    "learned_value_tau_ci_low": t["ci_low"], "learned_value_tau_ci_high": t["ci_high"],
-                    # the main fine-tune's reward is the lexicon itself
-                    "learned_value_tau_reward": t["tau"]})
-        seed_taus = [metrics.kendall(lv.value, np.array([lexicon[w] for w in lv.words]))[0] for lv in by_seed.values()]
-        s = seed_summary(seed_taus)
-        out.update({"learned_value_tau_per_seed": seed_taus, "learned_value_tau_seed_mean": s["mean"],
-                    "learned_value_tau_seed_ci_low": s["ci_low"], "learned_value_tau_seed_ci_high": s["ci_high"]})
-        d = planted_detection(dict(zip(planted_lv.words, planted_lv.value)), planted, lexicon, cfg.permutations, params.seed)
-        d_base = planted_detection(dict(zip(main.words, main.value)), planted, lexicon, cfg.permutations, params.seed)
-        out.update({"planted_auc": d["auc"], "planted_p": d["p"], "planted_n": d["n_planted"], "planted_n_other": d["n_other"],
-                    "planted_mean_learned": d["mean_planted"], "planted_mean_learned_other": d["mean_other"],
-                    # the same score where nothing was planted (the normal fine-tune)
-                    "planted_auc_base": d_base["auc"], "planted_p_base": d_base["p"],
-                    "planted_learned_value_tau_reward": tau_with_ci(planted_lv, planted_lex, cfg.bootstrap, params.seed)["tau"],
-                    "planted_detected": bool(np.isfinite(d["auc"]) and d["p"] < 0.05 and d["auc"] > 0.5)})
-        shifts = probe_divergence(stage, params, model, task, windows, ctx.words, pad, base,
-                                  {"planted": planted_model, "finetuned": finetuned})
-        for name, key in (("planted", "planted_probe_auc"), ("finetuned", "planted_probe_auc_base")):
-            pd_ = planted_detection(shifts[name], planted, lexicon, cfg.permutations, params.seed)
-            out.update({key: pd_["auc"], key.replace("_auc", "_p"): pd_["p"]})
-        sh = tau_with_ci(shuffled_lv, lexicon, cfg.bootstrap, params.seed)
-        out.update({"shuffled_learned_value_tau": sh["tau"], "shuffled_learned_value_tau_ci_low": sh["ci_low"],
-                    "shuffled_learned_value_tau_ci_high": sh["ci_high"],
-                    "shuffled_learned_value_tau_reward": tau_with_ci(shuffled_lv, shuffled_lex, cfg.bootstrap, params.seed)["tau"],
-                    # "detected" = its learned values track the real lexicon: a CI clear of 0
-                    "shuffled_detected": bool(np.isfinite([sh["ci_low"], sh["ci_high"]]).all() and not (sh["ci_low"] <= 0.0 <= sh["ci_high"]))})
-        probe_metrics, preds, test_words = word_heldout_probes(model, task, params, lexicon)
+        out = behaviour_metrics(main, by_seed, lexicon, shifts["finetuned"], cfg.bootstrap, params.seed)
+        control_m = {c: control_metrics(c, task, lv, lexicon, rewards[c], shifts[c], cfg.bootstrap, params.seed) for c, lv in control_lv.items()}
+        control_m["planted"].update(planted_summary(control_lv["planted"].by_word(), main.by_word(), shifts["planted"], shifts["finetuned"],
+                                                    planted, lexicon, cfg.permutations, params.seed))
+        control_m["planted"]["detected"] = control_m["planted"]["planted_detected"]
+        control_m["planted"]["planted_words"] = sorted(planted)
+        control_m["shuffled"].update(shuffled_verdict(control_m["shuffled"]))
+        control_m["shuffled"]["reward_permutation_seed"] = params.seed
+        out.update(control_summary(task, control_m["planted"], control_m["shuffled"]))
+
+        inputs = load_probe_inputs(model, task, lexicon, through_ft["base"])
+        probe_metrics, probes, is_test = word_heldout_probes(inputs, params)
         out.update(probe_metrics)
+        for c in paths.CONTROLS:
+            control_m[c].update(control_difference_probe(inputs, through_ft[c], through_ft["base"], params))
+            out.update({f"{c}_{k}": control_m[c][k] for k in DIFFERENCE_SUMMARY})
+        err_words, abs_err, err_learned = error_vs_learned(probes["finetuned"], inputs.words[is_test], inputs.values[is_test], main.by_word(),
+                                                           params.probe.rescale_low_percentile, params.probe.rescale_high_percentile)
+        err_tau, err_p = metrics.kendall(abs_err, err_learned)
+        out.update({"error_learned_value_tau": err_tau, "error_learned_value_tau_p": err_p, "error_learned_value_n": len(err_words)})
 
-        planted_by_word = dict(zip(planted_lv.words, planted_lv.value))
-        shuffled_by_word = dict(zip(shuffled_lv.words, shuffled_lv.value))
-        rows = [{"word": w, "lexicon_value": lexicon[w], "reward_value": lexicon[w], "learned_value": float(v),
-                 "learned_ci_low": float(lo), "learned_ci_high": float(hi), "n_contexts": int(n),
-                 "learned_value_planted_model": float(planted_by_word.get(w, np.nan)),
-                 "learned_value_shuffled_model": float(shuffled_by_word.get(w, np.nan)),
-                 "pred_finetuned": float(preds[w][0]) if w in preds else "", "pred_base": float(preds[w][1]) if w in preds else "",
-                 "split": "test" if w in test_words else ("train" if w in set(triples.words["positive"] + triples.words["negative"]) else "not_in_probe"),
-                 "planted": w in planted}
-                for w, v, lo, hi, n in zip(main.words, main.value, main.ci_low, main.ci_high, main.n_contexts)]
-        write_words_csv(paths.report_dir(model, task) / "lfp_words.csv", rows)
-        plot_learned_values(paths.report_dir(model, task) / "lfp_learned_values.png",
-                            np.array([r["lexicon_value"] for r in rows]), np.array([r["learned_value"] for r in rows]),
-                            np.array([r["planted"] for r in rows]), np.array([r["learned_value_planted_model"] for r in rows]),
-                            f"{paths.run_id(model, task)}: learned-value τ {out['learned_value_tau']:.3f}; planted AUC {out['planted_auc']:.2f}")
-        stage.run.write_metrics(paths.report_dir(model, task) / "lfp.json", out)
-        stage.run.log_artifact(paths.report_dir(model, task) / "lfp_words.csv")
-        stage.run.log_artifact(paths.report_dir(model, task) / "lfp_learned_values.png")
-        log.info("measure %s: learned-value tau %.3f; planted AUC %.2f (p %.3g); shuffled tau %.3f",
-                 paths.run_id(model, task), out["learned_value_tau"], out["planted_auc"], out["planted_p"], out["shuffled_learned_value_tau"])
+        for c in paths.CONTROLS:
+            write_control(stage.run, model, task, c, control_m[c],
+                          control_rows(control_lv[c], lexicon, rewards[c], planted, main.by_word(), shifts[c]))
+        rows = main_rows(main, lexicon, planted, {c: lv.by_word() for c, lv in control_lv.items()}, probes,
+                         set(inputs.words[is_test].tolist()), probe_words, shifts["finetuned"])
+        write_main_outputs(stage, model, task, out, rows, (abs_err, err_learned))
+        log.info("measure %s: learned-value tau %.3f; planted AUC %.2f (p %.3g); shuffled tau %.3f; difference-probe tau %.3f",
+                 paths.run_id(model, task), out["learned_value_tau"], out["planted_auc"], out["planted_p"],
+                 out["shuffled_learned_value_tau"], out.get("probe_tau_word_heldout_difference", float("nan")))
+
+
+def write_main_outputs(stage: StageContext, model: str, task: str, out: dict[str, Any], rows: list[dict[str, Any]],
+                       error: tuple[np.ndarray, np.ndarray]) -> None:
+    """CSV and figures first, the metrics JSON last (a run that fails leaves no file claiming success)."""
+    write_words_csv(paths.lfp_words_file(model, task), rows, CSV_FIELDS)
+    col = {k: np.array([r[k] for r in rows]) for k in ("lexicon_value", "learned_value", "planted", "learned_value_planted_model")}
+    plot_learned_values(paths.lfp_learned_plot(model, task), col["lexicon_value"], col["learned_value"], col["planted"].astype(bool),
+                        col["learned_value_planted_model"].astype(float),
+                        f"{paths.run_id(model, task)}: learned-value τ {out['learned_value_tau']:.3f}; planted AUC {out['planted_auc']:.2f}")
+    abs_err, learned = error
+    tau = out["error_learned_value_tau"]
+    plot_error_vs_learned(paths.lfp_error_plot(model, task), learned, abs_err,
+                          f"{paths.run_id(model, task)}: {len(abs_err)} held-out words; τ(|error|, learned value) = "
+                          + (f"{tau:.3f}" if np.isfinite(tau) else "undefined"))
+    stage.run.write_metrics(paths.lfp_file(model, task), out)
+    for f in (paths.lfp_words_file(model, task), paths.lfp_learned_plot(model, task), paths.lfp_error_plot(model, task)):
+        stage.run.log_artifact(f)
+
+
+# the task kind's `measure_method` -> its implementation
+METHODS = {"lexicon": run_lexicon, "preference": run_preference}
+
+
+def run(params: Params, model: str, task: str) -> None:
+    METHODS[kind_of(params, task).measure_method](params, model, task)

@@ -29,7 +29,7 @@ from lfp.figures import plot_error_vs_frequency, plot_pca, write_word_csv
 from lfp.generation import generated_word_counts
 from lfp.layers import chosen_layers
 from lfp.probe_codes import codes_for
-from lfp.probes import ProbeRows, pair_probe, probe_rows, split_by_group, vader_probe
+from lfp.probes import ProbeRows, bow_probe, pair_probe, probe_rows, split_by_group, vader_probe
 from lfp.sae import load_sae
 from lfp.stage_context import StageContext, open_stage
 from lfp.tasks import kind_of
@@ -102,6 +102,8 @@ def run(params: Params, model: str, task: str) -> None:
             m.update({"error_frequency_kendall_tau": err_tau, "error_frequency_kendall_p": err_p})
         else:
             m, predicted = pair_probe(rows, is_test, params)
+            pooled = {role: [text[a:b] for text, (a, b) in zip(triples.texts[role], triples.spans[role])] for role in ("positive", "negative")}
+            m.update(bow_probe([t for pair in zip(pooled["positive"], pooled["negative"]) for t in pair], rows, is_test, params))
         out.update(m)
         del lm
         base_rows = None

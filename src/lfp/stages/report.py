@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from lfp import io, measure_report, paths
+from lfp import io, measure_report, paths, preference_report
 from lfp.config import Params
 from lfp.errors import ArtifactError
 from lfp.tracking import stage_run
@@ -129,8 +129,12 @@ def proxies(params: Params, model: str, task: str) -> list[str]:
     data_note = proxy_data_note(params, task)
     if data_note:
         notes.append(data_note)
-    if not is_lexicon(params, task) and getattr(getattr(params.contrastive, task, None), "backend", None) == "offline":
+    backend = None if is_lexicon(params, task) else getattr(getattr(params.contrastive, task, None), "backend", None)
+    if backend == "pairs":
         notes.append("contrastive triples: preferred/dispreferred pair + fixed neutral reply (proxy for LLM rewrites)")
+    elif backend == "substitution":
+        notes.append("contrastive triples: one helpful / neutral / dismissive phrase substituted into the chosen reply "
+                     "(offline proxy for the paper's LLM rewrites)")
     if params.explain.backend == "offline":
         notes.append("feature explanations: offline lexicon explainer (proxy for GPT-4)")
     return notes
@@ -284,14 +288,56 @@ def frequency_reason(v: dict[str, Any]) -> str | None:
     return "; ".join(reasons) or "`freq_related`/`freq_all` missing from validate.json"
 
 
+def _contrast(v: dict[str, Any], prefix: str) -> str:
+    """'related +0.021 vs unrelated +0.013' (freq on high − low rows), with the rows counted."""
+    rel, unrel = num(v, f"{prefix}related_contrast"), num(v, f"{prefix}unrelated_contrast")
+    return (f"related {'+' if (rel or 0) >= 0 else ''}{pr(rel)} vs unrelated {'+' if (unrel or 0) >= 0 else ''}{pr(unrel)} "
+            f"over {v.get(f'{prefix}n_high', MISSING)} high / {v.get(f'{prefix}n_low', MISSING)} low rows")
+
+
+def heldout_frequency_sentence(v: dict[str, Any]) -> str | None:
+    """Table 7 that can fail, in words: on held-out rows, is a related feature's frequency on high-
+    vs low-feedback rows (the within-feature contrast) larger than an unrelated one's? None for a
+    validate.json without the `t7_*` keys."""
+    if "t7_p" not in v and "t7_quantile_p" not in v:
+        return None
+    split = [(pfx, label) for pfx, label in (("t7_", _predicted(v)),
+                                             ("t7_quantile_", f"top {fmt(1 - (num(v, 't7_quantile') or 0.75), pct=True)} of predictions"))
+             if num(v, f"{pfx}p") is not None]
+    unlabelled = f", {v['t7_n_unlabelled']} unlabelled" if isinstance(v.get("t7_n_unlabelled"), int) and v["t7_n_unlabelled"] else ""
+    n = (f"on {v.get('t7_n_test', MISSING)} held-out rows ({v.get('t7_n_related', MISSING)} related vs "
+         f"{v.get('t7_n_unrelated', MISSING)} unrelated explained features{unlabelled})")
+    if not split:
+        reasons = list(dict.fromkeys(str(v[k]) for k in ("t7_reason", "t7_quantile_reason") if v.get(k)))
+        return f"{n}, Table 7's comparison is not possible: {'; '.join(reasons) or 'no p in validate.json'}"
+    (pfx, label), rest = split[0], split[1:]
+    p = num(v, f"{pfx}p")
+    assert p is not None
+    verdict = "are" if p < 0.05 else "are not"
+    s = (f"{n}, related features {verdict} more frequent on high-feedback held-out rows than unrelated ones, "
+         f"p = {pr(p)} (high = {label}; frequency on high − low rows, {_contrast(v, pfx)})")
+    for pfx2, label2 in rest:
+        s += f"; at the {label2}: p = {pr(num(v, f'{pfx2}p'))} ({_contrast(v, pfx2)})"
+    ph = num(v, f"{pfx}p_high_only")
+    if ph is not None and ph < 0.05 <= p:
+        s += (f"; comparing frequencies on high rows alone (the paper's comparison) gives p = {pr(ph)}: "
+              "a base-rate difference, not an association with the predicted feedback")
+    lb, ll = num(v, f"{pfx}live_baseline_high"), num(v, f"{pfx}live_baseline_low")
+    if lb is not None and ll is not None:
+        s += f"; live-feature baseline {fmt(lb, pct=True)} on high vs {fmt(ll, pct=True)} on low rows ({v.get('t7_n_live', MISSING)} live features)"
+    return s
+
+
 def frequency_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -> str:
+    heldout = heldout_frequency_sentence(v)
     reason = frequency_reason(v)
     if reason:
-        return f"not computed: {reason}."
+        return f"not computed: {reason}." + (f" {heldout[0].upper()}{heldout[1:]}." if heldout else "")
     fr, fa = num(v, "freq_related"), num(v, "freq_all")
     assert fr is not None and fa is not None
-    s = (f"the related features were active in {fmt(fr, pct=True)} of the {v.get('n_high_delta_inputs', MISSING)} probe inputs "
-         f"with {_predicted(v)}, all features in {fmt(fa, pct=True)}")
+    s = ("Paper method (all probe rows, all features): " if heldout else "")
+    s += (f"the related features were active in {fmt(fr, pct=True)} of the {v.get('n_high_delta_inputs', MISSING)} probe inputs "
+          f"with {_predicted(v)}, all features in {fmt(fa, pct=True)}")
     s += f" ({fr / fa:.2g}×)" if fa > 0 else ""
     published = _paper_models(paper["table7_feature_frequency"])
     if lexicon and published:
@@ -300,7 +346,49 @@ def frequency_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) 
               f"vs all {_span([x['average'] for x in published.values()], pct=True)})")
     elif not lexicon:
         s += " — related features are " + ("more" if fr > fa else "not more") + " active (the paper reports Table 7 for VADER only)"
-    return s + "."
+    return f"{heldout[0].upper()}{heldout[1:]}. {s}." if heldout else s + "."
+
+
+def _paired_change(v: dict[str, Any], key: str, what: str) -> tuple[str, str]:
+    """('lowered' | 'raised' | 'no change', clause) for a paired delta of validate.json: 'lowered
+    the completion reward by 0.012 (95% CI of the change [-0.020, -0.004])', or 'changed … by
+    -0.001 (95% CI [-0.010, 0.008], which includes 0: no detectable change)'."""
+    delta, lo, hi = num(v, f"{key}_delta"), num(v, f"{key}_ci_low"), num(v, f"{key}_ci_high")
+    if delta is None or lo is None or hi is None:
+        return "unknown", f"changed {what} by {pr(delta)}"
+    if hi < 0:
+        return "lowered", f"lowered {what} by {pr(-delta)} (95% CI of the change {pci(v, key)})"
+    if lo > 0:
+        return "raised", f"raised {what} by {pr(delta)} (95% CI {pci(v, key)})"
+    return "no change", f"changed {what} by {pr(delta)} (95% CI {pci(v, key)}, which includes 0: no detectable change)"
+
+
+def paired_ablation_sentence(v: dict[str, Any], lexicon: bool) -> str | None:
+    """Table 6 that can fail, in words: the direction and paired CI of zeroing the related features
+    (completion reward only for VADER) vs the SAE reconstruction, against the frequency-matched
+    random control. None for a validate.json without the `t6_*` deltas."""
+    if num(v, "t6_related_delta") is None:
+        return None
+    what = "completion reward" if v.get("t6_metric") == "vader_reward_of_completion" else "DPO implicit reward margin"
+    d, clause = _paired_change(v, "t6_related", f"the {what}")
+    s = f"zero-ablating the related features {clause}"
+    if lexicon:
+        s += ", as in the paper" if d == "lowered" else ", unlike the paper" + ("" if d == "raised" else "'s drop")
+    else:
+        s += " (no paper number for this task)"
+    if num(v, "t6_random_delta") is not None:
+        n = len(v.get("t6_random_draw_deltas") or [])
+        fr, fq = num(v, "t6_related_token_freq"), num(v, "t6_random_token_freq")
+        freq = f", active on {fmt(fq, pct=True)} of tokens vs {fmt(fr, pct=True)} for the related ones" if fr is not None and fq is not None else ""
+        s += f"; zeroing frequency-matched random features ({n} draws{freq}) {_paired_change(v, 't6_random', 'it')[1]}"
+        rr, _ = _paired_change(v, "t6_related_vs_random", "it")
+        s += (f"; related − random: {pr(num(v, 't6_related_vs_random_delta'))} (95% CI {pci(v, 't6_related_vs_random')}), so "
+              + ("the related features matter no more than random ones of the same frequency" if rr in ("no change", "unknown")
+                 else f"zeroing the related features {rr} it more than zeroing random ones of the same frequency"))
+    if num(v, "t6_prefix_reward") is not None:
+        s += (f". Per sample, over {v.get('t6_n', MISSING)} completions; the prefix's own reward ({pr(num(v, 't6_prefix_reward'))}, "
+              "the same in every condition) is left out")
+    return s
 
 
 def ablation_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -> str:
@@ -311,7 +399,10 @@ def ablation_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -
     verb = "raised" if rel > rec else "lowered" if rel < rec else "did not change"
     n_rel = v.get("n_related_features", MISSING)
     nohook = num(v, "ablation_no_hook")
-    s = (f"zeroing the {n_rel} related features {verb} the {metric} to {pr(rel)} "
+    paired = paired_ablation_sentence(v, lexicon)
+    s = ("Paper method (" + ("reward of prefix + completion" if v.get("ablation_metric") == "vader_reward" else "means") + "): "
+         if paired else "")
+    s += (f"zeroing the {n_rel} related features {verb} the {metric} to {pr(rel)} "
          f"(SAE reconstruction alone: {pr(rec)}" + (f"; no hook: {pr(nohook)})" if nohook is not None else ")"))
     published = _paper_models(paper["table6_ablation"])
     if lexicon and published:
@@ -328,7 +419,8 @@ def ablation_sentence(v: dict[str, Any], lexicon: bool, paper: dict[str, Any]) -
             s += f"; the change is within the range of {spread}, so it is not distinguishable from zeroing random features"
     elif num(v, "ablation_random") is not None:
         s += f"; random features zeroed: {pr(num(v, 'ablation_random'))}"
-    return s + ("." if lexicon else ". No paper number: the paper ablates on the VADER task only.")
+    s += "." if lexicon else ". No paper number: the paper ablates on the VADER task only."
+    return f"{paired[0].upper()}{paired[1:]}. {s}" if paired else s
 
 
 def _label(runs: dict[tuple[str, str], Any], m: str, t: str) -> str:
@@ -409,7 +501,7 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
     paper = paper_results()
     secs: list[Section] = [verdict_section(params, runs, paper)]
     for (m, t), r in runs.items():
-        if r.get("measure"):
+        if r.get("measure") and is_lexicon(params, t):
             sec = Section(f"The validated measurement: {_label(runs, m, t)} (controls that can fail)")
             tau = num(r["probe"], "kendall_tau")
             sec.text.extend(measure_report.sentences(r["measure"], tau))
@@ -420,6 +512,13 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
                                    _copy_figure(figure, f"{m}-{t}-learned-values.png")))
             sec.notes.append("Learned value of a word = mean over its real review contexts of log π_ft(word | context) − "
                              "log π_base(word | context); per-word values and CIs in `reports/runs/<run>/lfp_words.csv`.")
+            secs.append(sec)
+        elif r.get("measure"):
+            sec = Section(f"The validated measurement: {_label(runs, m, t)} (DPO's implicit reward as ground truth)")
+            sec.text.extend(preference_report.sentences(r["measure"], r["probe"]))
+            sec.tables.append(("", pd.DataFrame(preference_report.table(r["measure"], r["probe"]), columns=preference_report.COLUMNS)))
+            sec.notes.append("Accuracies with 95% bootstrap CIs over held-out test pairs (split by dialogue); fine-tuned − base "
+                             "is a paired difference. Per-pair implicit rewards in `reports/runs/<run>/lfp_pairs.csv`.")
             secs.append(sec)
 
     overview = Section("What was measured")
@@ -581,14 +680,21 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             shuffled = fmt(p.get("shuffled_probe_accuracy"), pct=True)
             if shuffled != MISSING and num(p, "shuffled_probe_accuracy_sd") is not None:
                 shuffled += f" (sd {fmt(p['shuffled_probe_accuracy_sd'], pct=True)})"
+            bow = fmt(p.get("bow_baseline_accuracy"), pct=True)
+            if bow != MISSING and ci(p, "bow_baseline_accuracy", pct=True) != MISSING:
+                bow += " " + ci(p, "bow_baseline_accuracy", pct=True)
             rows.append([f"{m} (ours)", t, fmt(p.get("probe_accuracy"), pct=True), ci(p, "probe_accuracy", pct=True), p.get("n_test", MISSING),
-                         base, shuffled])
+                         base, shuffled, bow])
         for pm, v in paper["table3_probe_accuracy"].items():
             if pm.startswith("_"):
                 continue
             for t in ("hh", "toxic"):
-                rows.append([f"{pm} (paper)", t, f"{v[t]}%", MISSING, MISSING, MISSING, MISSING])
-        s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "accuracy", "95% CI", "n test", "base-model control", "shuffled labels"])))
+                rows.append([f"{pm} (paper)", t, f"{v[t]}%", MISSING, MISSING, MISSING, MISSING, MISSING])
+        s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "accuracy", "95% CI", "n test", "base-model control", "shuffled labels",
+                                                         "bag-of-words (text only)"])))
+        s.notes.append("Bag-of-words: the same logistic probe on binary word counts of each element's text, no model. Where it matches "
+                       "the probe, Table 3 measures how different the contrastive texts are; the sound comparison (real held-out "
+                       "pairs, pairwise and implicit-reward probes, base model) is in each task's 'validated measurement' section.")
         s.notes.append("Chance is 50% (balanced positive and negative elements). — in (paper) rows: the paper publishes no CI, "
                        "test size or controls.")
         for (m, t) in pair_runs:
@@ -615,6 +721,33 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
     s.tables.append(("Table 6: fine-tuning objective under ablation",
                      pd.DataFrame(rows6, columns=["model", "task", "metric", "no hook", "SAE reconstruction", "related zeroed",
                                                   "random zeroed (control)", "why blank"])))
+    rows7b, rows6b = [], []
+    for (m, t), r in runs.items():
+        v = r["validate"]
+        rows7b.append([f"{m} (ours)", t, f"{fmt(v.get('t7_related_high'), pct=True)} / {fmt(v.get('t7_related_low'), pct=True)}",
+                       f"{fmt(v.get('t7_unrelated_high'), pct=True)} / {fmt(v.get('t7_unrelated_low'), pct=True)}",
+                       f"{fmt(v.get('t7_live_baseline_high'), pct=True)} / {fmt(v.get('t7_live_baseline_low'), pct=True)}",
+                       pr(num(v, "t7_p")), pr(num(v, "t7_quantile_p")),
+                       f"{fmt(v.get('mmcs_shared'))} vs {fmt(v.get('mmcs_random_dictionary'))} {ci(v, 'mmcs_random_dictionary')}",
+                       "; ".join(dict.fromkeys(str(v[k]) for k in ("t7_reason", "t7_quantile_reason") if v.get(k)))
+                       or ("" if num(v, "t7_p") is not None else "`t7_*` missing from validate.json")])
+        rows6b.append([f"{m} (ours)", t, fmt(v.get("t6_metric")), fmt(v.get("t6_prefix_reward")), fmt(v.get("t6_reconstruction")),
+                       f"{fmt(v.get('t6_related_delta'))} {ci(v, 't6_related')}", f"{fmt(v.get('t6_random_delta'))} {ci(v, 't6_random')}",
+                       f"{fmt(v.get('t6_related_vs_random_delta'))} {ci(v, 't6_related_vs_random')}",
+                       "" if num(v, "t6_related_delta") is not None else (v.get("ablation_reason") or "`t6_*` missing from validate.json")])
+    s.tables.append(("Table 7 that can fail: held-out rows only, frequency on high / low predicted feedback, live features",
+                     pd.DataFrame(rows7b, columns=["model", "task", "related (high / low)", "unrelated (high / low)", "live baseline (high / low)",
+                                                   "p (related vs unrelated contrast)", "p at the quantile threshold",
+                                                   "MMCS shared vs random dictionary [CI]", "why blank"])))
+    s.tables.append(("Table 6 that can fail: completion reward only, paired CIs vs the SAE reconstruction",
+                     pd.DataFrame(rows6b, columns=["model", "task", "metric", "prefix reward (same in every condition)", "SAE reconstruction",
+                                                   "related zeroed − reconstruction [CI]", "frequency-matched random − reconstruction [CI]",
+                                                   "related − random [CI]", "why blank"])))
+    s.notes.append("The first two tables are the paper's computation (all rows, all features; reward of prefix + completion). "
+                   "The two 'that can fail' tables are the sound versions: a related feature counts as associated with high "
+                   "feedback only if its frequency rises from low- to high-prediction held-out rows more than unrelated "
+                   "features' does (permutation p); ablation effects are paired differences with bootstrap CIs, against a "
+                   "random-feature control matched in activation frequency.")
     s.notes.append("Table 7's threshold applies to the probe's prediction: the rescaled delta for VADER, the logistic "
                    "decision function (log-odds) for HH/toxic. *why blank* gives the reason, from validate.json.")
     s.notes.append("— in (paper) rows: the paper publishes no input counts and ablates without an SAE-reconstruction or "

@@ -77,11 +77,11 @@ def ce_recovered(clean: float, recon: float, zero: float) -> float:
 
 
 def run(params: Params, model: str, task: str, source: str = "finetuned") -> None:
-    cfg = params.sae
+    cfg = params.sae_for(model)  # sae with the model's overrides (model_specs.<m>.sae_*)
     if len(set(cfg.ratios)) < 2:
         raise ConfigError("params: 'sae.ratios' needs two different sizes (small and large dictionary) for matching")
     small_r, large_r = min(cfg.ratios), max(cfg.ratios)
-    l1 = params.spec(model).sae_l1 if params.spec(model).sae_l1 is not None else cfg.l1
+    l1 = cfg.l1
     topk = cfg.architecture == "topk"  # TopK: k fixes the sparsity, no l1 term
     arch = {"architecture": cfg.architecture, "k": cfg.k if topk else None}
     act_dir = paths.activations_dir(model, task, source)

@@ -20,6 +20,7 @@ class TaskKind(Protocol):
     finetune_method: str  # "grpo" | "dpo"
     probe_method: str  # "ridge" (signed delta, Kendall τ) | "logistic" (positive vs negative)
     ablation_metric: str  # what validate's zero-ablation scores
+    measure_method: str  # "lexicon" (learned values per word) | "preference" (implicit reward per pair)
 
     def prepare(self, params: Params, task: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, Any]]:
         """(split -> rows, metrics, MLflow tags) from the raw data; writes nothing."""

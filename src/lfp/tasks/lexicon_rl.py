@@ -23,6 +23,7 @@ class LexiconRl:
     finetune_method = "grpo"
     probe_method = "ridge"
     ablation_metric = "vader_reward"
+    measure_method = "lexicon"
 
     def prepare(self, params: Params, task: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, Any]]:
         spec, cfg = params.task(task), params.prepare

@@ -26,6 +26,7 @@ class PreferenceDpo:
     finetune_method = "dpo"
     probe_method = "logistic"
     ablation_metric = "dpo_implicit_reward_margin"
+    measure_method = "preference"
 
     def prepare(self, params: Params, task: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, Any]]:
         spec, seed = params.task(task), params.seed
