@@ -166,3 +166,20 @@ def test_no_code_outside_lfp_tasks_compares_a_task_name_to_a_literal() -> None:
     bad = [f"{p.relative_to(LFP_SRC).as_posix()}:{line}: {code}"
            for p in files for line, code in task_name_comparisons(p.read_text(encoding="utf-8"))]
     assert not bad, "branch on a task's name (ask its kind: lfp.tasks.kind_of / params.kind / task_specs):\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(("broken", "needle"), [
+    (lambda rows: rows.__setitem__(3, {"prompt": "Q?", "chosen": "A."}), "missing field 'rejected'"),
+    (lambda rows: rows.__setitem__(4, {**rows[4], "chosen": "  "}), "field 'chosen' is empty"),
+    (lambda rows: rows.__setitem__(5, dict(rows[1])), "duplicate of the pair on line 2"),
+    (lambda rows: rows.__setitem__(6, {**rows[6], "rejected": rows[6]["chosen"]}), "are identical"),
+])
+def test_bad_local_preference_file_fails_with_file_line_and_writes_nothing(project: Path, broken, needle: str) -> None:
+    rows = pref_lines()
+    broken(rows)
+    source = write_lines(project / "mypref.jsonl", rows)
+    params = params_with_task(project, source)
+    with pytest.raises(DataError, match=needle) as err:
+        prepare.run(params, task="mypref")
+    assert str(err.value).startswith(f"{source}:")
+    assert not prepared_file("mypref", "finetune").exists() and not prepared_file("mypref", "heldout").exists()

@@ -108,21 +108,30 @@ def read_hh_subset(subset: str) -> tuple[list[dict[str, Any]], collections.Count
 
 def read_pairs_file(path: Path) -> tuple[list[dict[str, Any]], collections.Counter]:
     """Pairs of a local preference JSONL (toxic-dpo-v0.2 format: `prompt`, `chosen`, `rejected`); the
-    bare prompt is wrapped as one HH turn; `subset` = the file's name without extensions."""
-    drops: collections.Counter = collections.Counter()
+    bare prompt is wrapped as one HH turn; `subset` = the file's name without extensions.
+
+    A user's own file is held to a stricter rule than the shipped HH data: an empty field, identical
+    replies or a repeated pair stops with `file:line` (a silently dropped or duplicated pair would
+    bias DPO and leak across the held-out split)."""
+    seen: dict[tuple[str, str, str], int] = {}
     pairs = []
     for lineno, obj in io.iter_jsonl(path, PAIR_FIELDS):
-        if not obj["prompt"].strip():
-            drops["empty_prompt"] += 1
-            continue
+        for name in ("prompt", "chosen", "rejected"):
+            if not obj[name].strip():
+                raise DataError(f"{path}:{lineno}: field '{name}' is empty")
+        key = (obj["prompt"].strip(), obj["chosen"].strip(), obj["rejected"].strip())
+        if key[1] == key[2]:
+            raise DataError(f"{path}:{lineno}: fields 'chosen' and 'rejected' are identical")
+        if key in seen:
+            raise DataError(f"{path}:{lineno}: duplicate of the pair on line {seen[key]}")
+        seen[key] = lineno
         prompt = f"{HUMAN} {obj['prompt'].strip()}{ASSISTANT}"
         replies = [r if r[:1].isspace() else f" {r}" for r in (obj["chosen"], obj["rejected"])]
         pair, reason = make_pair(prompt, replies[0], prompt, replies[1])
         if pair is None:
-            drops[reason] += 1
-            continue
+            raise DataError(f"{path}:{lineno}: unusable pair ({reason})")
         pairs.append({"key": f"dpo-{lineno - 1:05d}", "subset": path.name.split(".")[0], **pair})
-    return pairs, drops
+    return pairs, collections.Counter()
 
 
 def pair_rows(task: str, pairs: Iterable[dict[str, Any]], *, swap: bool, proxy: bool | None) -> list[dict[str, Any]]:
