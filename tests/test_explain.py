@@ -286,6 +286,14 @@ def test_explain_stage_offline(project, tiny_model_dir):
     assert rows[0]["similarity"] == pytest.approx(0.9)
     summary = io.read_json(paths.report_dir("tiny", "vader") / "explain.json")
     assert summary["n_features"] == len(rows) and summary["simulation_backend"] == "offline-lexical"
+    # detection scores on held-out contexts; the dashboards' contexts and histogram
+    scored = [r["detection_score"] for r in rows if r["detection_score"] is not None]
+    assert scored and all(0.0 <= x <= 1.0 for x in scored)
+    assert summary["explainer"] == "offline" and summary["explanation_score_n"] == len(scored)
+    assert summary["explanation_score_mean"] == pytest.approx(np.mean(scored))
+    assert "explanation_score_shuffled_mean" in summary and "explanation_score_offline_ci_low" in summary
+    assert f0["contexts"] and f0["contexts"][0]["tokens"][f0["contexts"][0]["peak"]].strip()
+    assert sum(f0["activation_histogram"]["counts"]) == f0["activation_histogram"]["n_active"] > 0
     assert summary["n_related"] == sum(r["related"] is True for r in rows)
     run = stage_mlflow_run(params, "explain")
     assert run.data.tags["explainer"] == "offline" and run.data.tags["explainer_is_proxy"] == "true"
@@ -300,6 +308,9 @@ def _stub_responder(req: dict[str, Any], n: int) -> tuple[int, Any]:
         docs = re.findall(r"<start>\n(.*?)\n<end>", user, re.DOTALL)
         acts = [[10 if i == 0 else 0 for i, _ in enumerate(d.split("\n"))] for d in docs]
         return 200, chat_body(json.dumps({"activations": acts}))
+    if '"fires"' in system:  # detection: yes on the first of the numbered contexts
+        n_ctx = len(re.findall(r"^\d+\. ", user, re.MULTILINE))
+        return 200, chat_body(json.dumps({"fires": ["yes" if i == 0 else "no" for i in range(n_ctx)]}))
     if '"related"' in system:
         return 200, chat_body('```json\n{"related": true}\n```')
     return 200, chat_body(" words at the start of a document.")
@@ -327,6 +338,12 @@ def test_explain_stage_openai_backend_over_http(project, tiny_model_dir, monkeyp
     assert live and all(r["related"] is True and r["backend"] == "openai" for r in live)
     assert all(r["explanation"] == "words at the start of a document." for r in live)
     assert all(-1.0 <= r["simulation_score"] <= 1.0 for r in live if r["simulation_score"] is not None)
+    detect_prompts = [q for q in server.requests if '"fires"' in q["messages"][0]["content"]]
+    assert detect_prompts and all(q["response_format"]["type"] == "json_schema" for q in detect_prompts)
+    assert any(r["detection_score"] is not None for r in live) and all("detection_score_offline" in r for r in rows)
+    summary = io.read_json(paths.report_dir("tiny", "vader") / "explain.json")
+    assert summary["explainer"] == "openai" and summary["detection_detector"] == "llm"
+    assert "explanation_score_openai_mean" in summary and "explanation_score_offline_mean" in summary
     explain_prompts = [q for q in server.requests if "Explanation of feature" in q["messages"][1]["content"]]
     assert len(explain_prompts) == len(live)
     assert re.search(r"\n[^\n]*\t(10|[0-9])\n", explain_prompts[0]["messages"][1]["content"])  # token<TAB>activation

@@ -327,6 +327,9 @@ class Explain:
     batch_size: int = _num(16, 1)
     related_threshold: float = _num(0.2, 0.0, 1.0)
     simulate: bool = True
+    # detection score (lfp.detection): held-out contexts per feature, half active, half inactive; 0 = off
+    detection_contexts: int = _num(10, 0)
+    bootstrap: int = _num(2000, 1)  # resamples of the CI (over features) of the mean detection score
     task_descriptions: dict[str, str] = field(
         default_factory=lambda: {
             "vader": "training the model to generate completions with positive sentiment",

@@ -26,6 +26,7 @@ from lfp.llm import InvalidReply, LlmClient, is_placeholder, object_schema
 
 MAX_ACT = 10
 N_TOP_TOKENS = 8
+N_NAMED_WORDS = 5  # the offline explanation names this many peak words (lfp.detection scores them)
 HH_OFFLINE_NOTE = "relatedness not available offline"
 UNUSABLE = "unusable LLM explanation"  # prefix of a placeholder / echoed reply, kept visible, never labelled
 RELATED_SCHEMA = object_schema({"related": {"type": "boolean"}})
@@ -166,7 +167,7 @@ class OfflineExplainer:
             return Explanation("never activates on the corpus", None, [], None)
         words = top_tokens(record)
         snippet = _snippet(record.top[0])
-        text = f"peaks on {', '.join(repr(w) for w in words[:5]) or 'punctuation/whitespace'}; e.g. “{snippet}”"
+        text = f"peaks on {', '.join(repr(w) for w in words[:N_NAMED_WORDS]) or 'punctuation/whitespace'}; e.g. “{snippet}”"
         share = related_share(record.peak_words, self.related_rule)
         if share is None:
             related = None

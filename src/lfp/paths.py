@@ -18,6 +18,7 @@ PROBE_DATA = Path("data/probe")
 MODELS = Path("models")
 REPORTS = Path("reports")
 RUN_REPORTS = REPORTS / "runs"  # every per-run metrics file; the report stage depends on this folder
+FEATURE_DASHBOARDS = REPORTS / "features"  # report stage: one self-contained HTML page per run
 
 Source = Literal["base", "finetuned"]
 SOURCES: tuple[str, ...] = ("base", "finetuned")
@@ -118,6 +119,11 @@ def probe_plots_dir(model: str, task: str) -> Path:
 def table7_features_file(model: str, task: str) -> Path:
     """validate: per explained feature, its frequency on high vs low held-out rows (Table 7)."""
     return report_dir(model, task) / "table7_features.jsonl"
+
+
+def feature_dashboard_file(model: str, task: str) -> Path:
+    """report: the run's feature dashboards (explanations, scores, contexts, histograms, Tables 6/7)."""
+    return FEATURE_DASHBOARDS / f"{run_id(model, task)}.html"
 
 
 def table6_samples_file(model: str, task: str) -> Path:

@@ -19,12 +19,21 @@ import torch
 from tqdm import tqdm
 
 from lfp import io, paths
-from lfp.data import prepared_file
-from lfp.layers import chosen_layers
-from lfp.tasks import related_rule
 from lfp.config import Params, section_dict
+from lfp.data import prepared_file
+from lfp.detection import (
+    HeldOut,
+    LlmDetector,
+    derangement,
+    explanation_words,
+    lexicon_detect,
+    score,
+)
+from lfp.detection import summarize as summarize_scores
 from lfp.errors import ArtifactError, DataError
 from lfp.explainers import (
+    MAX_ACT,
+    UNUSABLE,
     Context,
     FeatureRecord,
     OfflineExplainer,
@@ -32,8 +41,11 @@ from lfp.explainers import (
     normalize_word,
     scale_activations,
 )
+from lfp.layers import chosen_layers
+from lfp.tasks import related_rule
 
 STAGE = "explain"
+HIST_BINS = 20  # activation histogram of each feature over the corpus (for the dashboards)
 
 
 @dataclass
@@ -176,6 +188,112 @@ def feature_record(
     return FeatureRecord(layer, feature, similarity, max_act, top, random)
 
 
+def _levels(values: np.ndarray, max_act: float) -> np.ndarray:
+    """Activations on Bills et al.'s 0..10 scale (as the explainer sees them)."""
+    return np.rint(np.clip(values, 0.0, None) / max_act * MAX_ACT)
+
+
+def _inactive_start(levels: np.ndarray, size: int, rng: np.random.Generator) -> int | None:
+    """A random start of a window whose every token is 0 on the 0..10 scale; None if there is none."""
+    width = min(size, len(levels))
+    if width == 0:
+        return None
+    starts = np.flatnonzero(np.lib.stride_tricks.sliding_window_view(levels, width).max(axis=1) == 0)
+    return int(rng.choice(starts)) if len(starts) else None
+
+
+def heldout_contexts(
+    corpus: list[EncodedText], layer: int, column: int, n_shown: int, n: int, size: int, rng: np.random.Generator,
+) -> HeldOut:
+    """Contexts never shown to the explainer, for the detection score: n//2 active ones (windows at
+    the peak of the texts ranked just after the `n_shown` shown ones, peak >= 1 on the 0..10 scale)
+    and n - n//2 inactive ones (random windows of other texts where every token is 0), shuffled."""
+    per_text = [t.codes[layer][:, column] for t in corpus]
+    maxima = np.array([v.max() if len(v) else 0.0 for v in per_text])
+    max_act = float(maxima.max()) if len(maxima) else 0.0
+    if max_act <= 0 or n < 2:
+        return HeldOut([], [])
+    ranked = [int(i) for i in np.argsort(-maxima, kind="stable") if maxima[i] > 0]
+    positives = [i for i in ranked[n_shown:] if _levels(maxima[i : i + 1], max_act)[0] >= 1][: n // 2]
+    contexts = [_context(corpus[i], per_text[i], int(per_text[i].argmax()), size, max_act) for i in positives]
+    active = [True] * len(contexts)
+    used = set(ranked[:n_shown]) | set(positives)
+    for i in rng.permutation(len(corpus)):
+        if len(active) - sum(active) == n - n // 2:
+            break
+        if int(i) in used:
+            continue
+        start = _inactive_start(_levels(per_text[i], max_act), size, rng)
+        if start is not None:
+            text, end = corpus[int(i)], min(len(per_text[i]), start + size)
+            contexts.append(Context(tokens=text.tokens[start:end], words=text.words[start:end],
+                                    acts=[0] * (end - start), peak=0))
+            active.append(False)
+    order = rng.permutation(len(contexts))
+    return HeldOut([contexts[k] for k in order], [active[k] for k in order])
+
+
+def activation_histogram(corpus: list[EncodedText], layer: int, column: int, bins: int = HIST_BINS) -> dict[str, Any]:
+    """Histogram of the feature's positive activations over every corpus token, plus how many
+    tokens there are and how many are active (> 0): the dashboards draw it."""
+    values = np.concatenate([t.codes[layer][:, column] for t in corpus]) if corpus else np.zeros(0)
+    active = values[values > 0]
+    top = float(active.max()) if len(active) else 1.0
+    counts, edges = np.histogram(active, bins=bins, range=(0.0, top))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
+            "n_tokens": len(values), "n_active": len(active)}
+
+
+def context_rows(contexts: list[Context]) -> list[dict[str, Any]]:
+    """The contexts shown to the explainer, as features.jsonl stores them (tokens, 0..10 acts, peak)."""
+    return [{"tokens": c.tokens, "acts": c.acts, "peak": c.peak} for c in contexts]
+
+
+# --------------------------------------------------------------------------------------------
+# detection scores
+# --------------------------------------------------------------------------------------------
+
+
+def _usable(row: dict[str, Any]) -> bool:
+    """A feature whose explanation can be scored: it activates, and the LLM's reply was usable."""
+    return bool(row["top_tokens"]) and not str(row["explanation"]).startswith(UNUSABLE)
+
+
+def detection_scores(rows: list[dict[str, Any]], held: list[HeldOut], explainer: Any, seed: int) -> None:
+    """Add `detection_score` (this explainer), `detection_score_shuffled` (another feature's
+    explanation, a seeded derangement) and, for the LLM, `detection_score_offline` (the lexicon
+    explainer's words on the same contexts) to every row."""
+    if explainer.name == "openai":
+        detector, text = LlmDetector(explainer.client), (lambda r: r["explanation"])
+    else:
+        detector, text = lexicon_detect, (lambda r: explanation_words(r["top_tokens"]))
+    live = [i for i, r in enumerate(rows) if _usable(r) and held[i].contexts]
+    donor = derangement(len(live), np.random.default_rng([seed, 17]))
+    shuffled = {live[k]: live[donor[k]] for k in range(len(live))} if len(live) >= 2 else {}
+    for i, (row, h) in enumerate(zip(rows, held)):
+        row["detection_n_active"], row["detection_n_inactive"] = sum(h.active), len(h.active) - sum(h.active)
+        row["detection_score"] = score(detector, text(row), h) if i in live else None
+        row["detection_score_shuffled"] = score(detector, text(rows[shuffled[i]]), h) if i in shuffled else None
+        if explainer.name == "openai":
+            row["detection_score_offline"] = score(lexicon_detect, explanation_words(row["top_tokens"]), h) if h.contexts else None
+
+
+def detection_summary(rows: list[dict[str, Any]], explainer: Any, n_resamples: int, seed: int) -> dict[str, Any]:
+    """explain.json: mean detection score with a bootstrap CI over features, for this explainer
+    (`explanation_score_*` and `explanation_score_{name}_*`), the shuffled baseline and, for the
+    LLM, the lexicon explainer on the same contexts."""
+    def col(key: str) -> list[float | None]:
+        return [r.get(key) for r in rows]
+
+    out = {"explainer": explainer.name, "detection_detector": "llm" if explainer.name == "openai" else "lexicon"}
+    out |= summarize_scores(col("detection_score"), "explanation_score", n_resamples, seed)
+    out |= summarize_scores(col("detection_score"), f"explanation_score_{explainer.name}", n_resamples, seed)
+    out |= summarize_scores(col("detection_score_shuffled"), "explanation_score_shuffled", n_resamples, seed)
+    if explainer.name == "openai":
+        out |= summarize_scores(col("detection_score_offline"), "explanation_score_offline", n_resamples, seed)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # stage
 # --------------------------------------------------------------------------------------------
@@ -237,7 +355,7 @@ def run(params: Params, model: str, task: str) -> None:
         corpus = encode_corpus(lm, tokenizer, saes, {L: [f for f, _ in selected[L]] for L in layers}, texts,
                                cfg.max_length, cfg.batch_size, device)
         rng = np.random.default_rng(params.seed)
-        rows = []
+        rows, held = [], []
         for L in layers:
             for column, (feature, sim) in enumerate(tqdm(selected[L], desc=f"explain layer {L}", leave=False)):
                 record = feature_record(corpus, L, column, feature, sim, cfg.n_contexts, cfg.context_tokens, rng)
@@ -245,10 +363,18 @@ def run(params: Params, model: str, task: str) -> None:
                 rows.append({
                     "layer": L, "feature": feature, "similarity": sim, "explanation": result.explanation,
                     "related": result.related, "backend": explainer.name, "top_tokens": result.top_tokens,
-                    "simulation_score": result.simulation_score,
+                    "simulation_score": result.simulation_score, "max_activation": record.max_activation,
+                    "contexts": context_rows(record.top), "activation_histogram": activation_histogram(corpus, L, column),
                 })
+                # its own generator: the stage's `rng` (random contexts of later features) stays as it was
+                held.append(heldout_contexts(corpus, L, column, cfg.n_contexts, cfg.detection_contexts, cfg.context_tokens,
+                                             np.random.default_rng([params.seed, L, feature])))
+        summary = summarize(rows, explainer, len(texts))
+        if cfg.detection_contexts:
+            detection_scores(rows, held, explainer, params.seed)
+            summary |= detection_summary(rows, explainer, cfg.bootstrap, params.seed)
         out_dir = paths.report_dir(model, task)
         io.write_jsonl(out_dir / "features.jsonl", rows)
-        run_.write_metrics(out_dir / "explain.json", summarize(rows, explainer, len(texts)))
+        run_.write_metrics(out_dir / "explain.json", summary)
         run_.log_artifact(out_dir / "features.jsonl")
 
