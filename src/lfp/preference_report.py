@@ -58,7 +58,8 @@ def sentences(m: dict[str, Any], probe: dict[str, Any]) -> list[str]:
     out.append(f"**Did DPO learn a preference that generalises?** On {m.get('n_pairs', '—')} held-out pairs (never trained on; "
                f"{m.get('n_pairs_cut_to_context', '—')} cut to the {m.get('context_tokens', '—')}-token context), DPO's implicit reward "
                f"β·log π_ft/π_base ranks the preferred reply higher in {_with_ci(m, 'implicit_reward_acc')} of pairs — "
-               + ("clearly above 50% chance: a learned preference exists to be found."
+               + (("above 50% chance (the CI excludes it)" + (": a weak learned preference, but one a probe could find."
+                   if (_n(m, "implicit_reward_acc_ci_low") or 0) < 0.55 else ": a learned preference exists to be found."))
                   if learned else "not clearly above 50% chance: there is little learned preference for any probe to find."))
     pair, bow = _n(m, "pairwise_accuracy_finetuned"), _n(m, "pairwise_accuracy_bow")
     pair_lo = _n(m, "pairwise_accuracy_finetuned_ci_low")
