@@ -33,6 +33,8 @@ def write_features(root, task: str, related: dict[int, list[int]], width: int) -
     rows = [{"layer": L, "feature": f, "similarity": 0.5, "explanation": "x", "related": f in related.get(L, []),
              "backend": "offline", "top_tokens": [], "simulation_score": None} for L in LAYERS for f in range(width)]
     io.write_jsonl(root / paths.report_dir("tiny", task) / "features.jsonl", rows)
+    io.write_json(root / paths.report_dir("tiny", task) / "explain.json",
+                  {"explainer": "offline", "llm_model": "none (offline lexicon explainer)", "explanation_score_offline_mean": 0.7})
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +359,7 @@ def test_validate_stage(task, project, tiny_model_dir):
     validate.run(params, model="tiny", task=task)
     out = io.read_json(paths.report_dir("tiny", task) / "validate.json")
     assert out["n_related_features"] == 3 and out["n_high_delta_inputs"] > 0
+    assert out["explainer"] == "offline" and out["llm_model"].startswith("none") and out["explanation_score_offline_mean"] == 0.7
     assert 0 <= out["freq_related"] <= 1 and 0 <= out["freq_all"] <= 1
     assert out["ablation_metric"] == ("vader_reward" if task == "vader" else "dpo_implicit_reward_margin")
     assert out["ablation_n"] == 4 and out["ablation_reason"] is None

@@ -370,6 +370,8 @@ def run(params: Params, model: str, task: str) -> None:
                 held.append(heldout_contexts(corpus, L, column, cfg.n_contexts, cfg.detection_contexts, cfg.context_tokens,
                                              np.random.default_rng([params.seed, L, feature])))
         summary = summarize(rows, explainer, len(texts))
+        # which model wrote the explanations (GGUF file + sha256 for a local server), copied into validate.json
+        summary["llm_model"] = explainer.client.model_id if explainer.name != "offline" else "none (offline lexicon explainer)"
         if cfg.detection_contexts:
             detection_scores(rows, held, explainer, params.seed)
             summary |= detection_summary(rows, explainer, cfg.bootstrap, params.seed)

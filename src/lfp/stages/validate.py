@@ -416,6 +416,14 @@ def write_samples(path: Any, result: dict[str, Any] | None) -> None:
             w.writerow([i, *(f"{float(cols[c][i]):.6g}" for c in names)])
 
 
+def explainer_provenance(model: str, task: str) -> dict[str, Any]:
+    """Who labelled the features this validation rests on, and how well its explanations scored
+    (from explain.json): `explainer`, `llm_model`, `explanation_score_<explainer>_mean`."""
+    explained = io.read_json(paths.report_dir(model, task) / "explain.json")
+    keys = ["explainer", "llm_model"] + sorted(k for k in explained if k.startswith("explanation_score_") and k.endswith("_mean"))
+    return {k: explained.get(k) for k in keys}
+
+
 def run(params: Params, model: str, task: str) -> None:
     """Tables 7 and 6 the paper's way and the ways that can fail, and the MMCS beside its null."""
     from lfp.sae import load_sae
@@ -462,4 +470,5 @@ def run(params: Params, model: str, task: str) -> None:
         metrics.update(table6_metrics(result, related, cfg.random_controls, cfg.bootstrap, params.seed))
         io.write_jsonl(paths.table7_features_file(model, task), t7_rows)
         write_samples(paths.table6_samples_file(model, task), result)
+        metrics.update(explainer_provenance(model, task))
         run_.write_metrics(paths.report_dir(model, task) / "validate.json", metrics)
