@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -96,3 +97,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def planted_sae_rows(n_rows: int = 3000, d: int = 32, n_features: int = 64, p_active: float = 0.04, seed: int = 0) -> np.ndarray:
+    """SAE training rows with known features (test_sae, test_sae_topk): rows = sparse non-negative combinations of unit feature directions + small noise."""
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n_features, d))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    codes = (rng.random((n_rows, n_features)) < p_active) * rng.exponential(1.0, (n_rows, n_features))
+    return (codes @ feats + 0.01 * rng.standard_normal((n_rows, d))).astype(np.float32)

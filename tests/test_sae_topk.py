@@ -25,19 +25,11 @@ from lfp.sae import (
     train_sae_reference,
     train_saes,
 )
+from conftest import planted_sae_rows as planted
 from lfp.sae import step as step_module
 from lfp.sae.model import DeadLatents, topk_aux_loss, topk_relu
 from lfp.sae.quality import l0_edges
 from lfp.sae.step import GradientStep
-
-
-def planted(n_rows: int = 3000, d: int = 32, n_features: int = 64, p_active: float = 0.04, seed: int = 0) -> np.ndarray:
-    """Rows = sparse non-negative combinations of unit feature directions + small noise."""
-    rng = np.random.default_rng(seed)
-    feats = rng.standard_normal((n_features, d))
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    codes = (rng.random((n_rows, n_features)) < p_active) * rng.exponential(1.0, (n_rows, n_features))
-    return (codes @ feats + 0.01 * rng.standard_normal((n_rows, d))).astype(np.float32)
 
 
 @pytest.fixture(autouse=True)
