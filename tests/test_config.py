@@ -115,3 +115,22 @@ def test_local_llm_profile_is_the_default_plus_its_llm_keys():
             node.pop(key[-1])
     assert default == local
     assert yaml.safe_load((ROOT / "params" / "local-llm.yaml").read_text())["llm"]["server"] == "local"
+
+
+def _leaf_keys(node: object, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    if isinstance(node, dict):
+        return set().union(*(_leaf_keys(v, (*prefix, str(k))) for k, v in node.items())) if node else {prefix}
+    return {prefix}
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
+def test_every_profile_loads(profile: str):
+    load_params(ROOT / "params" / profile)
+
+
+def test_smollm2_profile_sets_every_knob_of_the_default():
+    """A real-model profile that silently lacks a knob runs the code's default, not the measurement
+    the README describes: every leaf of params.yaml (but the tiny model's own spec) is set there too."""
+    default = _leaf_keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    smollm2 = _leaf_keys(yaml.safe_load((ROOT / "params" / "smollm2.yaml").read_text()))
+    assert {k for k in default - smollm2 if k[:2] != ("model_specs", "tiny")} == set()

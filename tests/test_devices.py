@@ -284,7 +284,7 @@ def test_probe_stage_computes_codes_on_accelerates_device(spy: Spy, no_mlflow, i
     from test_probe import LAYERS, write_fake_upstream
 
     write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")
-    stops_on_meta("probe_codes.py:element_codes", probe.run, micro_params, "tiny", "hh")
+    stops_on_meta("probe_codes.py:element_codes_sets", probe.run, micro_params, "tiny", "hh")
     assert spy.accelerators == 1
     assert spy.moved["SparseAutoencoder"] == len(LAYERS) and spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= len(LAYERS)
@@ -301,7 +301,7 @@ def test_probe_controls_follow_the_models_device(spy: Spy, no_mlflow, in_tmp_pro
     triples = load_triples("hh", lexicon=False)
     with stage_context.open_stage("probe", micro_params, model="tiny", task="hh") as stage:
         assert stage.device == META
-        stops_on_meta("probe_codes.py:element_codes", probe.source_rows, stage, micro_params, "tiny", "hh", "base", LAYERS,
+        stops_on_meta("probe_codes.py:element_codes_sets", probe.source_rows, stage, micro_params, "tiny", "hh", "base", LAYERS,
                       triples, False)
     assert spy.moved["GPTNeoXForCausalLM"] == 1 and spy.moved["SparseAutoencoder"] == len(LAYERS)
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= 1

@@ -235,7 +235,7 @@ def test_report_stage_writes_headline_json_and_logs_it(in_tmp_project: Path):
     report.run(fake_params())
     headline = json.loads((in_tmp_project / "reports" / "headline.json").read_text())
     assert headline["vader.kendall_tau"] == 0.284 and headline["toxic.probe_accuracy"] == 0.525
-    assert (in_tmp_project / "reports" / "report.md").read_text().startswith("# Learned Feedback Patterns — report\n\n## What this run shows")
+    assert (in_tmp_project / "reports" / "report.md").read_text().startswith("# Learned Feedback Patterns — report\n\n## Verdicts of the controls")
     import mlflow
 
     run = mlflow.search_runs(experiment_names=["lfp"], output_format="list", filter_string="attributes.run_name = 'report'")[0]

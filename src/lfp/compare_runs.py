@@ -1,0 +1,155 @@
+"""Compare stage metrics across profiles: one Markdown table per stage, one row per (model, task, source).
+
+Why: the README says "compare probe@... across models"; the MLflow UI does it by ticking runs, and
+this prints the same comparison flat (for a report or a diff) from one store holding the runs of
+several profiles (tiny, smollm2, ...). Each row is the LATEST finished run of its key, so a re-run
+supersedes an older one and an unfinished or failed run never shows. Metric names are the same
+across models, so a column compares like with like; a metric a run lacks prints as "—".
+
+    python -m lfp.compare_runs [--stage probe ...] [--metrics a,b] [--tracking-uri URI]
+                               [--experiment lfp] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from lfp import io
+from lfp.errors import ArtifactError, BackendError, LfpError
+from lfp.tracking import redact, redact_url, sqlite_path, tracking_uri
+
+STAGES = ("finetune", "probe", "measure", "sae", "validate")
+MISSING = "—"
+# Headline metrics per stage (full-match regexes; a column appears only if some run has it).
+# Lexicon tasks (vader) and preference tasks (hh, toxic) log different headlines, so each list
+# names both: the other task's rows show "—".
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    # did fine-tuning learn? vader: mean reward gain; hh/toxic: DPO implicit-reward accuracy
+    "finetune": ("reward_gain", "implicit_reward_accuracy", "beats_base"),
+    # the paper's probe (vader: Kendall tau; hh/toxic: accuracy) and the no-model bag-of-words bar
+    "probe": ("kendall_tau", "probe_accuracy", "bow_baseline_accuracy"),
+    # the validated measurement and its planted control; hh/toxic: paired fine-tuned - base accuracy
+    "measure": ("learned_value_tau", "planted_auc", "pairwise_accuracy_diff"),
+    # reconstruction and sparsity averaged over layers, one pair per expansion factor in the store
+    "sae": (r"mean_x\d+_(?:fvu|l0)",),
+    # Table 6 (ablation: related vs random features), Table 7 (permutation p), shared-feature MMCS
+    "validate": ("t6_related_delta", "t6_random_delta", "t7_p", "mmcs_shared"),
+}
+
+
+def fmt(value: float | None) -> str:
+    """Three decimals; a nonzero value that would print as 0.000 keeps 3 significant digits."""
+    if value is None:
+        return MISSING
+    if math.isfinite(value) and value != 0 and abs(value) < 5e-4:
+        return f"{value:.3g}"
+    return f"{value:.3f}"
+
+
+def _natural(key: str) -> list[Any]:
+    """Sort key with numbers compared as numbers (`mean_x2_l0` before `mean_x16_l0`)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def latest_runs(uri: str, experiment: str, stages: Sequence[str]) -> list[Any]:
+    """The latest FINISHED stage run per (stage, model, task, source), in `stages` order.
+
+    A sqlite file that does not exist is an error, not a new empty store (MLflow would create it).
+    """
+    shown = redact_url(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ArtifactError(f"MLflow store {shown}: {db} does not exist")
+    for name in ("mlflow", "alembic"):  # as lfp.tracking: no INFO lines between table and error
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import mlflow  # lazily: ~1-2 s to import
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs: list[Any] = []
+        for stage in stages if exp is not None else ():  # tag filters take no IN list
+            query = f"tags.kind = 'stage' and tags.stage = '{stage}' and attributes.status = 'FINISHED'"
+            token = None
+            while True:
+                page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token,
+                                          order_by=["attributes.start_time DESC"])
+                runs.extend(page)
+                if not (token := page.token):
+                    break
+    except Exception as exc:  # noqa: BLE001 - unreachable server, foreign schema, ...
+        detail = redact(str(exc).splitlines()[0] if str(exc) else "")[:200]
+        raise BackendError(f"MLflow store {shown}: cannot list runs ({type(exc).__name__}: {detail})") from None
+    latest: dict[tuple[str, ...], Any] = {}
+    for run in runs:  # newest first: the first run of a key wins
+        t = run.data.tags
+        latest.setdefault((t.get("stage", ""), t.get("model", ""), t.get("task", ""), t.get("source", "")), run)
+    if not latest:
+        raise ArtifactError(f"MLflow store {shown}: no finished runs of stage {', '.join(stages)} "
+                            f"in experiment '{experiment}' (run the pipeline first)")
+    order = {s: i for i, s in enumerate(stages)}
+    return [latest[k] for k in sorted(latest, key=lambda k: (order[k[0]], *k[1:]))]
+
+
+def columns(stage: str, runs: Iterable[Any], metrics: Sequence[str] | None) -> list[str]:
+    """`metrics` as given, else the stage's default names (patterns) found in its runs."""
+    if metrics:
+        return list(metrics)
+    present = {k for r in runs for k in r.data.metrics}
+    out: list[str] = []
+    for pattern in DEFAULT_METRICS.get(stage, ()):
+        out += sorted((k for k in present if re.fullmatch(pattern, k) and k not in out), key=_natural)
+    return out
+
+
+def render(runs: Sequence[Any], stages: Sequence[str], metrics: Sequence[str] | None = None) -> str:
+    """One Markdown section per stage with runs: `## stage`, then model | task | source | metrics."""
+    parts: list[str] = []
+    for stage in stages:
+        rows = [r for r in runs if r.data.tags.get("stage") == stage]
+        if not rows:
+            continue
+        cols = columns(stage, rows, metrics)
+        lines = [f"## {stage}", "", "| " + " | ".join(["model", "task", "source", *cols]) + " |",
+                 "|" + "---|" * 3 + "---:|" * len(cols)]
+        for r in rows:
+            t, m = r.data.tags, r.data.metrics
+            cells = [t.get("model", ""), t.get("task", ""), t.get("source", ""), *(fmt(m.get(c)) for c in cols)]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the tables (and write them atomically to --out); a user error is one line, exit 2."""
+    ap = argparse.ArgumentParser(prog="python -m lfp.compare_runs", description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", action="append", dest="stages", metavar="STAGE",
+                    help=f"repeatable (default: {', '.join(STAGES)})")
+    ap.add_argument("--metrics", help="comma list of metric names (default: per-stage headlines)")
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db")
+    ap.add_argument("--experiment", default="lfp")
+    ap.add_argument("--out", help="also write the Markdown here (atomically)")
+    args = ap.parse_args(argv)
+    stages = list(dict.fromkeys(args.stages or STAGES))
+    if bad := [s for s in stages if not re.fullmatch(r"[\w.-]+", s)]:
+        ap.error(f"--stage {bad[0]!r}: not a stage name")
+    metrics = [m.strip() for m in (args.metrics or "").split(",") if m.strip()] or None
+    try:
+        text = render(latest_runs(args.tracking_uri or tracking_uri(), args.experiment, stages), stages, metrics)
+        if args.out:
+            io.write_text(args.out, text)
+    except (LfpError, OSError) as exc:
+        print(f"lfp compare_runs: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
