@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lfp.modeling import capture_mlp_outputs, replace_mlp_outputs
+from lfp.tokens import keep_last, leading_special_ids, with_lead
 
 
 def sae_replacement(sae: Any, zeroed: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -210,11 +211,12 @@ def paired_delta(
 def imdb_prefixes(texts: Sequence[str], tokenizer: Any, n: int, prefix_tokens: int, rng: np.random.Generator) -> list[list[int]]:
     """`n` prefixes of exactly `prefix_tokens` tokens (texts that are shorter are skipped)."""
     order = rng.permutation(len(texts))
+    lead = leading_special_ids(tokenizer)
     out: list[list[int]] = []
     for i in order:
         ids = tokenizer(texts[int(i)], add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) >= prefix_tokens:
-            out.append(ids[:prefix_tokens])
+            out.append([*lead, *ids[:prefix_tokens]])
             if len(out) == n:
                 break
     return out
@@ -268,10 +270,12 @@ def sample_rewards(
 
 
 def encode_pair_side(tokenizer: Any, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """(prompt + response ids, index of the first response token); the prompt is cut from the left."""
-    p = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"][: max_length - 1]
-    p = p[-(max_length - len(r)) :] if len(p) + len(r) > max_length else p
+    """(prompt + response ids, index of the first response token); the prompt is cut from the left
+    (keeping a leading `<bos>`)."""
+    lead = leading_special_ids(tokenizer)
+    p = with_lead(tokenizer, prompt, lead)
+    r = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"][: max_length - 1 - len(lead)]
+    p = keep_last(p, max_length - len(r), lead)
     if not p:  # the first response token needs a context
         p = [tokenizer.eos_token_id]
         r = r[: max_length - 1]

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from lfp import io
 from lfp.errors import ArtifactError, DataError
 from lfp.modeling import capture_mlp_outputs, d_model
+from lfp.tokens import keep_last, leading_special_ids
 
 TOKENIZE_BATCH = 512  # texts per tokenizer call in the counting pass
 INDEX_FIELDS = ("layers", "n_rows", "d_model", "n_texts", "text_offsets")
@@ -37,8 +38,9 @@ def layer_file(directory: Path, layer: int) -> Path:
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text, keeping the last `max_length` tokens."""
-    return [ids[-max_length:] for ids in tokenizer(texts, verbose=False)["input_ids"]]
+    """Token ids of each text, keeping the last `max_length` tokens (and a leading `<bos>`)."""
+    lead = leading_special_ids(tokenizer)
+    return [keep_last(ids, max_length, lead) for ids in tokenizer(texts, verbose=False)["input_ids"]]
 
 
 def token_lengths(tokenizer: Any, texts: list[str], max_length: int) -> np.ndarray:

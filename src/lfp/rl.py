@@ -192,7 +192,7 @@ def sample(model: Any, tokenizer: Any, prefixes: list[str], cfg: GrpoFinetune, s
     """
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        enc = tokenizer(prefixes, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(prefixes, return_tensors="pt", padding=True)  # as GRPOTrainer tokenizes prompts
     finally:
         tokenizer.padding_side = side
     torch.manual_seed(seed)

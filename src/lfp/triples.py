@@ -12,6 +12,7 @@ from typing import Any
 
 from lfp import io, paths
 from lfp.errors import DataError, ModelLoadError
+from lfp.tokens import keep_last, leading_special_ids
 
 LEXICON_ELEMENT_FIELDS = {"text": str, "word": str, "span": list, "value": (int, float)}
 ROLES = ("positive", "neutral", "negative")
@@ -83,8 +84,8 @@ def token_window(tokenizer: Any, text: str, span: tuple[int, int], max_length: i
     """(input ids, positions of the tokens overlapping char `span`).
 
     The text is cut after the span's last token (later tokens cannot influence it in a causal LM)
-    and truncated from the left to `max_length`, so the span survives. Empty positions if the span
-    maps to no token.
+    and truncated from the left to `max_length` (keeping a leading `<bos>`), so the span survives.
+    Empty positions if the span maps to no token.
     """
     try:
         enc = tokenizer(text, return_offsets_mapping=True, verbose=False)
@@ -95,8 +96,11 @@ def token_window(tokenizer: Any, text: str, span: tuple[int, int], max_length: i
     if not pos:
         return [], []
     stop = pos[-1] + 1
-    first = max(0, stop - max_length)
-    return list(enc["input_ids"][first:stop]), [p - first for p in pos if p >= first]
+    lead = leading_special_ids(tokenizer)
+    kept = keep_last(enc["input_ids"][:stop], max_length, lead)
+    shift = stop - len(kept)  # ids before the kept tail were dropped (after the kept `lead`, if cut)
+    lowest = shift + len(lead) if shift else 0
+    return kept, [p - shift for p in pos if p >= lowest]
 
 
 def windows_for(triples: Triples, role: str, tokenizer: Any, max_length: int) -> list[tuple[list[int], list[int]]]:

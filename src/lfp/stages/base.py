@@ -37,6 +37,7 @@ from lfp.data import prepared_file, subsample
 from lfp.errors import DataError, LfpError
 from lfp.gguf_sources import GGUF_SOURCES, load_gguf_model
 from lfp.modeling import d_model, load_model, n_layers
+from lfp.tokens import leading_special_ids
 from lfp.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -85,14 +86,17 @@ def token_stream(tokenizer: Any, texts: list[str]) -> list[int]:
     return list(itertools.chain.from_iterable([*seq, eos] for seq in ids))
 
 
-def pack(stream: list[int], block: int, *, keep_tail: bool) -> list[torch.Tensor]:
-    """Cut a token stream into `block`-long rows; the shorter tail is kept only for evaluation
-    (so every held-out token is scored) and dropped for training (equal-shape batches)."""
-    n_full = len(stream) // block
-    rows = [torch.tensor(stream[i * block : (i + 1) * block]) for i in range(n_full)]
-    tail = stream[n_full * block :]
+def pack(stream: list[int], block: int, *, keep_tail: bool, lead: list[int] | None = None) -> list[torch.Tensor]:
+    """Cut a token stream into `block`-long rows, each starting with `lead` (a model's `<bos>`, which
+    Gemma needs at the start of every row; none for tiny/SmolLM2); the shorter tail is kept only for
+    evaluation (so every held-out token is scored) and dropped for training (equal-shape batches)."""
+    lead = lead or []
+    body = block - len(lead)
+    n_full = len(stream) // body
+    rows = [torch.tensor(lead + stream[i * body : (i + 1) * body]) for i in range(n_full)]
+    tail = stream[n_full * body :]
     if keep_tail and len(tail) >= 2:
-        rows.append(torch.tensor(tail))
+        rows.append(torch.tensor(lead + tail))
     return rows
 
 
@@ -256,7 +260,8 @@ def snapshot(spec: ModelSpec, cfg: TinyBase, held_texts: list[str], out_dir: Pat
             model, tokenizer = load_model(spec.source, revision=spec.revision)
         device = Accelerator().device
         model.to(device)
-        held_blocks = pack(token_stream(tokenizer, held_texts), cfg.max_length, keep_tail=True)
+        lead = leading_special_ids(tokenizer)
+        held_blocks = pack(token_stream(tokenizer, held_texts), cfg.max_length, keep_tail=True, lead=lead)
         loss = heldout_loss(model, held_blocks, cfg.batch_size, device)
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
