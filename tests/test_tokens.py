@@ -83,3 +83,16 @@ def test_pack_starts_every_row_with_the_lead() -> None:
     rows = pack(list(range(10)), 4, keep_tail=True, lead=[99])
     assert [r.tolist() for r in rows] == [[99, 0, 1, 2], [99, 3, 4, 5], [99, 6, 7, 8]]  # tail [9] alone scores nothing
     assert [r.tolist() for r in pack(list(range(6)), 3, keep_tail=False)] == [[0, 1, 2], [3, 4, 5]]
+
+
+@pytest.mark.parametrize("context_tokens", [2, 50])
+def test_learned_value_contexts_start_with_bos_or_eos(gemma_like, plain, context_tokens: int) -> None:
+    from lfp.learned import Contexts, context_windows
+
+    text = "The film was terrible, boring"
+    ctx = Contexts(words=["boring"], texts=[text], spans=[(text.index("boring"), len(text))])
+    for tok, start in ((gemma_like, gemma_like.bos_token_id), (plain, plain.eos_token_id)):
+        ((ids, pos),) = context_windows(tok, ctx, context_tokens)
+        assert ids[0] == start and ids.count(start) == 1
+        assert tok.decode([ids[p] for p in pos]).strip() == "boring"
+        assert len(ids) - len(pos) - 1 <= context_tokens

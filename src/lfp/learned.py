@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lfp.tokens import leading_special_ids
 from lfp.triples import token_window
 
 
@@ -54,16 +55,17 @@ def natural_contexts(texts: Sequence[str], words: Iterable[str], per_word: int) 
 
 
 def context_windows(tokenizer: Any, ctx: Contexts, context_tokens: int) -> list[tuple[list[int], list[int]]]:
-    """Token ids (EOS first, as a start token, then the last `context_tokens` before the word and the
-    word's tokens) and the positions of the word's tokens; contexts whose word maps to no token are
-    left empty."""
-    eos = tokenizer.eos_token_id
+    """Token ids (a start token — the model's `<bos>`, or EOS for a tokenizer without one — then the
+    last `context_tokens` before the word and the word's tokens) and the positions of the word's
+    tokens; contexts whose word maps to no token are left empty."""
+    lead = leading_special_ids(tokenizer)
+    begin = lead or [tokenizer.eos_token_id]
     out = []
     for text, span in zip(ctx.texts, ctx.spans):
-        ids, pos = token_window(tokenizer, text, span, len(text) + 1)  # no cut yet: every token
+        ids, pos = token_window(tokenizer, text, span, len(text) + len(lead) + 1)  # no cut yet: every token
         if pos:
-            start = max(0, pos[0] - context_tokens)
-            ids, pos = [eos, *ids[start:]], [p - start + 1 for p in pos]
+            start = max(len(lead), pos[0] - context_tokens)
+            ids, pos = [*begin, *ids[start:]], [p - start + len(begin) for p in pos]
         out.append((ids, pos))
     return out
 
@@ -91,7 +93,11 @@ def span_logprobs(model: Any, windows: list[tuple[list[int], list[int]]], batch_
         rows = torch.tensor([r for r, i in enumerate(idx) for _ in windows[i][1]], dtype=torch.long)
         cols = torch.tensor([p - 1 for i in idx for p in windows[i][1]], dtype=torch.long)
         targets = torch.tensor([windows[i][0][p] for i in idx for p in windows[i][1]], dtype=torch.long)
-        logp = torch.log_softmax(model.get_output_embeddings()(hidden[rows.to(device), cols.to(device)]).float(), dim=-1).cpu()
+        logits = model.get_output_embeddings()(hidden[rows.to(device), cols.to(device)]).float()
+        cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 caps its logits; applied as the model does
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        logp = torch.log_softmax(logits, dim=-1).cpu()
         scored = logp[torch.arange(len(targets)), targets].double()
         ends = np.cumsum([len(windows[i][1]) for i in idx])
         for i, chunk in zip(idx, np.split(scored.numpy(), ends[:-1])):
