@@ -42,7 +42,8 @@ def bullets(md: str, question: str) -> dict[str, str]:
 
 def test_verdict_opens_the_report_with_one_sentence_per_task_and_question(rendered):
     params, runs, sections, md, _ = rendered
-    assert sections[0].title == "What this run shows"
+    # the verdict table of every control opens the report, then the verdict in sentences
+    assert [sec.title for sec in sections[:2]] == ["Verdicts of the controls", "What this run shows"]
     labels = {report._label(runs, m, t) for m, t in runs}
     for question in ("Does the probe read", "Did fine-tuning beat", "Are the task-related features", "Does zeroing the task-related"):
         got = bullets(md, question)
