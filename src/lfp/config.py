@@ -283,6 +283,11 @@ class Measure:
     planted_words: list[str] = field(default_factory=lambda: [
         "good", "great", "like", "best", "love", "well", "better", "funny", "pretty", "nice", "fun", "enjoy"])
     seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra fine-tuning seeds besides `seed`
+    # the shuffled-reward null: `shuffled_arms` fine-tunes, each on the lexicon permuted with seed `seed` + k (same
+    # training data and seed); centred: the permuted values minus the lexicon mean, so that the number of lexicon
+    # words in a completion carries no reward (the lexicon mean is -0.18: uncentred, a permutation keeps a direction)
+    shuffled_arms: int = _num(4, 1)
+    shuffle_centred: bool = True
     word_test_fraction: float = _num(0.3, 0.0, 1.0, lo_open=True, hi_open=True)
     permutations: int = _num(2000, 1)
     bootstrap: int = _num(1000, 1)

@@ -144,3 +144,73 @@ def write_control(run: MetricsRun, model: str, task: str, control: str, m: Mappi
     for f in files:
         run.log_artifact(f, artifact_path=name)
     return files
+
+
+# ------------------------------------------------------------------ issue #27: within sign, paired, nulls over runs
+
+
+def within_sign_metrics(main: Mapping[str, float], by_seed: Mapping[int, Mapping[str, float]], lexicon: Mapping[str, float],
+                        n_boot: int, seed: int) -> dict[str, Any]:
+    """The primary statistic: learned-value τ within sign (CI resampling words within each sign),
+    the between-sign gap apart, and the within-sign τ of every fine-tuning seed (mean, t-interval:
+    run-to-run variance, which a word bootstrap cannot see)."""
+    from lfp.control_stats import _aligned, within_sign_keys, within_sign_stats, within_sign_tau
+
+    out: dict[str, Any] = within_sign_keys("learned_value_tau", within_sign_stats(main, lexicon, n_boot, seed))
+    per_seed = [within_sign_tau(*_aligned(lv, lexicon))[0] for _, lv in sorted(by_seed.items())]
+    mean, lo, hi = metrics.mean_t_interval(per_seed)
+    out.update({"learned_value_tau_within_sign_per_seed": per_seed, "learned_value_tau_within_sign_seed_mean": mean,
+                "learned_value_tau_within_sign_seed_ci_low": lo, "learned_value_tau_within_sign_seed_ci_high": hi})
+    return out
+
+
+def planted_paired(planted_lv: Mapping[str, float], main_lv: Mapping[str, float], seed_lvs: Mapping[int, Mapping[str, float]],
+                   planted: set[str], lexicon: Mapping[str, float], n_perm: int, seed: int, alpha: float = 0.01) -> dict[str, Any]:
+    """The paired planted test (planted run − run with the true reward, same data and seed), the
+    plant's own learning (the planted words' paired change, t-interval over those words: below 0
+    means the plant was learned), and the same test on main seed k − main seed 0, where nothing was
+    planted (its AUC should sit near 0.5)."""
+    from lfp.control_stats import paired_change, paired_planted_detection
+
+    d = paired_planted_detection(planted_lv, main_lv, planted, lexicon, n_perm, seed)
+    change = paired_change(planted_lv, main_lv)
+    mean, lo, hi = metrics.mean_t_interval([change[w] for w in sorted(planted) if w in change])
+    nulls = [paired_planted_detection(lv, main_lv, planted, lexicon, n_perm, seed)["auc"] for s, lv in sorted(seed_lvs.items())]
+    return {"planted_paired_auc": d["auc"], "planted_paired_p": d["p"], "planted_paired_n": d["n_planted"],
+            "planted_paired_n_other": d["n_other"], "planted_paired_mean_change": mean,
+            "planted_paired_mean_change_ci_low": lo, "planted_paired_mean_change_ci_high": hi,
+            "planted_paired_mean_change_other": d["mean_other"],
+            "planted_learned": bool(np.isfinite(hi) and hi < 0),
+            "planted_paired_auc_seed_null": nulls,
+            "planted_paired_auc_seed_null_mean": float(np.mean(nulls)) if nulls else float("nan"),
+            "planted_paired_alpha": alpha,
+            "planted_paired_detected": bool(np.isfinite(d["auc"]) and d["auc"] > 0.5 and d["p"] < alpha)}
+
+
+def shuffled_null(main_lv: Mapping[str, float], arms: Sequence[tuple[Mapping[str, float], Mapping[str, float]]],
+                  lexicon: Mapping[str, float]) -> dict[str, Any]:
+    """The null as a distribution over shuffled-reward fine-tunes (each arm: its learned values and
+    the permuted reward it was trained on). Reports per arm τ against the real lexicon (all words and
+    within sign) and against its own reward; whether the arms learned their own reward (t-interval
+    of that τ above 0); whether the null is centred (arms' τ vs the lexicon: t-interval covering 0);
+    and where the measured run's τ and within-sign τ fall in it."""
+    from lfp.control_stats import _aligned, null_keys, run_null, within_sign_tau
+
+    def tau(lv: Mapping[str, float], target: Mapping[str, float], within: bool) -> float:
+        x, y = _aligned(lv, target)
+        return (within_sign_tau(x, y) if within else metrics.kendall(x, y))[0]
+
+    lex_all = [tau(lv, lexicon, False) for lv, _ in arms]
+    lex_within = [tau(lv, lexicon, True) for lv, _ in arms]
+    own = [tau(lv, rew, False) for lv, rew in arms]
+    out: dict[str, Any] = {"shuffled_arms": len(arms), "shuffled_arms_tau_lexicon": lex_all,
+                           "shuffled_arms_tau_lexicon_within_sign": lex_within, "shuffled_arms_tau_reward": own}
+    own_mean, own_lo, own_hi = metrics.mean_t_interval(own) if len(own) > 1 else (own[0], float("nan"), float("nan"))
+    out.update({"shuffled_arms_tau_reward_mean": own_mean, "shuffled_arms_tau_reward_ci_low": own_lo,
+                "shuffled_arms_tau_reward_ci_high": own_hi, "shuffled_learned": bool(np.isfinite(own_lo) and own_lo > 0)})
+    main_all, main_within = tau(main_lv, lexicon, False), tau(main_lv, lexicon, True)
+    out.update(null_keys("learned_value_tau", run_null(main_all, lex_all)))
+    out.update(null_keys("learned_value_tau_within_sign", run_null(main_within, lex_within)))
+    lo, hi = out["learned_value_tau_null_ci_low"], out["learned_value_tau_null_ci_high"]
+    out["shuffled_null_centred"] = bool(np.isfinite([lo, hi]).all() and lo <= 0.0 <= hi)
+    return out

@@ -79,12 +79,17 @@ def planted_lexicon(words: Iterable[str]) -> dict[str, float]:
     return lex
 
 
-def shuffled_lexicon(seed: int) -> dict[str, float]:
+def shuffled_lexicon(seed: int, centred: bool = False) -> dict[str, float]:
     """The VADER lexicon with its values permuted across words (seeded): the negative control's
-    reward, which keeps the value distribution but breaks every word's meaning."""
+    reward, which keeps the value distribution but breaks every word's meaning. `centred` subtracts
+    the lexicon's mean (-0.18): an uncentred permutation still punishes every lexicon word a little,
+    and the count of lexicon words in a completion correlates with the real reward, so its
+    advantages keep a direction (-0.045 correlation with the real ones; -0.003 centred)."""
     import numpy as np
 
     lex = lexicon()
     words = sorted(lex)
     values = np.random.default_rng(seed).permutation([lex[w] for w in words])
+    if centred:
+        values = values - values.mean()
     return dict(zip(words, (float(v) for v in values)))

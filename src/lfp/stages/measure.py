@@ -40,10 +40,13 @@ from lfp.learned import LearnedValues, context_windows, learned_values, natural_
 from lfp.measure_controls import (
     control_metrics,
     control_rows,
+    planted_paired,
     planted_summary,
+    shuffled_null,
     shuffled_verdict,
     tau_keys,
     tau_with_ci,
+    within_sign_metrics,
     write_control,
     write_words_csv,
 )
@@ -279,7 +282,10 @@ def run_lexicon(params: Params, model: str, task: str) -> None:
         raise ConfigError(f"params: 'measure.tasks' does not name '{task}'")
     lexicon = reward.lexicon()
     planted = set(cfg.planted_words)
-    rewards = {"planted": reward.planted_lexicon(planted), "shuffled": reward.shuffled_lexicon(params.seed)}
+    # permutation seeds of the shuffled arms; every arm trains with `seed` on the same data (arm 0 is the reported control)
+    arm_seeds = [params.seed + k for k in range(cfg.shuffled_arms)]
+    arm_rewards = [reward.shuffled_lexicon(s, centred=cfg.shuffle_centred) for s in arm_seeds]
+    rewards = {"planted": reward.planted_lexicon(planted), "shuffled": arm_rewards[0]}
     triples = load_triples(task, lexicon=True)
     probe_words = {w.lower() for w in triples.words["positive"] + triples.words["negative"]}
     words = sorted(probe_words | planted)
@@ -311,19 +317,30 @@ def run_lexicon(params: Params, model: str, task: str) -> None:
             by_seed[seed] = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, seed)[0])
         controls = {c: rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, rewards[c])[0] for c in paths.CONTROLS}
         control_lv = {c: learned(policy) for c, policy in controls.items()}
+        extra_arms = [learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, r)[0]) for r in arm_rewards[1:]]
         saes = finetuned_saes(stage, params, model, task)
         shifts = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base, {"finetuned": finetuned, **controls})
         through_ft = {name: codes_through_saes(lm, saes, triples, tok, pad, params, name) for name, lm in (("base", base), *controls.items())}
         del controls
 
         out = behaviour_metrics(main, by_seed, lexicon, shifts["finetuned"], cfg.bootstrap, params.seed)
+        out.update(within_sign_metrics(main.by_word(), {s: lv.by_word() for s, lv in by_seed.items()}, lexicon, cfg.bootstrap, params.seed))
+        out.update(planted_paired(control_lv["planted"].by_word(), main.by_word(),
+                                  {s: lv.by_word() for s, lv in by_seed.items() if s != params.seed}, planted, lexicon,
+                                  cfg.permutations, params.seed))
+        arms = [(lv.by_word(), r) for lv, r in zip([control_lv["shuffled"], *extra_arms], arm_rewards)]
+        out.update(shuffled_null(main.by_word(), arms, lexicon))
+        out.update({"shuffled_arm_seeds": arm_seeds, "shuffle_centred": cfg.shuffle_centred})
         control_m = {c: control_metrics(c, task, lv, lexicon, rewards[c], shifts[c], cfg.bootstrap, params.seed) for c, lv in control_lv.items()}
         control_m["planted"].update(planted_summary(control_lv["planted"].by_word(), main.by_word(), shifts["planted"], shifts["finetuned"],
                                                     planted, lexicon, cfg.permutations, params.seed))
-        control_m["planted"]["detected"] = control_m["planted"]["planted_detected"]
+        control_m["planted"]["detected"] = control_m["planted"]["planted_detected"]  # unpaired (confounded by frequency); see planted_paired_detected
         control_m["planted"]["planted_words"] = sorted(planted)
         control_m["shuffled"].update(shuffled_verdict(control_m["shuffled"]))
-        control_m["shuffled"]["reward_permutation_seed"] = params.seed
+        control_m["shuffled"]["reward_permutation_seed"] = arm_seeds[0]
+        control_m["shuffled"]["reward_centred"] = cfg.shuffle_centred
+        control_m["planted"].update({k: v for k, v in out.items() if k.startswith("planted_paired") or k == "planted_learned"})
+        control_m["shuffled"].update({k: v for k, v in out.items() if k.startswith("shuffled_arms") or k in ("shuffled_learned", "shuffled_null_centred")})
         out.update(control_summary(task, control_m["planted"], control_m["shuffled"]))
 
         inputs = load_probe_inputs(model, task, lexicon, through_ft["base"])
