@@ -52,3 +52,10 @@ bench: $(STAMP) $(BENCH_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+## Headless Chromium for tests/test_browser.py (`make test` then opens report.html, the dashboards
+## and the `dvc plots show` page in it; without it those tests skip). Debian's package, as root.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	chromium --version

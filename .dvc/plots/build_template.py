@@ -36,7 +36,29 @@ PAGE = """<!DOCTYPE html>
     <!-- vega, vega-lite and vega-embed inlined for offline use by .dvc/plots/build_template.py;
          BSD-3-Clause, licences in .dvc/plots/LICENSES.md -->
 %s
+    <script>
+    /* lfp: DVC hands vegaEmbed an empty spec {} when a plot's file has no rows (e.g. Table 6
+       samples of a task with no related features); vega then draws nothing, at zero height, with
+       no message. Say so in the page instead. */
+    (function () {
+        var embed = window.vegaEmbed;
+        function checked(el, spec, opts) {
+            var values = spec && spec.data && spec.data.values;
+            if (!spec || Object.keys(spec).length === 0 || (Array.isArray(values) && values.length === 0)) {
+                var box = document.querySelector(el);
+                var note = document.createElement("p");
+                note.className = "lfp-empty-plot";
+                note.textContent = "No rows to plot: " + box.id + " (its data file has a header only).";
+                box.appendChild(note);
+                return Promise.resolve(null);
+            }
+            return embed(el, spec, opts);
+        }
+        window.vegaEmbed = Object.assign(checked, embed);
+    })();
+    </script>
     <style>
+        .lfp-empty-plot { border: 1px dashed #999; padding: 1em; width: 300px; font-family: sans-serif; }
         table { border-spacing: 15px; }
     </style>
 </head>
