@@ -9,7 +9,8 @@ and checks that memory is bounded: fresh processes cache the corpus and 8 copies
 extra peak RSS of the 8x process is divided by the extra cache it wrote (the fraction of the
 cache held in memory: 1.0 if it were kept whole; goal ≤ 0.10, where allocator noise of a few
 tens of MB sits).
-Run: `python benchmarks/activations_cache.py [--quick]`.
+Run: `python benchmarks/activations_cache.py [--quick]` (`--smoke`: a seconds-long run of every code
+path on a tiny model and corpus, for tests/test_benchmarks.py; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfp.stages.activations import cache_activations, length_sorted_batches, pad_batch, token_lengths, tokenize
+from lfp.activation_cache import cache_activations, length_sorted_batches, pad_batch, token_lengths, tokenize
 
 LAYERS = [1, 2, 3, 4, 5]
 MAX_LENGTH, BATCH_SIZE, CHUNK_ROWS = 128, 16, 8192  # the offline default's activations params
 WORDS = "the movie film was great bad acting story plot ending good awful wonderful boring and I it a of to".split()
+
+
+SMOKE = {"vocab": 300, "d": 16, "n_layers": 6}  # --smoke: the same code on a model built in a second
 
 
 def build(vocab: int = 4096, d: int = 128, n_layers: int = 6, seed: int = 0):
@@ -100,17 +104,22 @@ def reset_peak_rss() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="150 texts instead of 1,000")
+    ap.add_argument("--smoke", action="store_true", help="seconds: tiny model, 24 texts, 1 repeat (tests; figures mean nothing)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (best of each is reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats = 1
+    if args.smoke and not getattr(args, "memory_child", None):
+        print("(smoke run: every code path on tiny sizes; the figures below mean nothing)", flush=True)
     if args.memory_child:
-        memory_child(args.memory_child, args.quick)
+        memory_child(args.memory_child, args.quick, args.smoke)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = build()
-    corpus = texts(150 if args.quick else 1000)
+    model, tok = build(**SMOKE) if args.smoke else build()
+    corpus = texts(n_texts(args.quick, args.smoke))
     max_length, batch_size, chunk_rows = MAX_LENGTH, BATCH_SIZE, CHUNK_ROWS
     bare_forward(model.base_model, tok, corpus[:32], max_length, batch_size)  # warm-up
     body, full, cached, cache_peak, base_rss = [], [], [], [], []
@@ -135,7 +144,7 @@ def main() -> None:
         f"peak_rss_mb_while_caching={max(cache_peak):.0f} rss_before_caching_mb={min(base_rss):.0f} "
         f"threads={torch.get_num_threads()}"
     )
-    big = 8
+    big = 2 if args.smoke else 8
     peak = {scale: peak_rss_of_child(scale, args) for scale in (1, big)}
     held = (peak[big] - peak[1]) / ((big - 1) * cache_mb)
     print(
@@ -148,15 +157,20 @@ def main() -> None:
 def peak_rss_of_child(scale: int, args: argparse.Namespace) -> float:
     """Peak RSS (MB) of a fresh process that builds the model and caches `scale` copies of the corpus."""
     cmd = [sys.executable, __file__, "--memory-child", str(scale)] + (["--quick"] if args.quick else [])
+    cmd += ["--smoke"] if args.smoke else []
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
-def memory_child(scale: int, quick: bool) -> None:
-    model, tok = build()
-    corpus = texts(150 if quick else 1000) * scale
+def n_texts(quick: bool, smoke: bool) -> int:
+    return 24 if smoke else 150 if quick else 1000
+
+
+def memory_child(scale: int, quick: bool, smoke: bool = False) -> None:
+    model, tok = build(**SMOKE) if smoke else build()
+    corpus = texts(n_texts(quick, smoke)) * scale
     with tempfile.TemporaryDirectory() as tmp:
         cache_activations(model, tok, corpus, LAYERS, Path(tmp), max_length=MAX_LENGTH, batch_size=BATCH_SIZE, chunk_rows=CHUNK_ROWS)
     print(rss_mb())

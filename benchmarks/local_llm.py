@@ -3,6 +3,9 @@ explanation (+ relatedness label) and per HH grade + rewrite, through lfp's real
 
     python benchmarks/local_llm.py [--gguf smollm2|PATH] [--threads 0] [--n 5]
 
+`--smoke`: every code path in seconds (one generation of 8 tokens, one explanation of a record of
+2 contexts x 8 tokens and one grade + rewrite, replies cut at 32 tokens), for tests/test_benchmarks.py; its figures mean nothing.
+
 Uses held-out HH pairs from data/prepared/hh/heldout.jsonl when present (built-in ones otherwise)
 and explanation records shaped like the default's (10 contexts x 24 tokens). Prints the load
 average too: on a shared machine every figure moves with it.
@@ -64,19 +67,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--n", type=int, default=5, help="explanations and rewrites each")
+    ap.add_argument("--smoke", action="store_true", help="seconds: n 1, replies of 32 tokens, one 8-token generation (tests)")
     args = ap.parse_args()
+    runs, gen_tokens = 3, 128
+    if args.smoke:
+        print("(smoke run: every code path on tiny sizes; the figures below mean nothing)")
+        args.n, args.max_tokens, runs, gen_tokens = 1, 32, 1, 8
     print(f"load average before: {os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores")
     t0 = time.perf_counter()
     with open_client(Llm(server="local", gguf=args.gguf, threads=args.threads, max_tokens=args.max_tokens)) as client:
         print(f"server start + endpoint check: {time.perf_counter() - t0:.2f} s  ({client.model_id})")
-        speeds = [generation_speed(client.base_url, client.model) for _ in range(3)]
-        print("generation tokens/s (3 runs of 128): " + ", ".join(f"{s['gen_tok_s']:.1f}" for s in speeds)
+        speeds = [generation_speed(client.base_url, client.model, gen_tokens) for _ in range(runs)]
+        print(f"generation tokens/s ({runs} runs of {gen_tokens}): " + ", ".join(f"{s['gen_tok_s']:.1f}" for s in speeds)
               + f"; prompt tokens/s: {max(s['prompt_tok_s'] for s in speeds):.0f}")
         explainer = OpenAIExplainer(client, "training the model to generate completions with positive sentiment", simulate=False, seed=0)
         times, labelled = [], 0
         for i in range(args.n):
             t = time.perf_counter()
-            result = explainer.explain(record(i))
+            result = explainer.explain(record(i, 2, 8) if args.smoke else record(i))
             times.append(time.perf_counter() - t)
             labelled += result.related is not None
             print(f"  explanation {i}: {times[-1]:.2f} s  related={result.related}  {result.explanation[:90]!r}")

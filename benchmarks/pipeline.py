@@ -22,7 +22,9 @@ samples fall. `--keep` keeps the temp project (e.g. to copy its dvc.lock and rep
 `--overlay DIR` copies DIR's files over the fresh copy (e.g. an older `src/lfp` to measure a
 "before" on the same machine).
 
-Run: `python benchmarks/pipeline.py [--params P] [--profile DIR] [--keep] [--overlay DIR]`.
+Run: `python benchmarks/pipeline.py [--params P] [--profile DIR] [--keep] [--overlay DIR] [--target STAGE]`
+(`--smoke`: every code path in seconds, the micro profile's `prepare@vader` only, one no-change
+repro and status, for tests/test_benchmarks.py; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -196,12 +198,22 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temp project and print its path")
     ap.add_argument("--profile", type=Path, default=None, help="run the repro under py-spy; write DIR/pipeline.raw and DIR/profile.md")
     ap.add_argument("--overlay", type=Path, default=None, help="copy DIR's files over the fresh copy (e.g. an older src/lfp)")
+    ap.add_argument("--target", default=None, help="`dvc repro TARGET` (a stage and its upstream) instead of the whole DAG")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds: micro profile, --target prepare@vader, 1 no-change run each (tests; figures mean nothing)")
     args = ap.parse_args()
+    repeats = 2
+    if args.smoke:
+        print("(smoke run: every code path on one cheap stage; the figures below mean nothing)", flush=True)
+        args.params = ROOT / "tests" / "micro_params.yaml" if args.params == ROOT / "params.yaml" else args.params
+        args.target = args.target or "prepare@vader"
+        repeats = 1
+    targets = [args.target] if args.target else []
     tmp = Path(tempfile.mkdtemp(prefix="lfp-bench-"))
     timings = Path(tempfile.mkstemp(prefix="lfp-bench-timings-", suffix=".jsonl")[1])  # outside the project: DVC never sees it
     try:
         fresh_copy(tmp, args.params, args.overlay)
-        cmd = [str(BIN / "dvc"), "repro"]
+        cmd = [str(BIN / "dvc"), "repro", *targets]
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
@@ -213,8 +225,8 @@ def main() -> None:
         repro, stages = timed(cmd, tmp, {"LFP_TIMINGS": str(timings)})
         repro_cpu = children_cpu() - cpu0
         peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
-        noops = best_of(2, [str(BIN / "dvc"), "repro"], tmp)
-        statuses = best_of(2, [str(BIN / "dvc"), "status"], tmp)
+        noops = best_of(repeats, [str(BIN / "dvc"), "repro", *targets], tmp)
+        statuses = best_of(repeats, [str(BIN / "dvc"), "status", *targets], tmp)
         for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
             print(f"pipeline: stage {name} {seconds:.1f} s ({100 * seconds / repro:.1f} %)")
         rows = [json.loads(line) for line in timings.read_text().splitlines() if line.strip()]

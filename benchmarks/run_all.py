@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one go, each printing its figure and its ratio to the goal.
 
 `--full` adds the whole-pipeline benchmark (a complete offline-default `dvc repro`, ~15 min).
+`--smoke` passes --smoke to each script (every code path in seconds; tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="also time a whole offline-default dvc repro")
     ap.add_argument("--quick", action="store_true", help="pass --quick to the micro-benchmarks")
+    ap.add_argument("--smoke", action="store_true", help="pass --smoke to every script run (seconds; figures mean nothing)")
     args = ap.parse_args()
     scripts = [["sae_train.py"], ["activations_cache.py"]]
     if args.quick:
         scripts = [s + ["--quick"] for s in scripts]
     if args.full:
         scripts.append(["pipeline.py"])
+    if args.smoke:
+        scripts = [s + ["--smoke"] for s in scripts]
     rc = 0
     for script in scripts:
         print(f"== {' '.join(script)}", flush=True)

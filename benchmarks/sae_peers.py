@@ -19,7 +19,8 @@ d_model-512 relu_l1 SAEs (lfp.sae.backend) is timed against both forced paths (g
 the faster).
 
 Needs `sae-lens` (installed only in the bench venv by `make bench`, never a runtime dependency):
-`.venv-bench/bin/python benchmarks/sae_peers.py [--quick]`.
+`.venv-bench/bin/python benchmarks/sae_peers.py [--quick]` (`--smoke`: every code path in seconds on
+1,000 synthetic 64-wide rows, for tests/test_benchmarks.py; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ REAL = HERE.parent / "data/activations/tiny-vader/finetuned/layer3.npy"
 LR, BATCH, SEED, L1 = 1e-3, 32, 0, 1e-3
 # (data, d_hidden, k): the k of the issue's table (lfp relu_l1's L0 there), so rows compare
 CASES = [("real", 64, 10), ("real", 128, 11), ("synthetic", 512, 69), ("synthetic", 1024, 92)]
+SMOKE_D, SMOKE_CASES = 64, [("synthetic", 64, 8)]  # --smoke: below lfp.sae.backend's measuring size
 
 
 def cpu_name() -> str:
@@ -64,8 +66,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def datasets(quick: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def datasets(quick: bool, smoke: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (train rows, held-out rows)."""
+    if smoke:
+        syn = synthetic_activations(1_500, SMOKE_D, seed=7)
+        return {"synthetic": (syn[:1_000], syn[1_000:])}
     n_real, n_syn = (12_000, 4_000) if quick else (60_000, 20_000)
     out = {}
     if REAL.exists():
@@ -153,11 +158,11 @@ def saelens_loads(sae: Any, held: np.ndarray) -> float:
             return float((theirs.encode(x) - sae.encode(x)).abs().max())
 
 
-def backend_check(train: np.ndarray, quick: bool) -> list[str]:
-    """rows/s of relu_l1 training at 512x{512,1024} on each forced path and on the chosen one."""
+def backend_check(train: np.ndarray, quick: bool, smoke: bool = False) -> list[str]:
+    """rows/s of relu_l1 training at 512x{512,1024} (smoke: 64x64) on each forced path and on the chosen one."""
     lines = []
-    rows = train[: 4_000 if quick else 12_000]
-    for h in (512, 1024):
+    rows = train[: 500 if smoke else 4_000 if quick else 12_000]
+    for h in (SMOKE_D,) if smoke else (512, 1024):
         probe = __import__("lfp.sae.model", fromlist=["SparseAutoencoder"]).SparseAutoencoder(rows.shape[1], h)
         with torch.no_grad():
             torch.set_num_threads(1)
@@ -171,7 +176,7 @@ def backend_check(train: np.ndarray, quick: bool) -> list[str]:
                     continue
                 speed[b] = max(speed.get(b, 0.0), st["rows_per_s"])
         best = max(speed.values())
-        lines.append(f"| 512x{h} relu_l1 | {speed.get('mkl', float('nan')):,.0f} | {speed.get('onednn', float('nan')):,.0f} "
+        lines.append(f"| {rows.shape[1]}x{h} relu_l1 | {speed.get('mkl', float('nan')):,.0f} | {speed.get('onednn', float('nan')):,.0f} "
                      f"| {chosen} | {speed[chosen] / best:.2f} |")
     return lines
 
@@ -180,22 +185,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a fifth of the rows")
     ap.add_argument("--full", action="store_true", help="(accepted for make bench; no effect)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 1,000 synthetic 64-wide rows, 1 run (tests; figures mean nothing)")
     args = ap.parse_args()
     import sae_lens
 
+    if args.smoke:
+        print("(smoke run: every code path on tiny sizes; the figures below mean nothing)")
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, sae-lens {sae_lens.__version__}; "
           f"1 thread each, batch {BATCH}, 1 epoch, lr {LR}")
-    data = datasets(args.quick)
+    data = datasets(args.quick, args.smoke)
     print("\n| data : dict size, k | lfp relu_l1 (paper) rows/s, FVU @ L0 | lfp topk rows/s, FVU @ L0, dead | "
           "SAELens topk rows/s, FVU @ L0, dead | fvu_ratio | speed_ratio (CPU-time) |")
     print("|---|---|---|---|---|---|")
     worst_fvu, worst_speed, worst_cpu, load_diff = 0.0, float("inf"), float("inf"), 0.0
-    for name, h, k in CASES:
+    for name, h, k in SMOKE_CASES if args.smoke else CASES:
         if name not in data:
             continue
         train, held = data[name]
         runs: dict[str, dict[str, float]] = {}
-        for _ in range(1 if args.quick else 2):  # interleaved; best speed of each kept (same FVU: seeded)
+        for _ in range(1 if args.quick or args.smoke else 2):  # interleaved; best speed of each kept (same FVU: seeded)
             for label in ("relu", "topk", "peer"):
                 if label == "peer":
                     r = run_saelens(train, held, h, k)
@@ -220,7 +228,7 @@ def main() -> int:
           f"{worst_cpu:.1f} from thread CPU time (goal >= 3)")
     print(f"SAELens loads lfp's topk directories: max |code difference| {load_diff:.2e}")
     print("\n| GEMM backend | mkl rows/s | onednn rows/s | chosen | chosen / best |\n|---|---|---|---|---|")
-    for line in backend_check(data["synthetic"][0], args.quick):
+    for line in backend_check(data["synthetic"][0], args.quick, args.smoke):
         print(line, flush=True)
     print(f"(choice cache: {gemm.gemm_cache_file()})")
     return 0

@@ -9,7 +9,8 @@ time, same slice, same threads: `train_sae` vs `train_sae_reference` (nn.Module 
 torch.optim.Adam, batch by batch), at d_model 512 and at the offline default's 128. Besides the
 wall-clock projection it prints full_budget_cpu_seconds: the same schedule computed from each job's
 thread CPU time, i.e. the budget on an idle machine (a shared CPU inflates the wall clock).
-Run: `python benchmarks/sae_train.py [--quick]`.
+Run: `python benchmarks/sae_train.py [--quick]` (`--smoke`: every code path in seconds at d_model 32
+on 320 rows per layer, for tests/test_benchmarks.py; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def synthetic_activations(n_rows: int, d: int, seed: int, n_features: int = 4096
     return out
 
 
-def compare(n_rows: int, d: int, threads: int, repeats: int = 3) -> tuple[float, float]:
+def compare(n_rows: int, d: int, threads: int | None, repeats: int = 3) -> tuple[float, float]:
     """(reference rows/s, fast rows/s): sizes {d, 2d}, same slice and threads, interleaved
     `repeats` times and the best of each kept (a shared CPU makes single timings noisy)."""
     x = synthetic_activations(n_rows, d, seed=99)
@@ -75,13 +76,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads of the single-SAE comparison (default 1, as train_sae)")
     ap.add_argument("--workers", type=int, default=None, help="parallel single-threaded SAE jobs for the budget (default: cores)")
     ap.add_argument("--naive-rows", type=int, default=None, help="rows for the reference loop (default 3,200; quick 1,600)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: d_model 32, 320 rows x 2 layers, 1 repeat (tests; figures mean nothing)")
     args = ap.parse_args()
-    d = PAPER["d_model"]
+    d = 32 if args.smoke else PAPER["d_model"]
+    if args.smoke and not getattr(args, "memory_child", None):
+        print("(smoke run: every code path on tiny sizes; the figures below mean nothing)", flush=True)
     # --quick keeps all layers: with one layer the two workers would get one n and one 2n job (a
     # 2:1 imbalance), while the full run's ten jobs split 8:7 — it projected ~25 % too slow
-    rows = 7_500 if args.quick else PAPER["rows"]
-    layers = PAPER["layers"]
-    naive_rows = args.naive_rows or (1_600 if args.quick else 3_200)
+    rows = 320 if args.smoke else 7_500 if args.quick else PAPER["rows"]
+    layers = 2 if args.smoke else PAPER["layers"]
+    naive_rows = args.naive_rows or (64 if args.smoke else 1_600 if args.quick else 3_200)
+    repeats = 1 if args.smoke else 3
+    small_d = 16 if args.smoke else SMALL_D
 
     # the sae stage's way: every (layer, size) an independent job, one single-threaded job per core
     data = {layer: synthetic_activations(rows, d, seed=layer) for layer in range(layers)}
@@ -91,7 +97,7 @@ def main() -> None:
     fast_seconds = time.perf_counter() - start
     fvus = []
     for (load, h), (sae, stats) in zip(jobs, results):
-        fvus.append(reconstruction_metrics(sae, load()[-2000:])["fvu"])
+        fvus.append(reconstruction_metrics(sae, load()[-min(2000, rows // 4):])["fvu"])
         print(f"  x{h // d}: {stats['rows_per_s']:.0f} rows/s per job, train loss {stats['first_loss']:.4f} -> {stats['final_loss']:.4f}", flush=True)
     trained = rows * layers * len(PAPER["ratios"])
     scale = (PAPER["rows"] * PAPER["layers"]) / (rows * layers)
@@ -99,8 +105,8 @@ def main() -> None:
     full = fast_seconds * scale
     full_cpu = cpu_makespan([(h, stats["cpu_seconds"]) for (_, h), (_, stats) in zip(jobs, results)], workers) * scale
 
-    naive_rps, fast_rps = compare(naive_rows, d, args.threads)
-    small_naive, small_fast = compare(naive_rows, SMALL_D, args.threads)
+    naive_rps, fast_rps = compare(naive_rows, d, args.threads, repeats)
+    small_naive, small_fast = compare(naive_rows, small_d, args.threads, repeats)
     threads = args.threads or 1
     print(
         f"sae_train: full_budget_seconds={full:.1f} goal_seconds={GOAL_SECONDS:.0f} ratio_to_goal={full / GOAL_SECONDS:.2f} "
@@ -108,7 +114,7 @@ def main() -> None:
         f"{'projected_from_rows' if args.quick else 'measured_rows'}={trained} "
         f"fast_rows_per_s={trained / fast_seconds:.0f} naive_rows_per_s={naive_rps:.0f} "
         f"fast_rows_per_s_same_slice={fast_rps:.0f} speedup={fast_rps / naive_rps:.2f} "
-        f"speedup_d{SMALL_D}={small_fast / small_naive:.2f} budget_workers={workers} comparison_threads={threads} torch={torch.__version__} "
+        f"speedup_d{small_d}={small_fast / small_naive:.2f} budget_workers={workers} comparison_threads={threads} torch={torch.__version__} "
         f"mean_fvu={np.mean(fvus):.3f}"
     )
 
