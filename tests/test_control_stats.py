@@ -111,3 +111,21 @@ def test_centred_shuffle_removes_the_lexicon_mean_and_keeps_the_spread() -> None
     assert mean < -0.1
     assert abs(np.mean(list(centred.values()))) < 1e-9
     assert all(centred[w] == pytest.approx(raw[w] - mean) for w in list(lex)[:50])
+
+
+def test_verdicts_read_the_paired_and_null_keys() -> None:
+    from lfp import verdicts
+
+    m = {"planted_paired_auc": 0.9, "planted_paired_p": 0.001, "planted_paired_detected": True, "planted_auc": 0.4,
+         "planted_paired_mean_change": -0.3, "planted_paired_mean_change_ci_low": -0.5, "planted_paired_mean_change_ci_high": -0.1,
+         "learned_value_tau_null_mean": 0.01, "learned_value_tau_null_ci_low": -0.02, "learned_value_tau_null_ci_high": 0.04,
+         "shuffled_null_centred": True, "shuffled_arms": 4, "shuffled_arms_tau_reward_mean": 0.0, "shuffled_learned": False,
+         "learned_value_tau_within_sign": 0.1, "learned_value_tau_within_sign_ci_low": 0.05, "learned_value_tau_within_sign_ci_high": 0.15,
+         "learned_value_tau_within_sign_null_max": 0.02, "learned_value_tau_within_sign_vs_null_outside": True}
+    assert verdicts.planted(m, None)[0] == verdicts.PASSED
+    assert verdicts.planted_learned(m)[0] == verdicts.PASSED
+    assert verdicts.shuffled_null_centred(m)[0] == verdicts.PASSED
+    assert verdicts.shuffled_learned(m)[0] == verdicts.FAILED
+    assert verdicts.beyond_null(m)[0] == verdicts.PASSED
+    assert verdicts.beyond_null({**m, "learned_value_tau_within_sign_vs_null_outside": False})[0] == verdicts.FAILED
+    assert verdicts.beyond_null({})[0] == verdicts.NOT_RUN

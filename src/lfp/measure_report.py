@@ -69,18 +69,91 @@ def _difference_sentence(m: dict[str, Any]) -> str:
             f"(p {_p(_n(m, f'{key}_p'))}; {_split_seeds(m, key)}){planted}" + _difference_verdict(m))
 
 
+def _direction(m: dict[str, Any]) -> str:
+    """What the learned values did, in words, from the per-sign means (not from the sign of τ: a
+    positive τ also arises when both signs fell, the negative words more)."""
+    pos, neg = _n(m, "learned_value_mean_positive_words"), _n(m, "learned_value_mean_negative_words")
+    if pos is None or neg is None:
+        tau = _n(m, "learned_value_tau") or 0
+        return "ranked positive above negative words" if tau > 0 else "did not follow the lexicon"
+    moves = f"positive words {'rose' if pos > 0 else 'fell'} (mean {pos:+.3f}) and negative words {'rose' if neg > 0 else 'fell'} (mean {neg:+.3f})"
+    gap = "positive above negative, as the reward asks" if pos > neg else "negative above positive, against the reward"
+    return f"{moves}: the gap moved {gap}"
+
+
+def _within_sign_sentence(m: dict[str, Any]) -> str | None:
+    """The primary statistic: does the fine-tune order words *within* a sign as the lexicon does?"""
+    key = "learned_value_tau_within_sign"
+    if _n(m, key) is None:
+        return None
+    clear = _covers_zero(m, key) is False and (_n(m, f"{key}_ci_low") or 0) > 0
+    null = ""
+    if _n(m, f"{key}_null_mean") is not None:
+        outside = m.get(f"{key}_vs_null_outside") is True
+        null = (f" Against {m.get(f'{key}_null_n', '—')} shuffled-reward fine-tunes (their within-sign τ "
+                f"{_f(_n(m, f'{key}_null_min'))} to {_f(_n(m, f'{key}_null_max'))}), the measured run is "
+                + (f"above every one (rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}, the smallest this many runs allow is "
+                   f"{_f(1 / (1 + int(m.get(f'{key}_null_n') or 0)), 2)})." if outside
+                   else f"inside their range (rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}): no evidence beyond the null."))
+    return (f"**Within sign (the primary statistic):** after removing each sign's mean, learned values track the lexicon with "
+            f"τ {_f(_n(m, key))} {_ci(m, key)} (positive words alone {_f(_n(m, 'learned_value_tau_positive_words'))}, negative alone "
+            f"{_f(_n(m, 'learned_value_tau_negative_words'))}; over fine-tuning seeds mean {_f(_n(m, f'{key}_seed_mean'))} "
+            f"{_ci(m, f'{key}_seed')}); the between-sign gap is {_f(_n(m, 'learned_value_sign_gap'))} {_ci(m, 'learned_value_sign_gap')}. "
+            + ("The fine-tune learned which words within a sign are better, not only the sign." if clear
+               else "So what the overall τ shows is the gap between the signs, which a predictor that knows only each word's sign "
+                    "also reaches, and which any fine-tune may move.") + null)
+
+
+def _planted_paired_sentence(m: dict[str, Any]) -> str | None:
+    if _n(m, "planted_paired_auc") is None:
+        return None
+    detected = m.get("planted_paired_detected") is True
+    learned = m.get("planted_learned") is True
+    return (f"**Planted control, paired — {'detected' if detected else 'NOT detected'}:** each word's learned value in the planted "
+            f"run minus the same word's in the run with the true reward (same data, same seed) separates the "
+            f"{m.get('planted_paired_n', '—')} planted words from {m.get('planted_paired_n_other', '—')} other positive words with AUC "
+            f"{_f(_n(m, 'planted_paired_auc'), 2)} (permutation p {_p(_n(m, 'planted_paired_p'))}; detected means AUC > 0.5 and p < "
+            f"{m.get('planted_paired_alpha', 0.01)}); the same test between two fine-tuning seeds of the true reward, where nothing "
+            f"was planted, gives AUC {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}. The plant "
+            + (f"was learned: the planted words' paired change is {_f(_n(m, 'planted_paired_mean_change'))} "
+               f"{_ci(m, 'planted_paired_mean_change')} (other positive words {_f(_n(m, 'planted_paired_mean_change_other'))})."
+               if learned else
+               f"was NOT clearly learned (planted words' paired change {_f(_n(m, 'planted_paired_mean_change'))} "
+               f"{_ci(m, 'planted_paired_mean_change')}, a CI that does not lie below 0): this control cannot speak."))
+
+
+def _shuffled_null_sentence(m: dict[str, Any]) -> str | None:
+    if _n(m, "learned_value_tau_null_mean") is None:
+        return None
+    centred = m.get("shuffled_null_centred") is True
+    learned = m.get("shuffled_learned") is True
+    return (f"**Shuffled-reward null over {m.get('shuffled_arms', '—')} fine-tunes"
+            + (" (centred permutations)" if m.get("shuffle_centred") else "") + " — "
+            + ("centred on 0, as it should be" if centred else "NOT centred on 0") + ":** their learned values track the real lexicon "
+            f"with mean τ {_f(_n(m, 'learned_value_tau_null_mean'))} {_ci(m, 'learned_value_tau_null')} (range "
+            f"{_f(_n(m, 'learned_value_tau_null_min'))} to {_f(_n(m, 'learned_value_tau_null_max'))}); the measured run's τ "
+            f"{_f(_n(m, 'learned_value_tau'))} is " + ("above all of them" if m.get("learned_value_tau_vs_null_outside") is True
+                                                        else "inside their range")
+            + f" (rank p {_f(_n(m, 'learned_value_tau_vs_null_rank_p'), 2)}). Did the shuffled fine-tunes learn their own reward? "
+            f"τ against it {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} {_ci(m, 'shuffled_arms_tau_reward')} over arms: "
+            + ("yes, so their silence on the real lexicon means something." if learned
+               else "not clearly, so this null says little (a control must learn before it can speak)."))
+
+
 def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
     """One sentence per measurement and control, in the order a skeptic asks."""
     out = []
     tau, p = _n(m, "learned_value_tau"), _n(m, "learned_value_tau_p")
-    direction = "rose for positive and fell for negative words, as the reward asks" if (tau or 0) > 0 else "did not follow the lexicon"
+    direction = _direction(m)
     out.append(f"**Ground truth (behaviour):** fine-tuning changed each word's log-probability in its real review contexts; "
                f"those learned values track the VADER lexicon with τ {_f(tau)} {_ci(m, 'learned_value_tau')} (p {_f(p, 3) if p is not None and p >= 0.001 else '< 0.001' if p is not None else '—'}): "
                f"the model's preferences {direction}. Across {len(m.get('seeds') or [])} fine-tuning seeds: "
                f"mean τ {_f(_n(m, 'learned_value_tau_seed_mean'))} {_ci(m, 'learned_value_tau_seed')}.")
+    out.extend(x for x in (_within_sign_sentence(m), _planted_paired_sentence(m), _shuffled_null_sentence(m)) if x)
     detected = m.get("planted_detected") is True
     planted_task = f" (reported as its own task `{m['planted_control_task']}`)" if m.get("planted_control_task") else ""
-    out.append(f"**Planted control — {'detected' if detected else 'NOT detected'}:** a fine-tune{planted_task} whose reward flips the sign of "
+    unpaired = " (unpaired: confounded by word frequency, see the paired test)" if _n(m, "planted_paired_auc") is not None else ""
+    out.append(f"**Planted control{unpaired} — {'detected' if detected else 'NOT detected'}:** a fine-tune{planted_task} whose reward flips the sign of "
                f"{m.get('planted_n', '—')} positive words separates them from {m.get('planted_n_other', '—')} other positive words by "
                f"their learned values with AUC {_f(_n(m, 'planted_auc'), 2)} (permutation p {_f(_n(m, 'planted_p'), 4)}; mean learned value "
                f"{_f(_n(m, 'planted_mean_learned'))} vs {_f(_n(m, 'planted_mean_learned_other'))}); the same score on the "
@@ -109,7 +182,10 @@ def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
                f"and {_f(base)}{_ci_after(m, 'probe_tau_word_heldout_base')} on the base model's; difference {_f(diff)} [{_f(lo)}, {_f(hi)}]"
                + (" — the CI covers 0: the probe reads no more from the fine-tuned model than from the base (no learned pattern shown)."
                   if covers else (" — the fine-tuned model encodes more." if (diff or 0) > 0 else " — the base model encodes more."))
-               + f" Ceilings on the same split: word identity {_f(_n(m, 'identity_ceiling_tau'))}, sign only {_f(_n(m, 'sign_ceiling_tau'))}."
+               + f" Ceilings on the same split: word identity {_f(_n(m, 'identity_ceiling_tau'))} (0 by construction: no test word "
+               f"is seen in training), sign only {_f(_n(m, 'sign_ceiling_tau'))} (an oracle that knows each test word's sign, not a "
+               "trivial predictor). The CIs resample words within this one run and split; split seeds below add split-to-split "
+               "variance, fine-tuning seeds run-to-run variance."
                + (f" Over other word splits (split seeds, same models): fine-tuned {_split_seeds(m, 'probe_tau_word_heldout_finetuned')}, "
                   f"base {_split_seeds(m, 'probe_tau_word_heldout_base')}, difference {_split_seeds(m, 'probe_tau_word_heldout_diff')}."
                   if m.get("probe_seed_kind") == "word_split" else ""))
@@ -130,6 +206,17 @@ def table(m: dict[str, Any], paper_tau: float | None) -> list[list[str]]:
     return [
         ["learned-value τ vs lexicon (seed of params)", _f(_n(m, "learned_value_tau")), _ci(m, "learned_value_tau"), f"p {_f(_n(m, 'learned_value_tau_p'), 4)}"],
         ["learned-value τ, mean over seeds", _f(_n(m, "learned_value_tau_seed_mean")), _ci(m, "learned_value_tau_seed"), f"seeds {m.get('seeds')}"],
+        ["learned-value τ within sign (primary)", _f(_n(m, "learned_value_tau_within_sign")), _ci(m, "learned_value_tau_within_sign"),
+         f"seeds: mean {_f(_n(m, 'learned_value_tau_within_sign_seed_mean'))} {_ci(m, 'learned_value_tau_within_sign_seed')}; "
+         f"shuffled null {_f(_n(m, 'learned_value_tau_within_sign_null_min'))} to {_f(_n(m, 'learned_value_tau_within_sign_null_max'))}"],
+        ["learned-value gap, positive − negative words", _f(_n(m, "learned_value_sign_gap")), _ci(m, "learned_value_sign_gap"),
+         f"means +: {_f(_n(m, 'learned_value_mean_positive_words'))}, −: {_f(_n(m, 'learned_value_mean_negative_words'))}"],
+        ["learned-value τ, shuffled-reward null over arms", _f(_n(m, "learned_value_tau_null_mean")), _ci(m, "learned_value_tau_null"),
+         f"{m.get('shuffled_arms', '—')} arms; measured run rank p {_f(_n(m, 'learned_value_tau_vs_null_rank_p'), 2)}; "
+         f"arms' τ vs own reward {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} {_ci(m, 'shuffled_arms_tau_reward')}"],
+        ["planted control AUC, paired (planted − true-reward run)", _f(_n(m, "planted_paired_auc"), 2), "—",
+         f"p {_p(_n(m, 'planted_paired_p'))}; seed-vs-seed null {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
+         f"planted words' change {_f(_n(m, 'planted_paired_mean_change'))} {_ci(m, 'planted_paired_mean_change')}"],
         ["probe τ, word-held-out, fine-tuned", _f(_n(m, "probe_tau_word_heldout_finetuned")), _ci(m, "probe_tau_word_heldout_finetuned"),
          f"within sign +/−: {_f(_n(m, 'probe_tau_word_heldout_finetuned_positive_words'))} / {_f(_n(m, 'probe_tau_word_heldout_finetuned_negative_words'))}"],
         ["probe τ, word-held-out, base", _f(_n(m, "probe_tau_word_heldout_base")), _ci(m, "probe_tau_word_heldout_base"),
@@ -145,12 +232,12 @@ def table(m: dict[str, Any], paper_tau: float | None) -> list[list[str]]:
            _ci(m, f"probe_tau_word_heldout_{key}_seed"), f"split seeds {m.get('probe_split_seeds')} (not fine-tuning seeds)"]
           for key, label in (("finetuned", "fine-tuned"), ("base", "base"), ("diff", "fine-tuned − base"), ("difference", "difference probe"))
           if m.get("probe_seed_kind") == "word_split"],
-        ["identity-only ceiling (same split)", _f(_n(m, "identity_ceiling_tau")), "—", "one-hot word lookup, no model"],
-        ["sign-only ceiling (same split)", _f(_n(m, "sign_ceiling_tau")), "—", "perfect sign, random order within sign"],
-        ["planted control AUC", _f(_n(m, "planted_auc"), 2), "—", f"p {_f(_n(m, 'planted_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_auc_base'), 2)}"],
+        ["identity-only ceiling (same split)", _f(_n(m, "identity_ceiling_tau")), "—", "one-hot word lookup: 0 by construction on a word-held-out split"],
+        ["sign-only ceiling (same split)", _f(_n(m, "sign_ceiling_tau")), "—", "an oracle: true sign, random order within sign"],
+        ["planted control AUC (unpaired, frequency-confounded)", _f(_n(m, "planted_auc"), 2), "—", f"p {_f(_n(m, 'planted_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_auc_base'), 2)}"],
         ["planted control AUC through the probe", _f(_n(m, "planted_probe_auc"), 2), "—",
          f"p {_f(_n(m, 'planted_probe_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_probe_auc_base'), 2)}"],
-        ["shuffled control τ vs lexicon", _f(_n(m, "shuffled_learned_value_tau")), _ci(m, "shuffled_learned_value_tau"), "must cover 0"],
+        ["shuffled control τ vs lexicon (arm 0)", _f(_n(m, "shuffled_learned_value_tau")), _ci(m, "shuffled_learned_value_tau"), "one run: see the null over arms"],
         ["probe's view of the change, τ vs lexicon (fine-tuned / shuffled)", _f(_n(m, "probe_shift_tau")), _ci(m, "probe_shift_tau"),
          f"shuffled control {_f(_n(m, 'shuffled_probe_shift_tau'))} {_ci(m, 'shuffled_probe_shift_tau')}"],
         ["τ(|probe error|, learned value), held-out words", _f(_n(m, "error_learned_value_tau")), "—",

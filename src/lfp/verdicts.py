@@ -117,6 +117,8 @@ def planted(measure: Metrics, control: Metrics) -> Judged:
     """A fine-tune whose reward flips a few positive words must be found by the measurement: its
     planted words separate from the others by learned value (the stage's `planted_detected` flag:
     AUC > 0.5 with permutation p < 0.05). Read from the measured task's lfp.json, else the control's own."""
+    if measure is not None and _n(measure, "planted_paired_auc") is not None:
+        return planted_paired(measure)
     m = measure if measure is not None and _n(measure, "planted_auc") is not None else control
     if miss := _missing(m, "lfp.json", "planted_auc"):
         return miss
@@ -126,6 +128,65 @@ def planted(measure: Metrics, control: Metrics) -> Judged:
     flag = m.get("planted_detected")
     detected = flag if isinstance(flag, bool) else p is not None and p < ALPHA and auc > 0.5
     return (PASSED if detected else FAILED), f"planted words' AUC {_f(auc, 2)}, p {_p(p)}"
+
+
+def planted_paired(m: Mapping[str, Any]) -> Judged:
+    """The paired planted test (planted run − true-reward run, same data and seed): AUC > 0.5 with
+    permutation p below the stage's alpha (0.01), the unpaired AUC and the seed-vs-seed null beside it."""
+    auc, p = _n(m, "planted_paired_auc"), _n(m, "planted_paired_p")
+    flag = m.get("planted_paired_detected")
+    detected = flag if isinstance(flag, bool) else auc is not None and p is not None and auc > 0.5 and p < 0.01
+    return ((PASSED if detected else FAILED),
+            f"paired AUC {_f(auc, 2)}, p {_p(p)} (seed-vs-seed null {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
+            f"unpaired AUC {_f(_n(m, 'planted_auc'), 2)})")
+
+
+def planted_learned(m: Metrics) -> Judged:
+    """A control must learn before it can speak: the planted words' learned values fell in the
+    planted run relative to the true-reward run (t-interval over the planted words below 0)."""
+    if miss := _missing(m, "lfp.json", "planted_paired_mean_change", "planted_paired_mean_change_ci_high"):
+        return miss
+    assert m is not None
+    hi = _n(m, "planted_paired_mean_change_ci_high")
+    assert hi is not None
+    return ((PASSED if hi < 0 else FAILED),
+            f"planted words' change vs the true-reward run {_with_ci_num(m, 'planted_paired_mean_change')} "
+            f"(other positive words {_f(_n(m, 'planted_paired_mean_change_other'))})")
+
+
+def shuffled_null_centred(m: Metrics) -> Judged:
+    """The shuffled-reward fine-tunes (centred permutations) taught no valence: their learned-value τ
+    against the real lexicon, over arms, has a t-interval covering 0."""
+    if miss := _missing(m, "lfp.json", "learned_value_tau_null_mean"):
+        return miss
+    assert m is not None
+    centred = m.get("shuffled_null_centred") is True
+    return ((PASSED if centred else FAILED),
+            f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {_with_ci_num(m, 'learned_value_tau_null')}")
+
+
+def shuffled_learned(m: Metrics) -> Judged:
+    """The shuffled arms learned the reward they were given: τ against it, t-interval over arms above 0."""
+    if miss := _missing(m, "lfp.json", "shuffled_arms_tau_reward_mean"):
+        return miss
+    assert m is not None
+    return ((PASSED if m.get("shuffled_learned") is True else FAILED),
+            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms {_with_ci_num(m, 'shuffled_arms_tau_reward')}")
+
+
+def beyond_null(m: Metrics) -> Judged:
+    """The measured fine-tune learned more than the sign: its within-sign τ CI lies above 0 and above
+    every shuffled arm's within-sign τ."""
+    key = "learned_value_tau_within_sign"
+    if miss := _missing(m, "lfp.json", key, f"{key}_ci_low", f"{key}_null_max"):
+        return miss
+    assert m is not None
+    lo = _n(m, f"{key}_ci_low")
+    assert lo is not None
+    ok = lo > 0 and m.get(f"{key}_vs_null_outside") is True
+    return ((PASSED if ok else FAILED),
+            f"within-sign τ {_with_ci_num(m, key)} vs null {_f(_n(m, f'{key}_null_min'))} to {_f(_n(m, f'{key}_null_max'))} "
+            f"(rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}); gap {_with_ci_num(m, 'learned_value_sign_gap')}")
 
 
 def shuffled(measure: Metrics, control: Metrics) -> Judged:
@@ -269,9 +330,15 @@ def run_verdicts(runs_dir: Path, model: str, task: str, kind: str, label: str | 
     name = label or task
     if kind == LEXICON_KIND:
         control = {c: read_metrics(runs_dir / paths.run_id(model, paths.control_task(task, c)) / "lfp.json") for c in paths.CONTROLS}
+        paired = m is not None and _n(m, "planted_paired_auc") is not None
         judged = [("fine-tuning learned its reward", finetune_lexicon(f)),
-                  ("planted control detected", planted(m, control["planted"])),
-                  ("shuffled-reward control not detected", shuffled(m, control["shuffled"])),
+                  *([("learned values beyond the sign and the shuffled null (within sign)", beyond_null(m)),
+                     ("planted fine-tune learned its plant", planted_learned(m))] if paired else []),
+                  ("planted control detected" + (" (paired)" if paired else ""), planted(m, control["planted"])),
+                  *([("shuffled fine-tunes learned their own reward", shuffled_learned(m)),
+                     ("shuffled-reward null centred on 0 (over arms)", shuffled_null_centred(m))]
+                    if m is not None and _n(m, "learned_value_tau_null_mean") is not None
+                    else [("shuffled-reward control not detected", shuffled(m, control["shuffled"]))]),
                   ("probe beats the base model", probe_vs_base_lexicon(m)),
                   ("probe beats trivial predictors", probe_vs_trivial_lexicon(m)),
                   ("difference probe beats its shuffled null", difference_vs_null(m))]
