@@ -162,7 +162,8 @@ def test_secrets_never_reach_mlflow_by_name_value_or_url(mlflow_store, tmp_path,
     assert hits == []
 
 
-def test_a_long_list_param_is_cut_with_a_pointer_to_its_full_value(mlflow_store, tmp_path):
+def test_a_long_list_param_is_cut_with_a_pointer_to_its_full_value(mlflow_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's own clients read the store's relative artifact paths from its folder
     words = [f"word{i}" for i in range(2000)]  # ~20,000 characters: over MLflow's 6000
     with stage_run("contrastive", experiment="lfp-test", task="vader", params={"neutral_words": words}) as run:
         run_id = run.run_id
@@ -206,3 +207,106 @@ def test_one_stage_across_models_and_tasks_is_one_flat_search(mlflow_store):
     assert set(df["tags.kind"]) == {"stage"} and df["tags.mlflow.parentRunId"].notna().all()
     sae = mlflow.search_runs(experiment_names=["lfp-test"], filter_string="tags.stage = 'sae' and tags.source = 'base'")
     assert list(sae["tags.mlflow.runName"]) == ["sae@tiny-vader-base"]
+
+
+# --------------------------------------------------------------------------------------------
+# the UI's view: names, parents, experiment kind, shared metric names, relative artifact paths
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_run_is_named_as_its_dvc_stage(mlflow_store):
+    """`lfp measure` runs as the DVC stage `measure_pairs` for preference tasks: the name says so."""
+    with stage_run("measure", experiment="lfp-test", model="tiny", task="hh", dvc_stage="measure_pairs"):
+        pass
+    r = _by_name(mlflow_store)["measure_pairs@tiny-hh"]
+    assert r.data.tags["stage"] == "measure" and r.data.tags["dvc_stage"] == "measure_pairs@tiny-hh"
+
+
+def test_parent_fails_with_a_child_and_recovers_when_it_reruns(mlflow_store):
+    with stage_run("prepare", experiment="lfp-test", task="vader"):
+        pass
+    with pytest.raises(RuntimeError):
+        with stage_run("probe", experiment="lfp-test", model="tiny", task="vader"):
+            raise RuntimeError("boom")
+    parent = _by_name(mlflow_store)
+    (p,) = [r for n, r in parent.items() if n.startswith("pipeline@")]
+    assert p.info.status == "FAILED"
+    with stage_run("probe", experiment="lfp-test", model="tiny", task="vader"):
+        pass
+    assert mlflow.get_run(p.info.run_id).info.status == "FINISHED"
+
+
+def test_experiment_opens_as_a_classic_ml_experiment(mlflow_store):
+    with stage_run("prepare", experiment="lfp-test", task="vader"):
+        pass
+    mlflow.set_tracking_uri(mlflow_store)
+    assert mlflow.get_experiment_by_name("lfp-test").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_shared_aliases_are_logged_beside_the_task_kinds_keys(mlflow_store, tmp_path):
+    for task, kind, metrics in (("vader", "lexicon_rl", {"kendall_tau": 0.3, "kendall_tau_ci_low": 0.2}),
+                                ("hh", "preference_dpo", {"probe_accuracy": 0.8, "probe_accuracy_ci_low": 0.7})):
+        with stage_run("probe", experiment="lfp-test", model="tiny", task=task, tags={"task_kind": kind}) as run:
+            run.write_metrics(tmp_path / f"{task}.json", metrics)
+        assert json.loads((tmp_path / f"{task}.json").read_text()) == metrics  # the DVC file keeps its keys
+    runs = _by_name(mlflow_store)
+    vader, hh = runs["probe@tiny-vader"], runs["probe@tiny-hh"]
+    assert vader.data.metrics["shared.probe_score"] == 0.3 and hh.data.metrics["shared.probe_score"] == 0.8
+    assert {k for k in vader.data.metrics if k.startswith("shared.")} == {k for k in hh.data.metrics if k.startswith("shared.")}
+    assert "probe_score=kendall_tau" in vader.data.tags["shared_from"]
+
+
+ALIAS_STAGES = {"finetune": "finetune.json", "probe": "probe.json", "measure": "lfp.json"}
+
+
+@pytest.mark.parametrize("stage", sorted(ALIAS_STAGES))
+def test_committed_metrics_share_their_alias_names_across_tasks(stage):
+    """The committed metrics of vader (lexicon) and hh / toxic (preference): every shared role is
+    found in every task, so a cross-task compare of `shared.*` has no empty cell."""
+    from lfp.tracking import SHARED_METRICS, shared_metrics
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    keys = {}
+    for task in params["tasks"]:
+        kind = params["task_specs"][task]["kind"]
+        path = ROOT / "reports" / "runs" / f"{params['models'][0]}-{task}" / ALIAS_STAGES[stage]
+        keys[task] = set(shared_metrics(stage, kind, json.loads(path.read_text())))
+    roles = {"shared." + r for kind_roles in (SHARED_METRICS[(stage, k)] for k in ("lexicon_rl", "preference_dpo")) for r in kind_roles}
+    assert all(k == roles for k in keys.values()), keys
+
+
+def test_alias_roles_are_the_same_for_both_task_kinds():
+    from lfp.tracking import SHARED_METRICS
+
+    for stage in {s for s, _ in SHARED_METRICS}:
+        assert set(SHARED_METRICS[(stage, "lexicon_rl")]) == set(SHARED_METRICS[(stage, "preference_dpo")]), stage
+
+
+def test_artifact_paths_are_stored_relative_to_the_store(tmp_path, monkeypatch):
+    """A store made before paths were relative (absolute `file://.../mlartifacts`) is rewritten in
+    place; artifacts land beside mlflow.db whatever the working directory."""
+    from lfp.tracking import resolve_location
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_ROOT", str(proj))
+    mlflow.set_tracking_uri(uri)
+    old = mlflow.MlflowClient().create_experiment("lfp-test", artifact_location=(proj / "mlartifacts").as_uri())
+    legacy = mlflow.MlflowClient().create_run(old, run_name="old").info.artifact_uri
+    assert legacy.startswith("file://")
+    (tmp_path / "note.txt").write_text("x")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with stage_run("report", experiment="lfp-test") as run:
+        run.log_artifact(tmp_path / "note.txt")
+    exp = mlflow.get_experiment_by_name("lfp-test")
+    assert exp.artifact_location == "mlartifacts"
+    runs = {r.info.run_name: r for r in mlflow.search_runs([exp.experiment_id], output_format="list")}
+    assert runs["old"].info.artifact_uri == "mlartifacts/" + legacy.split("/mlartifacts/", 1)[1]
+    stored = runs["report"].info.artifact_uri
+    assert stored.startswith("mlartifacts/") and (proj / stored / "note.txt").is_file()
+    assert resolve_location(stored, uri) == str(proj / stored)
+    assert not (elsewhere / "mlartifacts").exists()

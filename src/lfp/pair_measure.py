@@ -221,7 +221,8 @@ def run_preference(params: Params, model: str, task: str) -> None:
                 raise DataError(f"{path}: missing (run `lfp sae --model {model} --task {task} --source {src}`)")
     tags = {"ground_truth": "dpo_implicit_reward", "probe_split": "by_dialogue", "paper_method": "probe.json (triples)"}
     log_params = {"seed": params.seed, "measure": section_dict(cfg), "finetune": {task: section_dict(ft_cfg)}}
-    with open_stage("measure", params, model=model, task=task, tags=tags, log_params=log_params) as stage:
+    with open_stage("measure", params, model=model, task=task, tags=tags, log_params=log_params,
+                    dvc_stage="measure_pairs") as stage:
         base, tok = stage.load(paths.base_model_dir(model))
         finetuned = stage.load(paths.finetuned_dir(model, task))[0]
         rows, n_cut = dpo.fit_to_context(tok, dpo.seeded_order(heldout, params.seed)[: cfg.pairs or None], ft_cfg.max_length)

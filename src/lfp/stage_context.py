@@ -32,9 +32,12 @@ class StageContext:
 @contextmanager
 def open_stage(
     stage: str, params: Params, *, model: str | None = None, task: str | None = None, source: str | None = None,
-    log_params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+    log_params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None, dvc_stage: str | None = None,
 ) -> Iterator[StageContext]:
-    """The stage's MLflow run (`stage@model-task[-source]`) with the device Accelerate picks."""
+    """The stage's MLflow run (`stage@model-task[-source]`) with the device Accelerate picks.
+
+    `dvc_stage`: the DVC stage's name where it differs from the lfp command (`measure_pairs` runs
+    `lfp measure`); the run is named after it, as in dvc.yaml."""
     from accelerate import Accelerator
 
     tags = dict(tags or {})
@@ -43,5 +46,5 @@ def open_stage(
     if task is not None and task in params.task_specs:
         tags.setdefault("task_kind", params.kind(task))
     with stage_run(stage, experiment=params.tracking.experiment, model=model, task=task, params=log_params,
-                   tags=tags, source=source) as run:
+                   tags=tags, source=source, dvc_stage=dvc_stage) as run:
         yield StageContext(run, Accelerator().device)

@@ -14,6 +14,17 @@ variable), and URLs are shown only through `lfp.llm.redact_url`.
 Comparing one stage across models x tasks: every stage run is tagged `kind=stage`, `stage`,
 `model`, `task`, `source` (and `pipeline`), so `tags.stage = 'probe'` in `mlflow.search_runs` or the
 UI's search box lists those runs (docs/reliability.md, "Comparing one stage across runs").
+Each run is named exactly as its DVC stage instance (tag `dvc_stage` too): `measure_pairs@tiny-hh`
+runs the `lfp measure` command, so its `stage` tag says `measure` while its name says the DVC stage.
+
+Shared metric names: where two task kinds measure the same quantity under different keys (the probe's
+Kendall tau vs its accuracy), the run also gets `shared.<role>` aliases of the same values
+(SHARED_METRICS; the DVC metrics files keep their keys), so one stage compares across tasks.
+
+Artifact locations: a local sqlite store records its artifact folder as the relative path
+`mlartifacts`, read against the folder holding `mlflow.db` (so a copied or moved project keeps
+working); `mlflow ui` must be started in that folder. A parent run ends FAILED while the newest run
+of any of its stage instances failed.
 """
 
 from __future__ import annotations
@@ -42,7 +53,10 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 PARAMS_ARTIFACT = "params/params.json"  # the full value of every param too long for MLflow
-ARTIFACTS_DIR = "mlartifacts"  # local artifacts live at <project root>/mlartifacts
+ARTIFACTS_DIR = "mlartifacts"  # local artifacts live at <folder of mlflow.db>/mlartifacts
+# MLflow 3.x opens an experiment without this tag (or tagged genai_development) in its GenAI view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Environment variables that hold keys whatever params say (plus the one `llm.api_key_env` names).
 KNOWN_KEY_ENVS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN",
                   "HUGGING_FACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
@@ -130,6 +144,58 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
+# shared metric names across task kinds
+# --------------------------------------------------------------------------------------------
+
+SHARED_PREFIX = "shared."
+
+
+def _with_ci(alias: str, key: str) -> dict[str, str]:
+    return {alias: key, f"{alias}_ci_low": f"{key}_ci_low", f"{alias}_ci_high": f"{key}_ci_high"}
+
+
+# (stage, task kind) -> {shared role: the kind's own key}. A role is listed only where both kinds
+# compute the same quantity; the tag `shared_from` of each run names the keys it was read from.
+SHARED_METRICS: dict[tuple[str, str], dict[str, str]] = {
+    # the fine-tuning's held-out evidence: sample counts
+    ("finetune", "lexicon_rl"): {"eval_n": "eval_prompts", "train_n": "train_prompts"},
+    ("finetune", "preference_dpo"): {"eval_n": "eval_pairs", "train_n": "train_pairs"},
+    # the probe on triples (the paper's Table 4 / 5 number): score with CI, base-model control,
+    # shuffled-label null; the score is Kendall tau (lexicon) or accuracy (preference)
+    ("probe", "lexicon_rl"): {
+        **_with_ci("probe_score", "kendall_tau"), **_with_ci("probe_score_base_model", "base_control_kendall_tau"),
+        "probe_score_shuffled": "shuffled_kendall_tau", "probe_score_shuffled_sd": "shuffled_kendall_tau_sd"},
+    ("probe", "preference_dpo"): {
+        **_with_ci("probe_score", "probe_accuracy"), **_with_ci("probe_score_base_model", "base_control_probe_accuracy"),
+        "probe_score_shuffled": "shuffled_probe_accuracy", "probe_score_shuffled_sd": "shuffled_probe_accuracy_sd"},
+    # the validated measurement: how well the fine-tune learned the feedback (learned-value tau vs
+    # the lexicon; DPO implicit-reward accuracy), and Kendall tau of held-out probes against that
+    # ground truth per source (word-held-out probes; implicit-reward probes)
+    ("measure", "lexicon_rl"): {
+        **_with_ci("ground_truth_score", "learned_value_tau"),
+        **{f"probe_tau_{src}": f"probe_tau_word_heldout_{src}" for src in ("finetuned", "base", "difference")},
+        "n_test": "n_words_test", "n_train": "n_words_train"},
+    ("measure", "preference_dpo"): {
+        **_with_ci("ground_truth_score", "implicit_reward_acc"),
+        **{f"probe_tau_{src}": f"reward_probe_tau_{src}" for src in ("finetuned", "base", "difference")},
+        "n_test": "n_test", "n_train": "n_train"},
+}
+
+
+def shared_metrics(stage: str, kind: str | None, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The `shared.<role>` aliases of `metrics` for a stage of a task kind (same values, one name
+    across kinds); {} for a stage or kind without shared roles."""
+    values = numeric_metrics(metrics)
+    roles = SHARED_METRICS.get((stage, kind or ""), {})
+    return {SHARED_PREFIX + role: values[key] for role, key in roles.items() if key in values}
+
+
+def shared_sources(stage: str, kind: str | None) -> str:
+    """`role=key,...`: what the `shared_from` tag says about a run's aliases ('' without any)."""
+    return ",".join(f"{role}={key}" for role, key in SHARED_METRICS.get((stage, kind or ""), {}).items())
+
+
+# --------------------------------------------------------------------------------------------
 # secrets: by name and by value
 # --------------------------------------------------------------------------------------------
 
@@ -200,7 +266,7 @@ def _log_full_values(client: Any, run_id: str, full: Mapping[str, str]) -> None:
     with tempfile.TemporaryDirectory(prefix="lfp-params-") as tmp:
         path = Path(tmp) / Path(PARAMS_ARTIFACT).name
         path.write_text(json.dumps(dict(full), indent=2, sort_keys=True), encoding="utf-8")
-        client.log_artifact(run_id, str(path), artifact_path=str(Path(PARAMS_ARTIFACT).parent))
+        log_artifact_to(client, run_id, path, str(Path(PARAMS_ARTIFACT).parent))
 
 
 def read_params_file(path: Path | None = None) -> dict[str, Any]:
@@ -290,17 +356,39 @@ class StoreGuard:
             )
 
 
-def _relocate_copied_store(db: Path, experiment: str, root: Path) -> None:
-    """A project copied (or moved) with its `mlflow.db` still points its artifact folder at the
-    original project: MLflow stores absolute paths. Point the experiment and its runs at
-    `<this root>/mlartifacts` instead, so a copy never writes into the original.
+def resolve_location(location: str, uri: str | None = None) -> str:
+    """An artifact location as MLflow's artifact repositories need it: a relative local path (what
+    lfp stores) is read against the folder holding the sqlite store, never the working directory."""
+    path = _local_path(location)
+    db = sqlite_path(uri or tracking_uri())
+    if path is not None and not path.is_absolute() and db is not None:
+        return str(db.parent / path)
+    return location
 
-    Only for a sqlite store inside this project whose experiment uses our layout
-    (`<some root>/mlartifacts`); any other location outside the project is refused in `_check_location`.
+
+def log_artifact_to(client: Any, run_id: str, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    """`client.log_artifact`, with a relative artifact location resolved as `resolve_location` says."""
+    stored = client.get_run(run_id).info.artifact_uri
+    where = resolve_location(stored)
+    if where == stored:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        return
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(where).log_artifact(str(path), artifact_path)
+
+
+def _relocate_copied_store(db: Path, experiment: str, root: Path) -> None:
+    """Store the experiment's artifact folder, and its runs', as the relative path `mlartifacts`
+    (read against the folder of `mlflow.db`), so a copied or moved project keeps working.
+
+    Rewritten: a location `<folder of mlflow.db>/mlartifacts` (stores made before locations were
+    relative), and, for a store inside this project, `<another root>/mlartifacts` outside it (a
+    project copied with its store: MLflow stored absolute paths, so runs in the copy wrote into the
+    original). Any other location is left alone; `_check_location` refuses one outside the project.
     """
     if not db.is_file():
         return
-    new = (root / ARTIFACTS_DIR).as_uri()
     try:
         with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -311,13 +399,15 @@ def _relocate_copied_store(db: Path, experiment: str, root: Path) -> None:
                 return
             exp_id, old = row
             old_path = _local_path(old)
-            if old_path is None or old_path.name != ARTIFACTS_DIR or old_path.resolve() == (root / ARTIFACTS_DIR).resolve():
+            if old_path is None or not old_path.is_absolute() or old_path.name != ARTIFACTS_DIR:
                 return
-            if old_path.resolve().is_relative_to(root):
+            own = old_path.resolve() == (db.parent / ARTIFACTS_DIR).resolve()
+            copied = db.is_relative_to(root) and not old_path.resolve().is_relative_to(root)
+            if not (own or copied):
                 return
             prefix = old.rstrip("/") + "/"
             with con:  # one transaction
-                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (ARTIFACTS_DIR, exp_id))
                 for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
                     # names from this fixed list, never from input; skipped where a schema lacks them
                     columns = {r[1] for r in con.execute(f"PRAGMA table_info({table})")} if table in tables else set()
@@ -325,13 +415,14 @@ def _relocate_copied_store(db: Path, experiment: str, root: Path) -> None:
                         con.execute(
                             f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
                             f"WHERE experiment_id = ? AND substr({column}, 1, ?) = ?",
-                            (new + "/", len(prefix) + 1, exp_id, len(prefix), prefix),
+                            (ARTIFACTS_DIR + "/", len(prefix) + 1, exp_id, len(prefix), prefix),
                         )
     except sqlite3.Error as exc:
         raise BackendError(f"MLflow store {db}: cannot read it ({exc})") from None
-    logging.getLogger(__name__).warning(
-        "MLflow store %s was copied from another folder: its artifacts now go to %s, not %s", db, new, redact_url(old)
-    )
+    if not own:
+        logging.getLogger(__name__).warning(
+            "MLflow store %s was copied from another folder: its artifacts now go to %s, not %s",
+            db, db.parent / ARTIFACTS_DIR, redact_url(old))
 
 
 def _check_location(uri: str, experiment: Any, root: Path) -> None:
@@ -339,12 +430,50 @@ def _check_location(uri: str, experiment: Any, root: Path) -> None:
     db = sqlite_path(uri)
     if db is None or not db.is_relative_to(root):
         return  # a server, or a store the user shares on purpose: its artifact root is theirs
-    where = _local_path(experiment.artifact_location or "")
+    where = _local_path(resolve_location(experiment.artifact_location or "", uri))
     if where is not None and not where.resolve().is_relative_to(root):
         raise BackendError(
             f"MLflow store {db}: experiment '{experiment.name}' keeps its artifacts in {where}, outside this "
             f"project ({root}); move that store away or set MLFLOW_TRACKING_URI"
         )
+
+
+def experiment_id(client: Any, experiment: str, uri: str, root: Path) -> str:
+    """The id of `experiment` in the store at `uri`, created if missing (a local store keeps its
+    artifacts in `mlartifacts` beside it, stored relative), tagged as a classic ML experiment so
+    MLflow's UI opens it on its runs; refused if its artifacts would land outside the project."""
+    db = sqlite_path(uri)
+    if db is not None:
+        _relocate_copied_store(db, experiment, root)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if db is not None:
+            location = (db.parent / ARTIFACTS_DIR).as_uri()
+        elif uri.startswith("file:") or "://" not in uri:
+            location = (root / ARTIFACTS_DIR).as_uri()
+        client.create_experiment(experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if db is not None:
+            _relocate_copied_store(db, experiment, root)
+        exp = client.get_experiment_by_name(experiment)
+    _check_location(uri, exp, root)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def settle_parent(client: Any, experiment_id: str, parent_id: str) -> str:
+    """Set the parent run's status from its children: FAILED while the newest run of any stage
+    instance (its `dvc_stage`, else its name) failed, FINISHED otherwise. Returns the status."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  max_results=50000, order_by=["attributes.start_time DESC"])
+    newest: dict[str, str] = {}
+    for run in children:  # newest first
+        newest.setdefault(run.data.tags.get("dvc_stage") or run.info.run_name, run.info.status)
+    status = "FAILED" if "FAILED" in newest.values() else "FINISHED"
+    if client.get_run(parent_id).info.status != status:
+        client.set_terminated(parent_id, status)
+    return status
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +490,8 @@ class StageRun:
         self.run_id: str = run.info.run_id
         self._guard = guard
         self._secrets = secrets or set()
+        self.stage = ""  # the lfp command and the task kind: which SHARED_METRICS roles apply
+        self.task_kind: str | None = None
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._guard is not None:
@@ -384,12 +515,13 @@ class StageRun:
         self._call(self._mlflow.set_tags, clean)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self._call(self._mlflow.log_artifact, str(path), artifact_path=artifact_path)
+        self._call(log_artifact_to, self._mlflow.MlflowClient(), self.run_id, path, artifact_path)
 
     def write_metrics(self, path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
         """Log the numbers to MLflow, then write the same numbers to the DVC metrics JSON (in this
-        order: a run that cannot be recorded leaves no metrics file claiming it succeeded)."""
-        self.log_metrics(metrics)
+        order: a run that cannot be recorded leaves no metrics file claiming it succeeded). The
+        run also gets the `shared.*` aliases of those numbers (SHARED_METRICS)."""
+        self.log_metrics({**numeric_metrics(metrics), **shared_metrics(self.stage, self.task_kind, metrics)})
         io.write_json(path, dict(metrics))
 
 
@@ -435,6 +567,12 @@ def _quiet_mlflow() -> Iterator[None]:
         logger.setLevel(before)
 
 
+def run_name(stage: str, model: str | None = None, task: str | None = None, source: str | None = None) -> str:
+    """The DVC stage instance's name: `stage@model-task[-source]`, `prepare@task`, `base@model`, `report`."""
+    name = stage + (f"@{model}-{task}" if model and task else f"@{model or task}" if (model or task) else "")
+    return name + (f"-{source}" if source is not None else "")  # the base / fine-tuned branch: `sae@tiny-vader-base`
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -445,11 +583,14 @@ def stage_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     source: str | None = None,
+    dvc_stage: str | None = None,
 ) -> Iterator[StageRun]:
     """Open one MLflow run for a stage instance; tags stage/model/task/source/commit and logs params.
 
-    The stage's `params` go on its run; every leaf of the params file goes on the `pipeline@<id>`
-    parent. Failures of the store become one BackendError line naming it.
+    The run is named as the DVC stage instance: `dvc_stage` (e.g. `measure_pairs`, whose command is
+    `lfp measure`) replaces `stage` in the name. The stage's `params` go on its run; every leaf of the
+    params file goes on the `pipeline@<id>` parent, which ends FAILED when this run fails.
+    Failures of the store become one BackendError line naming it.
     """
     since = (time.perf_counter(), time.process_time())
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -460,17 +601,13 @@ def stage_run(
 
     uri = tracking_uri()
     root = project_root()
-    name = stage + (f"@{model}-{task}" if model and task else f"@{model or task}" if (model or task) else "")
-    if source is not None:  # the base / fine-tuned branch of a stage: `sae@tiny-vader-base`
-        name += f"-{source}"
+    name = run_name(dvc_stage or stage, model, task, source)
     file_flat = flatten(read_params_file())
     stage_flat = flatten(params or {})
     secrets = secret_values(file_flat, stage_flat)
     parent_params, parent_full = clean_params(file_flat, secrets)
     db = sqlite_path(uri)
     try:
-        if db is not None and db.is_relative_to(root):
-            _relocate_copied_store(db, experiment, root)
         if db is not None and not db.exists():
             _forget_cached_store(db)  # a store deleted since this process last used it: start afresh
         # what mlflow.set_tracking_uri sets too (so subprocesses inherit it); the API call itself is
@@ -480,18 +617,11 @@ def stage_run(
         if mlflow.get_tracking_uri() != uri:
             mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = None
-            if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-                location = (root / ARTIFACTS_DIR).as_uri()
-            client.create_experiment(experiment, artifact_location=location)
-            exp = client.get_experiment_by_name(experiment)
-        _check_location(uri, exp, root)
-        exp_id = mlflow.set_experiment(experiment).experiment_id
+        exp_id = experiment_id(client, experiment, uri, root)
+        mlflow.set_experiment(experiment_id=exp_id)
         pid = pipeline_id()
         parent = _parent_run_id(client, exp_id, pid, parent_params, parent_full)
-        run = mlflow.start_run(run_name=name, tags={"mlflow.parentRunId": parent, "pipeline": pid})
+        run = mlflow.start_run(run_name=name, tags={"mlflow.parentRunId": parent, "pipeline": pid, "dvc_stage": name})
     except BackendError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -499,6 +629,8 @@ def stage_run(
         raise BackendError(f"MLflow at {shown_uri()}: cannot start a run ({type(exc).__name__}: {detail})") from None
     guard = StoreGuard(uri)
     handle = StageRun(mlflow, run, guard, secrets)
+    handle.stage = stage
+    handle.task_kind = str((tags or {}).get("task_kind") or "") or None
     status = "FAILED"
     try:
         base_tags = {
@@ -509,7 +641,10 @@ def stage_run(
             "git_commit": git_commit(),
             "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
             "kind": "stage",
+            "dvc_stage": name,
         }
+        if shared := shared_sources(stage, handle.task_kind):
+            base_tags["shared_from"] = shared
         all_tags = {**base_tags, **dict(tags or {})}
         if source is not None:  # the base / fine-tuned axis wins over a stage's own `source` tag
             all_tags["source"] = source
@@ -534,4 +669,7 @@ def stage_run(
                     mlflow.end_run(status=status)
             else:
                 mlflow.end_run(status=status)
+        if not guard.lost:
+            with contextlib.suppress(Exception), _quiet_mlflow():  # the stage's result stands either way
+                settle_parent(client, exp_id, parent)
         _add_overhead("close", since)
