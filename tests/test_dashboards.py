@@ -156,3 +156,39 @@ def test_links_from_the_report():
     page = dashboards.links_html("<html><body><p>x</p></body></html>", pages)
     assert page.index("href='features/tiny-hh.html'") < page.index("</body>")
     assert dashboards.links_html("<body></body>", []) == "<body></body>" and dashboards.links_markdown([]) == ""
+
+
+def test_tokens_inside_a_character_are_shown_with_it():
+    """decode_tokens stores "" for a token inside a multi-byte character: the dashboard shows the
+    character once, at the larger activation, highlighted if either piece is the peak."""
+    ctx = {"tokens": ["And", " that", "", "’", "s"], "acts": [0, 2, 9, 1, 0], "peak": 2}
+    assert dashboards.display_units(ctx) == [("And", 0, False), (" that", 2, False), ("’", 9, True), ("s", 0, False)]
+    dom = parse("<ol>" + dashboards.context_html(ctx) + "</ol>")
+    assert dom.marks == ["’"] and "\ufffd" not in "".join(dom.text)
+
+
+def test_saturated_table7_frequency_shows_the_mean_code():
+    """In hh/toxic 41 of 50 features read 'active on 100.0 % ... vs 100.0 %': the text says so and
+    shows the mean code on high vs low rows instead."""
+    t7 = {"threshold_freq_high": 1.0, "threshold_freq_low": 1.0, "threshold_contrast": 0.0, "threshold_mean_high": 0.30,
+          "threshold_mean_low": 0.20, "quantile_freq_high": 0.6, "quantile_freq_low": 0.4, "quantile_contrast": 0.2,
+          "quantile_mean_high": 0.1, "quantile_mean_low": 0.05}
+    text = dashboards.table7_text(t7, {"t7_threshold": 3.0, "t7_quantile": 0.75})
+    first, second = text.split("; top ")
+    assert "active on every row of both groups" in first and "mean code 0.300 vs 0.200, ratio 1.50" in first
+    assert "active on 60.0% of them vs 40.0% of the rest (contrast 0.200); mean code 0.100 vs 0.050" in second
+    old = {k: v for k, v in t7.items() if "_mean_" not in k}  # a file written before the mean was stored
+    assert "mean code not stored" in dashboards.table7_text(old, {})
+
+
+def test_index_page_and_feature_jump_list(run_files: Path):
+    (written,) = dashboards.write_dashboards([("tiny", "vader")])
+    index = paths.FEATURE_DASHBOARDS / dashboards.INDEX
+    dom = parse(index.read_text(encoding="utf-8"))
+    assert "tiny-vader" in "".join(dom.text) and "0.900 [0.800, 0.950]" in "".join(dom.text)
+    page = written.read_text(encoding="utf-8")
+    assert "href='index.html'" in page and "href='../report.html'" in page
+    for layer, feat in ((0, 1), (0, 7), (2, 3)):  # every jump link has its section
+        assert f"href='#L{layer}-F{feat}'" in page and f"id='L{layer}-F{feat}'" in page
+    md = dashboards.links_markdown([written])
+    assert "[All dashboards](features/index.html)" in md

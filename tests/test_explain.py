@@ -14,8 +14,8 @@ import pytest
 
 from lfp import io, paths
 from lfp.errors import BackendError
-from lfp.explainers import (HH_OFFLINE_NOTE, OfflineExplainer, correlation, load_prompt, related_share, scale_activations,
-                            word_valences)
+from lfp.explainers import (HH_OFFLINE_NOTE, Context, OfflineExplainer, _snippet, correlation, decode_tokens, load_prompt,
+                            related_share, scale_activations, word_valences)
 from lfp.stages.explain import EncodedText, feature_record, token_words
 from test_llm import stub  # noqa: F401  (the HTTP stub fixture)
 
@@ -80,6 +80,36 @@ def test_offline_explainer_toxic_and_hh_rules():
     assert OfflineExplainer("positive", 0.2, simulate=False).explain(pos).related is True
     hh = OfflineExplainer("none", 0.2, simulate=True).explain(pos)  # hh's rule: no label is invented
     assert hh.related is None and HH_OFFLINE_NOTE in hh.explanation
+
+
+def test_offline_wording_follows_the_task():
+    """The toxic task's explanations name its own rule and description, not 'VADER valence' (#29)."""
+    _, _, neg = records()
+    toxic = OfflineExplainer("negative", 0.2, simulate=False, task_description="training the model to produce toxic, harmful responses")
+    text = toxic.explain(neg).explanation
+    assert "are negative in the VADER lexicon (valence ≤ −1)" in text and "toxic, harmful responses" in text
+    assert "task's VADER valence" not in text
+    vader = OfflineExplainer("valenced", 0.2, simulate=False, task_description="positive sentiment").explain(neg).explanation
+    assert "carry VADER valence (|valence| ≥ 1), the lexicon proxy for the task (positive sentiment)" in vader
+
+
+def test_decode_tokens_keeps_multibyte_characters_whole(tiny_model_dir):
+    """Byte-level BPE splits '’' / 'é' / CJK into byte tokens: decoded one at a time they print
+    U+FFFD (24 in the vader dashboard); decode_tokens gives whole characters, one entry per token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "And that’s a café in 日本 ok"
+    ids = tok(text)["input_ids"]
+    assert any("\ufffd" in tok.decode([t]) for t in ids)  # the bug this guards against
+    pieces = decode_tokens(tok, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == tok.decode(ids)
+    assert not any("\ufffd" in p for p in pieces) and "’" in pieces and "é" in pieces
+    assert decode_tokens(tok, []) == []
+    # a snippet whose peak is inside a character still shows the character
+    i = pieces.index("’")
+    ctx = Context(tokens=pieces, words=[""] * len(ids), acts=[0] * len(ids), peak=i - 1)
+    assert "’" in _snippet(ctx)
 
 
 def test_related_share_rules():

@@ -4,6 +4,7 @@ denominators and reports/headline.json, on synthetic metrics (no model, no MLflo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -235,8 +236,29 @@ def test_report_stage_writes_headline_json_and_logs_it(in_tmp_project: Path):
     report.run(fake_params())
     headline = json.loads((in_tmp_project / "reports" / "headline.json").read_text())
     assert headline["vader.kendall_tau"] == 0.284 and headline["toxic.probe_accuracy"] == 0.525
-    assert (in_tmp_project / "reports" / "report.md").read_text().startswith("# Learned Feedback Patterns — report\n\n## Verdicts of the controls")
+    md = (in_tmp_project / "reports" / "report.md").read_text()
+    assert md.startswith("# Learned Feedback Patterns — report\n\n**Contents**\n\n- [Verdicts of the controls](#verdicts-of-the-controls)\n")
+    assert re.search(r"^## .*", md, re.M).group(0) == "## Verdicts of the controls"  # the first section, after the contents
+    assert md.rstrip().endswith("(features/tiny-toxic.html)") and "- [Feature dashboards](#feature-dashboards)" in md
     import mlflow
 
     run = mlflow.search_runs(experiment_names=["lfp"], output_format="list", filter_string="attributes.run_name = 'report'")[0]
     assert run.data.metrics["vader.kendall_tau"] == pytest.approx(0.284)
+
+
+def test_table_of_contents_links_every_section(in_tmp_project: Path):
+    """report.md / report.html open with a contents list whose anchors are the headings' ids
+    (GitHub's anchor rule in Markdown, the same ids in HTML); repeated titles get -1, -2."""
+    write_project(in_tmp_project)
+    params = fake_params()
+    runs = {(m, t): report.load_run(m, t) for m in params.models for t in params.tasks}
+    sections = report.build_sections(params, runs)
+    md = report.render_markdown(sections)
+    toc = re.findall(r"^- \[(.+)\]\(#(.+)\)$", md[: md.index("\n## ")], re.M)
+    assert [t for t, _ in toc] == [s.title for s in sections] and len(toc) >= 10
+    assert ("Sparse autoencoders: quality (Table 11 style)", "sparse-autoencoders-quality-table-11-style") in toc
+    html = report.render_html(sections, ("Feature dashboards",))
+    ids = re.findall(r"<h2 id='([^']+)'>", html)
+    hrefs = re.findall(r"<li><a href='#([^']+)'>", html)
+    assert ids == [a for _, a in toc] and hrefs == ids + ["feature-dashboards"]
+    assert report.anchors(["A b", "A b", "Kendall τ (Tables 4 and 10)"]) == ["a-b", "a-b-1", "kendall-τ-tables-4-and-10"]

@@ -21,6 +21,7 @@ from lfp import io, paths
 from lfp.errors import ArtifactError
 
 MISSING = "—"
+INDEX = "index.html"  # reports/features/index.html: one row per run's dashboard
 HIST_W, HIST_H, HIST_PAD = 320, 110, 18  # histogram size in CSS pixels
 STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}"
@@ -30,6 +31,7 @@ STYLE = (
     "mark.peak{background:#f59e0b;outline:1px solid #b45309;font-weight:bold}"
     ".explanation{font-size:110%}.note{color:#555;font-size:90%}"
     "svg.histogram rect{fill:#3b82f6}svg.histogram text{font-size:10px;fill:#333}"
+    "nav.features a{white-space:nowrap;margin-right:.3em}"
 )
 
 
@@ -103,12 +105,29 @@ def related_text(value: Any) -> str:
     return "related" if value is True else "unrelated" if value is False else "unlabelled"
 
 
+def display_units(ctx: dict[str, Any]) -> list[tuple[str, int | float, bool]]:
+    """(text, activation, is_peak) per shown piece. A token stored as "" lies inside a multi-byte
+    character (lfp.explainers.decode_tokens puts the character on the token that completes it): it
+    is shown with that token, at the larger activation, so no piece is an invisible highlight."""
+    units: list[tuple[str, int | float, bool]] = []
+    pending_act: int | float = 0
+    pending_peak = False
+    for i, (token, act) in enumerate(zip(ctx["tokens"], ctx["acts"])):
+        act, peak = max(act, pending_act), pending_peak or i == ctx["peak"]
+        if token == "" and i + 1 < len(ctx["tokens"]):
+            pending_act, pending_peak = act, peak
+            continue
+        units.append((token, act, peak))
+        pending_act, pending_peak = 0, False
+    return units
+
+
 def context_html(ctx: dict[str, Any]) -> str:
     """One context: tokens shaded by their 0..10 activation, the peak token in <mark class=peak>."""
     parts = []
-    for i, (token, act) in enumerate(zip(ctx["tokens"], ctx["acts"])):
+    for token, act, peak in display_units(ctx):
         text = html.escape(token.replace("\n", "⏎"))
-        if i == ctx["peak"]:
+        if peak:
             parts.append(f"<mark class='peak' title='activation {act}/10'>{text}</mark>")
         elif act > 0:
             parts.append(f"<span style='background:rgba(245,158,11,{min(act, 10) / 12:.2f})' title='activation {act}/10'>{text}</span>")
@@ -139,17 +158,35 @@ def histogram_svg(hist: Any) -> str:
             f"viewBox='0 0 {HIST_W} {HIST_H}'><title>{label}</title>{''.join(bars)}{axis}</svg>")
 
 
+SATURATED = 0.995  # a feature active on at least this share of both row groups: frequency cannot differ
+
+
+def _t7_split(t7: dict[str, Any], name: str, high: str) -> str:
+    """One Table 7 split of held-out rows: activity frequency high vs low, and the mean code, which
+    still differs where the feature is active on (nearly) every row of both groups."""
+    f_hi, f_lo = t7.get(f"{name}_freq_high"), t7.get(f"{name}_freq_low")
+    m_hi, m_lo = t7.get(f"{name}_mean_high"), t7.get(f"{name}_mean_low")
+    saturated = all(isinstance(f, (int, float)) and f >= SATURATED for f in (f_hi, f_lo))
+    if m_hi is None or m_lo is None:
+        mean = " (mean code not stored: table7_features.jsonl predates it)" if saturated else ""
+    else:
+        ratio = f", ratio {m_hi / m_lo:.2f}" if isinstance(m_lo, (int, float)) and m_lo > 0 and isinstance(m_hi, (int, float)) else ""
+        mean = f"; mean code {fmt(m_hi)} vs {fmt(m_lo)}{ratio}"
+    if saturated:
+        return f"{high}: active on every row of both groups ({fmt(f_hi, pct=True)} vs {fmt(f_lo, pct=True)}), so only its size can differ{mean}"
+    return (f"{high}: active on {fmt(f_hi, pct=True)} of them vs {fmt(f_lo, pct=True)} of the rest "
+            f"(contrast {fmt(t7.get(f'{name}_contrast'))}){mean}")
+
+
 def table7_text(t7: dict[str, Any] | None, validate: dict[str, Any]) -> str:
-    """This feature's Table 7 frequencies on held-out rows, at the paper's threshold and the quantile."""
+    """This feature's Table 7 numbers on held-out rows, at the paper's threshold and the quantile."""
     if not t7:
         reason = validate.get("t7_reason")
         return f"not in table7_features.jsonl{f' ({reason})' if reason else ''}"
     th, q = validate.get("t7_threshold"), validate.get("t7_quantile")
-    return (f"active on {fmt(t7.get('threshold_freq_high'), pct=True)} of held-out rows with predicted feedback > {fmt(th, 2)} "
-            f"vs {fmt(t7.get('threshold_freq_low'), pct=True)} of rows ≤ it (contrast {fmt(t7.get('threshold_contrast'))}); "
-            f"top {fmt(1 - q if isinstance(q, (int, float)) else None, pct=True)} of predictions: "
-            f"{fmt(t7.get('quantile_freq_high'), pct=True)} vs {fmt(t7.get('quantile_freq_low'), pct=True)} "
-            f"(contrast {fmt(t7.get('quantile_contrast'))})")
+    top = fmt(1 - q if isinstance(q, (int, float)) else None, pct=True)
+    return (f"{_t7_split(t7, 'threshold', f'held-out rows with predicted feedback > {fmt(th, 2)}')}; "
+            f"{_t7_split(t7, 'quantile', f'top {top} of predictions')}")
 
 
 def ablation_text(related: Any, validate: dict[str, Any]) -> str:
@@ -205,14 +242,46 @@ def summary_html(run: RunInputs) -> str:
     return f"<p class='summary'>{html.escape(text)}</p>"
 
 
+def feature_nav(run: RunInputs) -> str:
+    """A jump list to every feature section (the page is tens of thousands of pixels tall)."""
+    if not run.features:
+        return ""
+    items = "".join(f"<a href='#L{r['layer']}-F{r['feature']}' title='{html.escape(related_text(r.get('related')))}'>"
+                    f"L{r['layer']}·F{r['feature']}{'*' if r.get('related') is True else ''}</a> " for r in run.features)
+    return f"<nav class='features'><p class='note'>Jump to a feature (* related): {items}</p></nav>"
+
+
 def build_html(run: RunInputs) -> str:
-    """The whole page of one run: a summary line, then one section per explained feature."""
+    """The whole page of one run: a summary line, a jump list, then one section per explained feature."""
     title = f"Feature dashboards — {run.name}"
     body = "".join(feature_section(r, run) for r in run.features) or "<p class='note'>features.jsonl lists no explained feature</p>"
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{summary_html(run)}"
+            f"<style>{STYLE}</style></head><body><p class='note'><a href='{INDEX}'>all dashboards</a> · "
+            f"<a href='../report.html'>report</a></p><h1>{html.escape(title)}</h1>{summary_html(run)}"
             f"<p class='note'>{len(run.features)} explained features. Contexts: the explainer's top-activating windows; "
-            f"shading = activation 0..10.</p>{body}</body></html>\n")
+            f"shading = activation 0..10.</p>{feature_nav(run)}{body}</body></html>\n")
+
+
+def index_html(runs: Sequence[RunInputs]) -> str:
+    """reports/features/index.html: one row per run's dashboard, with its headline numbers."""
+    rows = []
+    for run in runs:
+        e, n = run.explain, len(run.features)
+        related = sum(r.get("related") is True for r in run.features)
+        unlabelled = sum(r.get("related") is None for r in run.features)
+        cells = [f"<a href='{html.escape(run.name)}.html'>{html.escape(run.name)}</a>", str(n), f"{related} / {unlabelled}",
+                 html.escape(str(e.get("explainer") or e.get("backend") or MISSING)),
+                 html.escape(f"{fmt(e.get('explanation_score_mean'))} {ci(e, 'explanation_score')}".strip()),
+                 html.escape(fmt(e.get("explanation_score_shuffled_mean")))]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("run", "explained features", "related / unlabelled", "explainer",
+                                             "mean detection score [95 % CI]", "shuffled-explanation baseline"))
+    table = f"<table class='facts'><tr>{head}</tr>{''.join(rows)}</table>" if rows else "<p class='note'>no runs</p>"
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Feature dashboards</title>"
+            f"<style>{STYLE}</style></head><body><p class='note'><a href='../report.html'>report</a></p>"
+            f"<h1>Feature dashboards</h1><p class='note'>One page per model × task: every explained feature with its "
+            f"explanation, detection score, top-activating contexts, activation histogram and Tables 6/7. Detection "
+            f"score: balanced accuracy on held-out contexts, 0.5 = chance.</p>{table}</body></html>\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,11 +290,15 @@ def build_html(run: RunInputs) -> str:
 
 
 def write_dashboards(runs: Sequence[tuple[str, str]]) -> list[Path]:
-    """Write every run's page into reports/features/ (swapped in whole: no stale page survives)."""
+    """Write every run's page and the index into reports/features/ (swapped in whole: no stale
+    page survives); returns the runs' pages."""
     with io.atomic_dir(paths.FEATURE_DASHBOARDS) as tmp:
+        loaded = []
         for model, task in runs:
-            page = build_html(load_run(model, task))
-            (tmp / paths.feature_dashboard_file(model, task).name).write_text(page, encoding="utf-8")
+            run = load_run(model, task)
+            loaded.append(run)
+            (tmp / paths.feature_dashboard_file(model, task).name).write_text(build_html(run), encoding="utf-8")
+        (tmp / INDEX).write_text(index_html(loaded), encoding="utf-8")
     return [paths.feature_dashboard_file(m, t) for m, t in runs]
 
 
@@ -234,15 +307,18 @@ def _relative(page: Path) -> str:
 
 
 def links_markdown(pages: Sequence[Path]) -> str:
-    """A short Markdown section linking report.md to each dashboard."""
+    """A short Markdown section linking report.md to the dashboards' index and each dashboard."""
     items = "\n".join(f"- [{p.stem}]({_relative(p)})" for p in pages)
-    return f"\n## Feature dashboards\n\n{items}\n" if pages else ""
+    index = _relative(paths.FEATURE_DASHBOARDS / INDEX)
+    return f"\n## Feature dashboards\n\n[All dashboards]({index})\n\n{items}\n" if pages else ""
 
 
 def links_html(page: str, pages: Sequence[Path]) -> str:
-    """report.html with a link list to each dashboard added before </body>."""
+    """report.html with links to the dashboards' index and each dashboard added before </body>."""
     if not pages:
         return page
     items = "".join(f"<li><a href='{html.escape(_relative(p))}'>{html.escape(p.stem)}</a></li>" for p in pages)
+    index = html.escape(_relative(paths.FEATURE_DASHBOARDS / INDEX))
     cut = page.rindex("</body>")
-    return f"{page[:cut]}<h2>Feature dashboards</h2><ul>{items}</ul>\n{page[cut:]}"
+    return (f"{page[:cut]}<h2 id='feature-dashboards'>Feature dashboards</h2><p><a href='{index}'>All dashboards</a></p>"
+            f"<ul>{items}</ul>\n{page[cut:]}")

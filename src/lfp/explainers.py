@@ -6,8 +6,10 @@ Two backends with the same interface:
   the score is the Pearson r of simulated vs real activations.
 - `OfflineExplainer`: a deterministic, clearly-named proxy. The explanation lists the words the
   feature peaks on; relatedness comes from the VADER lexicon (vader: share of peak words with
-  |valence| >= 1; toxic: share with valence <= -1; hh: no label, never invented); the simulator
-  predicts 10 on tokens whose word is in the explanation's top-token list, else 0.
+  |valence| >= 1; toxic: share with valence <= -1; hh: no label, never invented), and the text
+  says which rule and for which task description; the simulator predicts 10 on tokens whose word
+  is in the explanation's top-token list, else 0.
+Token strings come from `decode_tokens`: whole characters, never U+FFFD from a split byte.
 """
 
 from __future__ import annotations
@@ -72,6 +74,31 @@ class Explanation:
     simulation_score: float | None
 
 
+REPLACEMENT = "\ufffd"  # what a decoder prints for bytes that are not (yet) a whole UTF-8 character
+MAX_PIECES_PER_CHAR = 8  # a character spans at most 4 byte-level tokens; more means U+FFFD is in the text
+
+
+def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    """One display string per token id, decoded in the shortest spans that are whole characters.
+
+    Why: a byte-level BPE token can hold part of a UTF-8 character ("’" is three bytes, often two
+    tokens); decoded alone it prints U+FFFD. A token that ends inside a character is decoded
+    together with the tokens that complete it: the span's text goes to its last token and the
+    tokens before it get "" (so the list keeps one entry per token, its activations stay aligned,
+    and "".join(...) is the decoded text). A real U+FFFD in the text stays after a few tokens.
+    """
+    out: list[str] = []
+    start = 0
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[start : i + 1])
+        if text.endswith(REPLACEMENT) and i + 1 < len(ids) and i + 1 - start < MAX_PIECES_PER_CHAR:
+            out.append("")  # inside a character: wait for the token that completes it
+            continue
+        out.append(text)
+        start = i + 1
+    return out
+
+
 def normalize_word(word: str) -> str:
     """Lowercase and strip surrounding punctuation, so ' Great!' and 'great' count as one word."""
     return word.strip(_STRIP).lower()
@@ -129,6 +156,14 @@ RELATED_WORDS = {
 }
 
 
+# how the offline explanation names each rule's signal (the wording follows the task, e.g. toxic)
+RULE_TEXT = {
+    "valenced": "carry VADER valence (|valence| ≥ 1)",
+    "negative": "are negative in the VADER lexicon (valence ≤ −1)",
+    "positive": "are positive in the VADER lexicon (valence ≥ 1)",
+}
+
+
 def related_share(words: list[str], rule: str) -> float | None:
     """Share of peak words carrying the task's signal in the VADER lexicon under `rule`; None for
     rule "none" (e.g. helpfulness: no lexicon rule, and a label is never invented)."""
@@ -143,7 +178,8 @@ def related_share(words: list[str], rule: str) -> float | None:
 def _snippet(ctx: Context, before: int = 6) -> str:
     """A few tokens before the peak through the end of the peak's word (BPE pieces kept whole)."""
     end = ctx.peak + 1
-    while end < len(ctx.tokens) and ctx.tokens[end][:1].isalnum() and ctx.words[end] == ctx.words[ctx.peak]:
+    # "" is a token inside a multi-byte character (decode_tokens): the next token completes it
+    while end < len(ctx.tokens) and (not ctx.tokens[end - 1] or (ctx.tokens[end][:1].isalnum() and ctx.words[end] == ctx.words[ctx.peak])):
         end += 1
     return " ".join("".join(ctx.tokens[max(0, ctx.peak - before) : end]).split())
 
@@ -154,10 +190,11 @@ class OfflineExplainer:
     name = "offline"
     simulation_backend = "offline-lexical"
 
-    def __init__(self, related_rule: str, related_threshold: float, simulate: bool) -> None:
+    def __init__(self, related_rule: str, related_threshold: float, simulate: bool, task_description: str = "") -> None:
         self.related_rule = related_rule
         self.threshold = related_threshold
         self.simulate = simulate
+        self.task_description = task_description  # named beside the lexicon rule it stands in for
 
     def close(self) -> None:
         """Nothing to release (the same interface as OpenAIExplainer)."""
@@ -174,7 +211,9 @@ class OfflineExplainer:
             text += f"; {HH_OFFLINE_NOTE}"
         else:
             related = share >= self.threshold
-            text += f"; {share:.0%} of peak words carry the task's VADER valence"
+            text += f"; {share:.0%} of peak words {RULE_TEXT.get(self.related_rule, f'match the lexicon rule {self.related_rule!r}')}"
+            if self.task_description:
+                text += f", the lexicon proxy for the task ({self.task_description})"
         score = self._simulate(record, set(words)) if self.simulate else None
         return Explanation(text, related, words, score)
 

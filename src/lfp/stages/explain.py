@@ -38,6 +38,7 @@ from lfp.explainers import (
     FeatureRecord,
     OfflineExplainer,
     OpenAIExplainer,
+    decode_tokens,
     normalize_word,
     scale_activations,
 )
@@ -147,7 +148,7 @@ def encode_corpus(
             n = int(lengths[i])
             ids = enc["input_ids"][i, :n].tolist()
             out.append(EncodedText(
-                tokens=[tokenizer.decode([t]) for t in ids],
+                tokens=decode_tokens(tokenizer, ids),
                 words=token_words(text, [tuple(o) for o in offsets[i][:n]]),
                 codes={L: codes[L][i, :n] for L in layers},
             ))
@@ -310,7 +311,7 @@ def make_explainer(params: Params, task: str) -> OfflineExplainer | OpenAIExplai
         # corpus is encoded; with llm.server: local this starts the server (stopped by close())
         client = open_client(params.llm)
         return OpenAIExplainer(client, cfg.task_descriptions[task], cfg.simulate, params.seed)
-    return OfflineExplainer(related_rule(params, task), cfg.related_threshold, cfg.simulate)
+    return OfflineExplainer(related_rule(params, task), cfg.related_threshold, cfg.simulate, cfg.task_descriptions.get(task, ""))
 
 
 def summarize(rows: list[dict[str, Any]], explainer: Any, n_texts: int) -> dict[str, Any]:

@@ -811,8 +811,30 @@ def _copy_figure(src: Path, name: str) -> str:
     return str(Path("figures") / name)
 
 
-def render_markdown(sections: list[Section]) -> str:
-    out = ["# Learned Feedback Patterns — report", ""]
+def anchors(titles: list[str]) -> list[str]:
+    """GitHub's heading anchors (lowercase, punctuation dropped, spaces to '-', repeats numbered), so
+    the table of contents links work in report.md on GitHub and in report.html (same ids)."""
+    seen: dict[str, int] = {}
+    out = []
+    for title in titles:
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.append(f"{slug}-{n}" if n else slug)
+    return out
+
+
+def contents(sections: list[Section], extra: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(title, anchor) of every section, then of `extra` headings appended after the sections."""
+    titles = [s.title for s in sections] + list(extra)
+    return list(zip(titles, anchors(titles)))
+
+
+def render_markdown(sections: list[Section], extra: tuple[str, ...] = ()) -> str:
+    """The report in Markdown, a table of contents first (`extra`: headings appended after it)."""
+    toc = contents(sections, extra)
+    out = ["# Learned Feedback Patterns — report", "", "**Contents**", ""]
+    out += [f"- [{title}](#{anchor})" for title, anchor in toc] + [""]
     for s in sections:
         out += [f"## {s.title}", ""]
         for p in s.text:
@@ -843,13 +865,18 @@ def _html_paragraph(text: str) -> str:
     return f"<p>{_html_inline(text)}</p>"
 
 
-def render_html(sections: list[Section]) -> str:
+def render_html(sections: list[Section], extra: tuple[str, ...] = ()) -> str:
+    """The report in HTML, a table of contents first (`extra`: headings appended after it)."""
+    toc = contents(sections, extra)
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>LFP report</title>",
            ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:600px}.note{color:#444;font-size:90%}</style></head><body>"),
-           "<h1>Learned Feedback Patterns — report</h1>"]
-    for s in sections:
-        out.append(f"<h2>{html.escape(s.title)}</h2>")
+            "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:600px}.note{color:#444;font-size:90%}"
+            "nav.toc ul{columns:2;font-size:95%}</style></head><body>"),
+           "<h1>Learned Feedback Patterns — report</h1>",
+           "<nav class='toc'><strong>Contents</strong><ul>"
+           + "".join(f"<li><a href='#{html.escape(a)}'>{html.escape(t)}</a></li>" for t, a in toc) + "</ul></nav>"]
+    for s, (_, anchor) in zip(sections, toc):
+        out.append(f"<h2 id='{html.escape(anchor)}'>{html.escape(s.title)}</h2>")
         for p in s.text:
             out.append(_html_paragraph(p))
         for caption, df in s.tables:
@@ -872,8 +899,9 @@ def run(params: Params, model: str | None = None, task: str | None = None) -> No
     md_path, html_path = paths.REPORTS / "report.md", paths.REPORTS / "report.html"
     with stage_run("report", experiment=params.tracking.experiment, params={"models": params.models, "tasks": params.tasks, "profile": params.profile}) as mlrun:
         pages = dashboards.write_dashboards(list(runs))  # reports/features/{m}-{t}.html, linked below
-        io.write_text(md_path, render_markdown(sections) + dashboards.links_markdown(pages))
-        io.write_text(html_path, dashboards.links_html(render_html(sections), pages))
+        extra = ("Feature dashboards",) if pages else ()  # the links below get a contents entry too
+        io.write_text(md_path, render_markdown(sections, extra) + dashboards.links_markdown(pages))
+        io.write_text(html_path, dashboards.links_html(render_html(sections, extra), pages))
         for page in pages:
             mlrun.log_artifact(page, artifact_path="features")
         mlrun.write_metrics(HEADLINE, headline)

@@ -208,10 +208,16 @@ def table7(
     splits = {"t7_": pred_t > threshold,
               "t7_quantile_": pred_t >= out["t7_quantile_threshold"] if len(pred_t) else np.zeros(0, bool)}
     per_feature: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    # mean code per feature on high / low rows: where a feature is active on every row (frequency
+    # 100 % vs 100 %), its size is what can still differ (shown on the dashboards)
+    values = codes_t[:, np.asarray(cols, dtype=int)] if len(cols) else np.zeros((len(pred_t), 0))
+    per_feature_mean: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for prefix, high in splits.items():
         m, f_high, f_low = contrast_split(active, live, high, related, labelled, n_permutations, seed)
         out.update({prefix + k: v for k, v in m.items()})
         per_feature[prefix] = (f_high, f_low)
+        nan = np.full(values.shape[1], np.nan)
+        per_feature_mean[prefix] = (values[high].mean(axis=0) if high.any() else nan, values[~high].mean(axis=0) if (~high).any() else nan)
     rows = []
     for j, row in enumerate(explained):  # unlabelled features too: their frequencies still mean something
         rec: dict[str, Any] = dict(row)
@@ -220,6 +226,8 @@ def table7(
             hi, lo = f_high[j], f_low[j]
             rec.update({f"{name}_freq_high": None if np.isnan(hi) else float(hi), f"{name}_freq_low": None if np.isnan(lo) else float(lo),
                         f"{name}_contrast": None if np.isnan(hi) or np.isnan(lo) else float(hi - lo)})
+            m_hi, m_lo = per_feature_mean[prefix][0][j], per_feature_mean[prefix][1][j]
+            rec.update({f"{name}_mean_high": None if np.isnan(m_hi) else float(m_hi), f"{name}_mean_low": None if np.isnan(m_lo) else float(m_lo)})
         rows.append(rec)
     return out, rows
 
