@@ -78,7 +78,7 @@ def test_failed_write_keeps_previous_out(store: str, tmp_path: Path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    assert main(["--out", str(out_file)]) == 2
+    assert main(["--out", str(out_file), "--force"]) == 2
     assert "disk full" in capsys.readouterr().err
     assert out_file.read_text() == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.md", "mlflow.db"]
@@ -111,3 +111,70 @@ def test_credentials_never_echoed(capsys: pytest.CaptureFixture[str]) -> None:
 def test_fmt() -> None:
     assert [fmt(None), fmt(0.33749), fmt(-0.0126), fmt(1151.0), fmt(7.58e-11), fmt(0.0)] == \
         ["—", "0.337", "-0.013", "1151.000", "7.58e-11", "0.000"]
+
+
+def test_existing_out_is_refused_without_force(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "compare.md"
+    out_file.write_text("committed\n")
+    assert main(["--out", str(out_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists: pass --force" in err and out_file.read_text() == "committed\n"
+    assert main(["--out", str(out_file), "--force"]) == 0
+    assert "| tiny | vader |  | 0.337 | — |" in out_file.read_text()
+
+
+def _write_runs(root: Path) -> Path:
+    """A committed profile's per-run metrics: gemma3/vader probe + sae, and a planted control folder."""
+    import json
+
+    runs = root / "profiles" / "gemma3" / "runs"
+    (runs / "gemma3-vader").mkdir(parents=True)
+    (runs / "gemma3-vader" / "probe.json").write_text(json.dumps({"kendall_tau": 0.474, "nested": {"x": 1}, "label": "a"}))
+    (runs / "gemma3-vader" / "sae-finetuned.json").write_text(json.dumps({"mean_x1_fvu": 0.278, "mean_x1_l0": 64.0}))
+    (runs / "gemma3-vader-planted").mkdir()
+    (runs / "gemma3-vader-planted" / "lfp.json").write_text(json.dumps({"control_of": "vader", "learned_value_tau": 0.9}))
+    (runs / "base").mkdir()  # no model-task folder: ignored
+    return runs
+
+
+def test_runs_dir_fills_rows_the_store_lacks_and_says_so(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = _write_runs(tmp_path)
+    assert main(["--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| gemma3 | vader |  | 0.474 | — |" in out  # probe row from the file
+    assert "| gemma3 | vader | finetuned | 0.278 | 64.000 |" in out  # sae row, source from the file name
+    assert "| tiny | vader |  | 0.337 | — |" in out  # the store's rows stay
+    assert "gemma3-vader-planted" not in out and "0.900" not in out  # a control is not a row of its own
+    assert f"read from committed metrics files: {runs}/gemma3-vader." in out
+
+
+def test_store_wins_over_files_for_the_same_key(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    runs = tmp_path / "runs"
+    (runs / "tiny-vader").mkdir(parents=True)
+    (runs / "tiny-vader" / "probe.json").write_text(json.dumps({"kendall_tau": 0.4321}))
+    assert main(["--stage", "probe", "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny | vader |  | 0.337 | — |" in out and "0.432" not in out and "committed metrics files" not in out
+
+
+def test_runs_dir_without_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = _write_runs(tmp_path)
+    db = tmp_path / "none.db"
+    assert main(["--tracking-uri", f"sqlite:///{db}", "--runs", str(runs), "--stage", "probe"]) == 0
+    assert "| gemma3 | vader |  | 0.474 |" in capsys.readouterr().out and not db.exists()
+    assert main(["--tracking-uri", f"sqlite:///{db}", "--runs", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_force_names_rows_the_new_table_drops(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed compare.md had gemma3 rows; a store without them must not drop them silently."""
+    runs = _write_runs(tmp_path)
+    out_file = tmp_path / "compare.md"
+    assert main(["--runs", str(runs), "--out", str(out_file)]) == 0
+    capsys.readouterr()
+    assert main(["--out", str(out_file), "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 row(s) of the old" in err and "probe gemma3/vader" in err and "sae gemma3/vader/finetuned" in err
+    assert "gemma3" not in out_file.read_text()
