@@ -21,9 +21,12 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 
 install: $(STAMP)
 
-## Reproduce the offline default pipeline (dvc repro).
+## Reproduce the offline default pipeline (dvc repro), then give every stage DVC skipped (its outputs
+## committed and reproducing) an MLflow run from its committed metrics (lfp mlflow-sync).
 repro: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/lfp mlflow-sync --check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/lfp mlflow-sync
 
 ## Run the test suite (unit + one end-to-end dvc repro on the micro profile).
 test: $(STAMP)

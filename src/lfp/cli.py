@@ -50,7 +50,11 @@ EPILOG = """task kinds (params `task_specs.<task>.kind`; one module each in lfp/
                   ridge probe on the signed activation delta, Kendall tau vs the lexicon
   preference_dpo  DPO on preference pairs (HH-RLHF, toxic, or a local JSONL): logistic probe,
                   DPO implicit-reward ablation
-A new task of an existing kind is params only: its name in `tasks` and a `task_specs` entry."""
+A new task of an existing kind is params only: its name in `tasks` and a `task_specs` entry.
+
+not a stage:
+  mlflow-sync     after `dvc repro`: an MLflow run for every stage instance DVC skipped, from its
+                  committed metrics (tag restored=true); `--check`: does the tracking store answer"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +90,13 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def _say(line: str) -> None:
     """One line on stderr; on a terminal it starts on a fresh line, not glued to a tqdm bar."""
     print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+
+
+def _recovery() -> str:
+    """Under `dvc repro` ($DVC_STAGE is set), DVC deleted the stage's tracked outputs before running
+    it: say how to get the last committed ones back (a failed stage otherwise leaves them gone)."""
+    stage = os.environ.get("DVC_STAGE")
+    return f" (DVC removed this stage's outputs before it ran; `dvc checkout {stage}` restores the last committed ones)" if stage else ""
 
 
 TIMINGS_ENV = "LFP_TIMINGS"  # a file: each stage process appends one JSON line of its start-up timings
@@ -134,7 +145,14 @@ class _Timings:
             _say(f"lfp {args.stage}: cannot write timings to {self.path}: {exc}")
 
 
+# Commands that are not DVC stages: `lfp mlflow-sync` (after `dvc repro`, a run for every stage DVC skipped)
+TOOLS = {"mlflow-sync": "lfp.mlflow_sync"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in TOOLS:
+        return int(importlib.import_module(TOOLS[words[0]]).main(words[1:]))
     timings = _Timings(os.environ[TIMINGS_ENV]) if os.environ.get(TIMINGS_ENV) else None
     args = build_parser().parse_args(argv)
     _configure_threads()
@@ -159,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             timings.mark("ready")
         module.run(params, model=model, task=task, **kwargs)
     except LfpError as exc:
-        _say(f"lfp {args.stage}: error: {exc}")
+        _say(f"lfp {args.stage}: error: {exc}{_recovery()}")
         return 2
     except OSError as exc:  # disk full, permissions: outputs stay intact thanks to atomic writes
-        _say(f"lfp {args.stage}: error: {exc}")
+        _say(f"lfp {args.stage}: error: {exc}{_recovery()}")
         return 2
     except KeyboardInterrupt:
         _say(f"lfp {args.stage}: interrupted")
