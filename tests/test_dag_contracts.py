@@ -18,6 +18,7 @@ from lfp.dag_deps import (
     missing_dep_messages,
     missing_deps,
     module_file,
+    section_keys_read,
     stage_cross_imports,
     stage_deps,
     stage_modules,
@@ -69,6 +70,37 @@ def test_no_stage_imports_another_stage() -> None:
         for imp in imports
     ]
     assert not lines, "stage modules must not import each other:\n" + "\n".join(lines)
+
+
+def test_measure_pairs_lists_exactly_the_params_it_reads() -> None:
+    """measure_pairs once listed the whole `measure` section: a bad planted word (a lexicon-task key)
+    re-ran it for minutes before `measure` failed. It lists the keys lfp.pair_measure reads, no more
+    (a stale key only costs re-runs) and no fewer (a missing one gives stale results)."""
+    import yaml
+
+    listed = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["measure_pairs"]["params"]
+    code = ROOT / "src" / "lfp" / "pair_measure.py"
+    for section in ("measure", "probe"):
+        assert section not in listed, f"measure_pairs lists the whole '{section}' section"
+        keys = {p for p in listed if isinstance(p, str) and p.startswith(section + ".")}
+        assert keys == {f"{section}.{k}" for k in section_keys_read(code, section)}, section
+
+
+def test_section_keys_read_follows_aliases_per_function(tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(textwrap.dedent("""
+        def a(params):
+            cfg, ft = params.measure, params.finetune
+            return cfg.pairs + params.measure.bootstrap + ft.beta
+
+        def b(params):
+            cfg = params.probe  # another function's `cfg`: not a measure key
+            def inner():
+                return cfg.ridge_alpha
+            return inner() + params.measure.batch_size
+        """), encoding="utf-8")
+    assert section_keys_read(path, "measure") == {"pairs", "bootstrap", "batch_size"}
+    assert section_keys_read(path, "probe") == {"ridge_alpha"}
 
 
 # --------------------------------------------------------------------------------------------

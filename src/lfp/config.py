@@ -575,9 +575,25 @@ def _cross_check(p: Params) -> None:
             raise ConfigError(f"params: 'measure.preference_tasks' names '{t}', which is not a preference_dpo task in 'tasks'")
     if not p.measure.planted_words:
         raise ConfigError("params: 'measure.planted_words' must not be empty")
+    if p.measure.tasks:  # checked here, not minutes into `measure` (after measure_pairs and its fine-tunes)
+        _check_planted_words(p.measure.planted_words)
+        if not p.probe.base_control:
+            raise ConfigError("params: 'probe.base_control' must be true when 'measure.tasks' is not empty "
+                              "(the measure stage reads the probe's base-model codes)")
     for t in p.tasks:
         if t not in p.explain.task_descriptions:
             raise ConfigError(f"params: 'explain.task_descriptions.{t}' is missing")
+
+
+def _check_planted_words(words: list[str]) -> None:
+    """Every planted word must be in the VADER lexicon (the planted reward flips its sign)."""
+    from lfp.reward import lexicon  # a ~7.5k-line text file, read once (ms); lfp.reward imports no torch
+
+    lex = lexicon()
+    for i, word in enumerate(words):
+        if word not in lex:
+            hint = f" (the lexicon has '{word.lower()}')" if word.lower() in lex else ""
+            raise ConfigError(f"params: 'measure.planted_words[{i}]' is '{word}', which is not in the VADER lexicon{hint}")
 
 
 def _typed_task_sections(p: Params) -> Params:

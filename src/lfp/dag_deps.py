@@ -554,6 +554,40 @@ def suggested_code_deps(
 
 
 # --------------------------------------------------------------------------------------------
+# params a module reads
+# --------------------------------------------------------------------------------------------
+
+
+def section_keys_read(path: Path, section: str, root: str = "params") -> set[str]:
+    """Keys of params section `section` that the file reads: `params.<section>.key`, or `alias.key`
+    where the same function bound `alias = params.<section>` (also `a, b = params.<section>, ...`).
+    Why: a stage that lists a whole section in dvc.yaml `params` re-runs on any key of it; listing
+    the keys it reads needs this list to be checked against the code (tests/test_dag_contracts.py)."""
+    tree = _parse(Path(path))
+
+    def is_section(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == section
+                and isinstance(node.value, ast.Name) and node.value.id == root)
+
+    keys: set[str] = set()
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    top_level = ast.Module(body=[n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))],
+                           type_ignores=[])
+    for scope in [*functions, top_level]:  # an alias holds inside its function (closures included)
+        aliases: set[str] = set()
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    pairs = (zip(target.elts, node.value.elts) if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+                             else [(target, node.value)])
+                    aliases |= {t.id for t, v in pairs if isinstance(t, ast.Name) and is_section(v)}
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Attribute) and (is_section(node.value) or (isinstance(node.value, ast.Name) and node.value.id in aliases)):
+                keys.add(node.attr)
+    return keys
+
+
+# --------------------------------------------------------------------------------------------
 # stage modules must not import each other
 # --------------------------------------------------------------------------------------------
 
