@@ -86,6 +86,18 @@ def test_measure_pairs_lists_exactly_the_params_it_reads() -> None:
         assert keys == {f"{section}.{k}" for k in section_keys_read(code, section)}, section
 
 
+def test_dag_view_is_readable() -> None:
+    """`python -m lfp.dag_deps --dag`: the DAG in lines that fit a terminal (`dvc dag` draws ~3,400 columns)."""
+    from lfp.dag_deps import dag_lines
+
+    lines = dag_lines(ROOT)
+    assert max(map(len, lines)) <= 100, lines
+    by_stage = {line.split()[0]: line.split("<-")[1].strip() for line in lines}
+    assert by_stage["prepare"] == "(raw data and code only)" and by_stage["sae"] == "activations"
+    assert set(by_stage["report"].split(", ")) == {"measure", "measure_pairs", "validate"}  # direct parents only
+    assert [line.split()[0] for line in lines].index("prepare") < [line.split()[0] for line in lines].index("report")
+
+
 def test_section_keys_read_follows_aliases_per_function(tmp_path: Path) -> None:
     path = tmp_path / "m.py"
     path.write_text(textwrap.dedent("""

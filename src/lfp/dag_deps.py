@@ -673,14 +673,44 @@ def write_code_deps(dvc_yaml: Path, repo_root: Path) -> None:
     dvc_yaml.write_text("\n".join(out), encoding="utf-8")
 
 
+def dag_lines(repo_root: Path, instances: bool = False) -> list[str]:
+    """The stage DAG as one line per stage, `stage (n) <- upstream, ...`, upstream reduced to the
+    direct parents (an edge implied by a longer path is left out). Why: `dvc dag` draws the 37
+    instances in ~3,400-column ASCII art (561 with --collapse-foreach-matrix: report reads every
+    stage's metrics); this fits 100 columns. instances=True lists `finetune@tiny-vader` etc."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(repo_root)) as repo:
+        graph = repo.index.graph  # edges: stage -> a stage it depends on
+        name = (lambda s: s.addressing) if instances else (lambda s: s.addressing.split("@")[0])
+        dag = nx.DiGraph()
+        counts: dict[str, int] = {}
+        for stage in graph.nodes:
+            dag.add_node(name(stage))
+            counts[name(stage)] = counts.get(name(stage), 0) + 1
+        dag.add_edges_from((name(up), name(down)) for down, up in graph.edges if name(up) != name(down))
+    reduced = nx.transitive_reduction(dag) if nx.is_directed_acyclic_graph(dag) else dag
+    order = list(nx.lexicographical_topological_sort(reduced)) if nx.is_directed_acyclic_graph(reduced) else sorted(reduced)
+    labels = {n: n + (f" ({counts[n]})" if counts[n] > 1 else "") for n in order}
+    width = max(map(len, labels.values()))
+    return [f"{labels[n]:<{width}} <- {', '.join(sorted(reduced.predecessors(n))) or '(raw data and code only)'}" for n in order]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lfp.dag_deps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dvc-yaml", type=Path, default=None, help="default: <repo-root>/dvc.yaml")
     parser.add_argument("--repo-root", type=Path, default=None, help="default: the folder above src/ (or the cwd's if it has dvc.yaml)")
     parser.add_argument("--write", action="store_true",
                         help="rewrite every stage's src/ deps in dvc.yaml as its import closure (folders whole)")
+    parser.add_argument("--dag", action="store_true",
+                        help="print the stage DAG, one line per stage with its direct upstream stages (readable `dvc dag`), and exit")
+    parser.add_argument("--instances", action="store_true", help="with --dag: one line per stage instance (prepare@vader, ...)")
     args = parser.parse_args(argv)
     repo_root = args.repo_root or (Path.cwd() if (Path.cwd() / "dvc.yaml").is_file() else REPO_ROOT)
+    if args.dag:
+        print("\n".join(dag_lines(repo_root, args.instances)))
+        return 0
     dvc_yaml = args.dvc_yaml or repo_root / "dvc.yaml"
     src_dir = repo_root / "src"
     if args.write:
