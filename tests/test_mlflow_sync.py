@@ -206,3 +206,32 @@ def test_parse_command():
     assert mlflow_sync.parse_command("lfp sae --model tiny --task hh --source base") == (
         "sae", {"model": "tiny", "task": "hh", "source": "base"})
     assert mlflow_sync.parse_command("lfp report") == ("report", {})
+
+
+def test_dvc_exp_run_against_a_server_that_is_down_and_the_documented_recovery(tmp_path):
+    """`dvc exp run -S` writes the new value into params.yaml, the stage fails on the MLflow server,
+    DVC leaves params.yaml edited (and git's index blind to it); the stage's error names the recovery,
+    which restores params.yaml. `lfp mlflow-sync --check` fails first, before DVC edits anything."""
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / "params.yaml").write_text("seed: 0\n")
+    (root / "stage.py").write_text("from lfp.tracking import stage_run\nwith stage_run('prepare', experiment='lfp'):\n    pass\n")
+    cmd = f"{sys.executable} stage.py"
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"cmd": cmd, "params": ["seed"], "outs": ["o.txt"]}}}))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    _run(["git", "init", "-q"], root)
+    _run([str(BIN / "dvc"), "init", "-q"], root)
+    _run([*git, "add", "-A"], root)
+    _run([*git, "commit", "-qm", "init"], root)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    env.pop("DVC_ROOT", None)
+    check = subprocess.run([str(BIN / "lfp"), "mlflow-sync", "--check"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 2 and "does not answer" in check.stderr
+    proc = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "seed=7"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "cannot start a run" in out, out[-2000:]
+    assert (root / "params.yaml").read_text() == "seed: 7\n"  # what DVC leaves behind
+    assert "touch params.yaml && git checkout -- params.yaml && dvc checkout" in out
+    subprocess.run("touch params.yaml && git checkout -- params.yaml", shell=True, cwd=root, check=True, timeout=60)
+    assert (root / "params.yaml").read_text() == "seed: 0\n"

@@ -310,3 +310,17 @@ def test_artifact_paths_are_stored_relative_to_the_store(tmp_path, monkeypatch):
     assert stored.startswith("mlartifacts/") and (proj / stored / "note.txt").is_file()
     assert resolve_location(stored, uri) == str(proj / stored)
     assert not (elsewhere / "mlartifacts").exists()
+
+
+def test_a_workspace_experiment_that_cannot_reach_mlflow_says_how_to_restore_params(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("DVC_EXP_NAME", "sweep-1")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BackendError) as info:
+        with stage_run("sae", experiment="lfp-test"):
+            pass
+    assert "touch params.yaml && git checkout -- params.yaml && dvc checkout" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -567,6 +567,18 @@ def _quiet_mlflow() -> Iterator[None]:
         logger.setLevel(before)
 
 
+def workspace_experiment_recovery() -> str:
+    """Under `dvc exp run` in the workspace, DVC wrote the experiment's `-S` values into params.yaml
+    before this stage ran and leaves them there when it fails; its git index then still matches
+    the edited file, so `git status` looks clean and a plain `git checkout` restores nothing.
+    Say how to get params.yaml back ('' outside a workspace experiment). `lfp mlflow-sync --check`
+    before `dvc exp run` catches a store that is down before DVC edits anything."""
+    if not os.environ.get("DVC_EXP_NAME") or Path.cwd().resolve() != project_root():
+        return ""
+    return ("; `dvc exp run` left its -S values in params.yaml: `touch params.yaml && git checkout -- params.yaml "
+            "&& dvc checkout` restores it and the outputs (next time run `lfp mlflow-sync --check` first)")
+
+
 def run_name(stage: str, model: str | None = None, task: str | None = None, source: str | None = None) -> str:
     """The DVC stage instance's name: `stage@model-task[-source]`, `prepare@task`, `base@model`, `report`."""
     name = stage + (f"@{model}-{task}" if model and task else f"@{model or task}" if (model or task) else "")
@@ -626,7 +638,8 @@ def stage_run(
         raise
     except Exception as exc:  # noqa: BLE001
         detail = redact(str(exc).splitlines()[0] if str(exc) else "", secrets)[:200]
-        raise BackendError(f"MLflow at {shown_uri()}: cannot start a run ({type(exc).__name__}: {detail})") from None
+        raise BackendError(f"MLflow at {shown_uri()}: cannot start a run ({type(exc).__name__}: {detail})"
+                           f"{workspace_experiment_recovery()}") from None
     guard = StoreGuard(uri)
     handle = StageRun(mlflow, run, guard, secrets)
     handle.stage = stage
