@@ -210,6 +210,7 @@ def test_pull_without_the_key_fails_fast(mini_project: Path, tmp_path: Path) -> 
         proc = run([DVC, "pull"], clone, home, check=False, timeout=120)
         elapsed = time.perf_counter() - t0
     assert proc.returncode != 0, proc.stdout
+    assert "Permission denied" in proc.stderr, proc.stderr  # names the cause, not only "failed to download"
     assert elapsed < 60, elapsed
     print(f"dvc pull without a key: exit {proc.returncode} in {elapsed:.1f} s: {proc.stderr.strip().splitlines()[-1:]}")
     assert not (clone / "out" / "blob.bin").exists()
