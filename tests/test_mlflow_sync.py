@@ -120,7 +120,7 @@ def test_every_stage_instance_gets_a_restored_run_and_a_second_call_logs_nothing
     assert set(stage_runs) == NAMES
     for name, r in stage_runs.items():
         assert r.info.status == "FINISHED" and r.data.tags["restored"] == "true"
-        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["dvc_stage"] == name
+        assert r.data.tags["pipeline_run_id"] == parent.info.run_id and r.data.tags["dvc_stage"] == name
         assert len(r.data.tags["git_commit"]) == 40 and r.data.params["seed"] == "0"
     probe = stage_runs["probe@tiny-vader"]
     assert probe.data.tags["stage"] == "probe" and probe.data.tags["task_kind"] == "lexicon_rl"

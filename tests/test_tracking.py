@@ -26,7 +26,7 @@ def test_stage_run_logs_tags_params_and_the_same_metrics(mlflow_store, tmp_path)
     runs = {r.info.run_name: r for r in _runs(mlflow_store)}
     r = runs["probe@tiny-vader"]
     (parent,) = [x for name, x in runs.items() if name.startswith("pipeline@")]
-    assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert r.data.tags["pipeline_run_id"] == parent.info.run_id
     assert r.data.tags["pipeline"] == parent.data.tags["pipeline"]
     assert r.data.tags["model"] == "tiny" and r.data.tags["task"] == "vader" and r.data.tags["stage"] == "probe"
     assert r.data.tags["explainer"] == "offline" and "git_commit" in r.data.tags
@@ -53,7 +53,7 @@ def test_stage_runs_of_one_execution_share_one_parent(mlflow_store):
     parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
     children = [r for r in runs if r.data.tags.get("kind") == "stage"]
     assert len(parents) == 1 and len(children) == 2
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.data.tags["pipeline_run_id"] for c in children} == {parents[0].info.run_id}
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
@@ -204,7 +204,8 @@ def test_one_stage_across_models_and_tasks_is_one_flat_search(mlflow_store):
     df = mlflow.search_runs(experiment_names=["lfp-test"], filter_string="tags.stage = 'probe'", order_by=["tags.model", "tags.task"])
     got = sorted(zip(df["tags.model"], df["tags.task"], df["tags.source"], df["metrics.kendall_tau"]))
     assert got == [("smollm2", "vader", "", 0.5), ("tiny", "hh", "", 0.1), ("tiny", "vader", "", 0.5)]
-    assert set(df["tags.kind"]) == {"stage"} and df["tags.mlflow.parentRunId"].notna().all()
+    assert set(df["tags.kind"]) == {"stage"} and df["tags.pipeline_run_id"].notna().all()
+    assert "tags.mlflow.parentRunId" not in df  # flat: the UI folds child runs under a parent
     sae = mlflow.search_runs(experiment_names=["lfp-test"], filter_string="tags.stage = 'sae' and tags.source = 'base'")
     assert list(sae["tags.mlflow.runName"]) == ["sae@tiny-vader-base"]
 

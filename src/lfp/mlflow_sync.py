@@ -6,7 +6,7 @@ be missing from MLflow. For each stage instance of dvc.yaml with no FINISHED run
 execution's parent (`pipeline@<id>`, tracking.pipeline_id), this logs one run from what dvc.lock
 recorded: the metrics files (only where their bytes still match dvc.lock), the stage's params, its
 plots and small outputs as artifacts. It is named as the DVC stage, tagged `restored=true` with
-the git commit, and is a child of the same parent. A second call logs nothing new.
+the git commit, and belongs to the same `pipeline@<id>` run (tags `pipeline`, `pipeline_run_id`). A second call logs nothing new.
 
 Restored runs hold the final numbers only (no per-step curves: those exist where a stage ran).
 `--check` only tells whether the tracking store answers (run it before `dvc exp run -S ...`, which
@@ -188,7 +188,7 @@ def restore(client: Any, exp_id: str, parent: str, pid: str, inst: StageInstance
 
     commit = tracking.git_commit()
     tags = {
-        "mlflow.parentRunId": parent, "pipeline": pid, "kind": "stage", "stage": inst.command,
+        tracking.PARENT_TAG: parent, "pipeline": pid, "kind": "stage", "stage": inst.command,
         "model": inst.model or "", "task": inst.task or "", "source": inst.source or "", "dvc_stage": inst.name,
         "git_commit": commit, "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), "restored": "true",
         "restored_from": f"dvc.lock + committed outputs at {commit[:12]}",
@@ -273,7 +273,7 @@ def sync(root: Path | None = None, dry_run: bool = False) -> SyncResult:
         for inst, values in todo:
             restore(client, exp_id, parent, pid, inst, values, secrets)
             result.restored.append(inst.name)
-        result.parent_status = tracking.settle_parent(client, exp_id, parent)
+        result.parent_status = tracking.settle_parent(client, exp_id, parent, pid)
     except LfpError:
         raise
     except Exception as exc:  # noqa: BLE001 - any store failure becomes one line

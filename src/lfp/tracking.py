@@ -23,8 +23,9 @@ Kendall tau vs its accuracy), the run also gets `shared.<role>` aliases of the s
 
 Artifact locations: a local sqlite store records its artifact folder as the relative path
 `mlartifacts`, read against the folder holding `mlflow.db` (so a copied or moved project keeps
-working); `mlflow ui` must be started in that folder. A parent run ends FAILED while the newest run
-of any of its stage instances failed.
+working); `mlflow ui` must be started in that folder. The `pipeline@<id>` run of an execution (tag
+`pipeline_run_id` on each stage run; not MLflow's parent tag, which folds runs away in the UI) ends
+FAILED while the newest run of any of its stage instances failed.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ ARTIFACTS_DIR = "mlartifacts"  # local artifacts live at <folder of mlflow.db>/m
 # MLflow 3.x opens an experiment without this tag (or tagged genai_development) in its GenAI view
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# A stage run names its execution's `pipeline@<id>` run by this tag (and `pipeline`), not by MLflow's
+# `mlflow.parentRunId`: the UI folds child runs under their parent, even when a search matches only
+# the children, so every stage run would sit collapsed. Flat, `Group by` tag `pipeline` regroups them.
+PARENT_TAG = "pipeline_run_id"
 # Environment variables that hold keys whatever params say (plus the one `llm.api_key_env` names).
 KNOWN_KEY_ENVS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN",
                   "HUGGING_FACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
@@ -462,10 +467,10 @@ def experiment_id(client: Any, experiment: str, uri: str, root: Path) -> str:
     return exp.experiment_id
 
 
-def settle_parent(client: Any, experiment_id: str, parent_id: str) -> str:
-    """Set the parent run's status from its children: FAILED while the newest run of any stage
-    instance (its `dvc_stage`, else its name) failed, FINISHED otherwise. Returns the status."""
-    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+def settle_parent(client: Any, experiment_id: str, parent_id: str, pid: str) -> str:
+    """Set the parent run's status from its execution's stage runs: FAILED while the newest run of
+    any stage instance (its `dvc_stage`, else its name) failed, FINISHED otherwise. Returns it."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.pipeline = '{pid}' and tags.kind = 'stage'",
                                   max_results=50000, order_by=["attributes.start_time DESC"])
     newest: dict[str, str] = {}
     for run in children:  # newest first
@@ -633,7 +638,7 @@ def stage_run(
         mlflow.set_experiment(experiment_id=exp_id)
         pid = pipeline_id()
         parent = _parent_run_id(client, exp_id, pid, parent_params, parent_full)
-        run = mlflow.start_run(run_name=name, tags={"mlflow.parentRunId": parent, "pipeline": pid, "dvc_stage": name})
+        run = mlflow.start_run(run_name=name, tags={PARENT_TAG: parent, "pipeline": pid, "dvc_stage": name})
     except BackendError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -684,5 +689,5 @@ def stage_run(
                 mlflow.end_run(status=status)
         if not guard.lost:
             with contextlib.suppress(Exception), _quiet_mlflow():  # the stage's result stands either way
-                settle_parent(client, exp_id, parent)
+                settle_parent(client, exp_id, parent, pid)
         _add_overhead("close", since)
