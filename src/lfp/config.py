@@ -114,6 +114,9 @@ class TaskSpec:
     # offline explainer: which peak words make a feature task-related ("" = the kind's default:
     # lexicon_rl "valenced" |v| >= 1; preference_dpo "none", no label invented)
     related_words: Literal["", "valenced", "negative", "positive", "none"] = ""
+    # the path DVC tracks as this task's raw input (dvc.yaml `prepare` dep), so an edit elsewhere in
+    # data/raw re-runs no other task's prepare; it must contain every file the task reads ("" = undeclared)
+    raw: str = ""
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,10 @@ class Measure:
     # words in a completion carries no reward (the lexicon mean is -0.18: uncentred, a permutation keeps a direction)
     shuffled_arms: int = _num(4, 1)
     shuffle_centred: bool = True
+    # the logit-difference lens readout (lfp.readouts.diff_lens): the first `lens_tokens` tokens of up to `lens_texts`
+    # held-out texts of the task
+    lens_texts: int = _num(256, 1)
+    lens_tokens: int = _num(8, 1)
     word_test_fraction: float = _num(0.3, 0.0, 1.0, lo_open=True, hi_open=True)
     permutations: int = _num(2000, 1)
     bootstrap: int = _num(1000, 1)
@@ -575,6 +582,8 @@ def _cross_check(p: Params) -> None:
             raise ConfigError(f"params: 'measure.preference_tasks' names '{t}', which is not a preference_dpo task in 'tasks'")
     if not p.measure.planted_words:
         raise ConfigError("params: 'measure.planted_words' must not be empty")
+    for name, spec in p.task_specs.items():
+        _check_raw(name, spec)
     if p.measure.tasks:  # checked here, not minutes into `measure` (after measure_pairs and its fine-tunes)
         _check_planted_words(p.measure.planted_words)
         if not p.probe.base_control:
@@ -583,6 +592,23 @@ def _cross_check(p: Params) -> None:
     for t in p.tasks:
         if t not in p.explain.task_descriptions:
             raise ConfigError(f"params: 'explain.task_descriptions.{t}' is missing")
+
+
+def _check_raw(name: str, spec: TaskSpec) -> None:
+    """`task_specs.<t>.raw` (a DVC dep) must contain what the task's kind reads (lfp.corpora's layout)."""
+    if not spec.raw:
+        return
+    if spec.source == "imdb":
+        reads = ["data/raw/imdb"]
+    elif spec.source == "hh-rlhf":
+        reads = [f"data/raw/hh-rlhf/{subset}" for subset in spec.subsets]
+    else:
+        reads = [spec.source]
+    raw = os.path.normpath(spec.raw)
+    for path in map(os.path.normpath, reads):
+        if path != raw and not path.startswith(raw.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"params: 'task_specs.{name}.raw' is '{spec.raw}', which does not contain {path} "
+                              "that the task reads (DVC would not re-run its prepare when that changes)")
 
 
 def _check_planted_words(words: list[str]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,8 @@ from lfp.measure_controls import (
     write_words_csv,
 )
 from lfp.pair_measure import run_preference
+from lfp.readouts import ReadoutRuns, readout_controls
+from lfp.readouts.diff_lens import LogitDiffLens, lens_windows
 from lfp.stage_context import StageContext, open_stage
 from lfp.tasks import kind_of
 from lfp.triples import load_triples, windows_for
@@ -72,7 +75,8 @@ from lfp.word_probes import (
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("word", "lexicon_value", "reward_value", "learned_value", "learned_ci_low", "learned_ci_high",
               "n_contexts", "learned_value_planted_model", "learned_value_shuffled_model", "pred_finetuned",
-              "pred_base", "pred_difference", "probe_shift", "split", "planted")
+              "pred_base", "pred_difference", "probe_shift", "split", "planted",
+              "readout_logit_diff_lens")
 # the controls' difference-probe keys repeated in the measured task's lfp.json (prefixed `planted_` / `shuffled_`)
 DIFFERENCE_SUMMARY = ("probe_tau_word_heldout_difference", "probe_tau_word_heldout_difference_p",
                       "probe_tau_word_heldout_difference_ci_low", "probe_tau_word_heldout_difference_ci_high",
@@ -199,7 +203,7 @@ def codes_through_saes(lm: Any, saes: dict[int, Any], triples: Any, tok: Any, pa
 
 
 def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any], windows: list, ctx_words: list[str],
-                     pad: int, base: Any, policies: dict[str, Any]) -> dict[str, dict[str, float]]:
+                     pad: int, base: Any) -> Callable[[Any], dict[str, float]]:
     """The probe's view of what a fine-tune changed, per word: the ridge probe (fitted on all the
     fine-tuned model's contrastive rows, per-layer normalised) applied to the fine-tuned SAEs' codes
     of each word in its real contexts, under `policy` minus under the base model. A plant that
@@ -221,7 +225,15 @@ def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any]
         return probe.predict(element_codes(policy, saes, kept_windows, bs, pad, "measure codes") / scales)
 
     base_pred = predicted(base)
-    return {name: word_means(kept_words, predicted(policy) - base_pred) for name, policy in policies.items()}
+    return lambda policy: word_means(kept_words, predicted(policy) - base_pred)
+
+
+def readout_runs(per_run: dict[Any, dict[str, float]], arm_rewards: list[dict[str, float]], seed: int) -> ReadoutRuns:
+    """One readout's values keyed by run ("main", ("seed", s), "planted", "shuffled", ("arm", k)) as
+    lfp.readouts.ReadoutRuns: arm 0 is the reported shuffled control."""
+    arms = [per_run["shuffled"], *[per_run[("arm", k)] for k in range(1, len(arm_rewards))]]
+    return ReadoutRuns(main=per_run["main"], seeds={k[1]: v for k, v in per_run.items() if isinstance(k, tuple) and k[0] == "seed"},
+                       planted=per_run.get("planted"), arms=list(zip(arms, arm_rewards)))
 
 
 def split_of(word: str, test_words: set[str], probe_words: set[str]) -> str:
@@ -310,18 +322,33 @@ def run_lexicon(params: Params, model: str, task: str) -> None:
             return learned_values(ctx.words, span_logprobs(policy.to(stage.device), windows, cfg.batch_size, pad) - lp_base)
 
         finetuned = stage.load(paths.finetuned_dir(model, task))[0]
-        main = learned(finetuned)
+        saes = finetuned_saes(stage, params, model, task)
+        probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
+        lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
+        observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}}
+
+        def observe(key: Any, policy: Any) -> LearnedValues:
+            """Every readout of one run (the learned values returned whole: rows need their CIs)."""
+            policy = policy.to(stage.device)
+            observed["probe_view"][key], observed[lens.name][key] = probe_view(policy), lens.per_word(policy)
+            return learned(policy)
+
+        main = observe("main", finetuned)
         base_dir = paths.base_model_dir(model)
         by_seed = {params.seed: main}
         for seed in cfg.seeds:
-            by_seed[seed] = learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, seed)[0])
+            by_seed[seed] = observe(("seed", seed), rl.finetune_policy(base_dir, train_rows, ft_cfg, seed)[0])
         controls = {c: rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, rewards[c])[0] for c in paths.CONTROLS}
-        control_lv = {c: learned(policy) for c, policy in controls.items()}
-        extra_arms = [learned(rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, r)[0]) for r in arm_rewards[1:]]
-        saes = finetuned_saes(stage, params, model, task)
-        shifts = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base, {"finetuned": finetuned, **controls})
+        control_lv = {c: observe(c, policy) for c, policy in controls.items()}
+        extra_arms = [observe(("arm", k), rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, r)[0])
+                      for k, r in enumerate(arm_rewards[1:], start=1)]
+        shifts = {"finetuned": observed["probe_view"]["main"], **{c: observed["probe_view"][c] for c in paths.CONTROLS}}
         through_ft = {name: codes_through_saes(lm, saes, triples, tok, pad, params, name) for name, lm in (("base", base), *controls.items())}
         del controls
+        readout_values = {"learned_value": {"main": main.by_word(), **{("seed", s): lv.by_word() for s, lv in by_seed.items() if s != params.seed},
+                                            **{c: lv.by_word() for c, lv in control_lv.items()},
+                                            **{("arm", k): lv.by_word() for k, lv in enumerate(extra_arms, start=1)}},
+                          **observed}
 
         out = behaviour_metrics(main, by_seed, lexicon, shifts["finetuned"], cfg.bootstrap, params.seed)
         out.update(within_sign_metrics(main.by_word(), {s: lv.by_word() for s, lv in by_seed.items()}, lexicon, cfg.bootstrap, params.seed))
@@ -331,6 +358,12 @@ def run_lexicon(params: Params, model: str, task: str) -> None:
         arms = [(lv.by_word(), r) for lv, r in zip([control_lv["shuffled"], *extra_arms], arm_rewards)]
         out.update(shuffled_null(main.by_word(), arms, lexicon))
         out.update({"shuffled_arm_seeds": arm_seeds, "shuffle_centred": cfg.shuffle_centred})
+        for name, per_run in readout_values.items():
+            out.update(readout_controls(name, readout_runs(per_run, arm_rewards, params.seed), lexicon, planted, cfg.bootstrap,
+                                        cfg.permutations, params.seed))
+        out.update({f"{lens.name}_n_texts": len(lens.windows), f"{lens.name}_tokens": cfg.lens_tokens,
+                    f"{lens.name}_n_single_token_words": len(lens.word_ids), "readouts": sorted(readout_values)})
+        out.update({f"{lens.name}_{k}": v for k, v in lens.top_tokens(finetuned).items()})
         control_m = {c: control_metrics(c, task, lv, lexicon, rewards[c], shifts[c], cfg.bootstrap, params.seed) for c, lv in control_lv.items()}
         control_m["planted"].update(planted_summary(control_lv["planted"].by_word(), main.by_word(), shifts["planted"], shifts["finetuned"],
                                                     planted, lexicon, cfg.permutations, params.seed))
@@ -359,6 +392,7 @@ def run_lexicon(params: Params, model: str, task: str) -> None:
                           control_rows(control_lv[c], lexicon, rewards[c], planted, main.by_word(), shifts[c]))
         rows = main_rows(main, lexicon, planted, {c: lv.by_word() for c, lv in control_lv.items()}, probes,
                          set(inputs.words[is_test].tolist()), probe_words, shifts["finetuned"])
+        rows = [{**r, "readout_logit_diff_lens": float(observed[lens.name]["main"].get(r["word"], np.nan))} for r in rows]
         write_main_outputs(stage, model, task, out, rows, (abs_err, err_learned))
         log.info("measure %s: learned-value tau %.3f; planted AUC %.2f (p %.3g); shuffled tau %.3f; difference-probe tau %.3f",
                  paths.run_id(model, task), out["learned_value_tau"], out["planted_auc"], out["planted_p"],

@@ -1,0 +1,74 @@
+"""Readouts: the ways the measurement reads a feedback pattern from a fine-tuned model, held to one
+set of controls by shared code.
+
+Why objects: a readout that gets its own hand-written controls is a readout whose controls differ
+from the next one's. Here a readout is anything that maps a policy (a fine-tuned model in memory) to
+one number per word (`per_word`); the measure stage calls every readout on every run it has — the
+measured fine-tune, the extra fine-tuning seeds, the planted run, the shuffled-reward arms — and
+`readout_controls` scores each readout against the same controls:
+- τ against the lexicon over all words, and within sign (the between-sign gap apart);
+- the paired planted test (planted run − true-reward run, same data and seed) with its seed null;
+- the shuffled-reward null over arms (is the measured run outside it? did the arms learn?).
+A readout that reads a *difference* from the base model (`differential = True`) is 0 on the base
+model by construction; the others name their base-model value separately. A new readout is one
+module here with a `per_word` method; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+PerWord = dict[str, float]
+
+
+class Readout(Protocol):
+    """One way to read what a fine-tune learned, per word."""
+
+    name: str  # lfp.json keys `readout_{name}_*`, lfp_words.csv column `readout_{name}`
+    description: str  # one line for the report
+    differential: bool  # True: a change relative to the base model (0 on the base by construction)
+
+    def per_word(self, policy: Any) -> PerWord: ...
+
+
+@dataclass
+class ReadoutRuns:
+    """A readout's per-word values on every run of the measure stage."""
+
+    main: PerWord
+    seeds: dict[int, PerWord] = field(default_factory=dict)  # extra fine-tuning seeds of the true reward
+    planted: PerWord | None = None
+    arms: list[tuple[PerWord, Mapping[str, float]]] = field(default_factory=list)  # shuffled arms: (values, their reward)
+
+
+def _renamed(out: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The learned-value key names of lfp.measure_controls, moved under `readout_{name}_`."""
+    renamed = {}
+    for k, v in out.items():
+        k2 = k.removeprefix("learned_value_")
+        renamed[f"{prefix}{k2}"] = v
+    return renamed
+
+
+def readout_controls(name: str, runs: ReadoutRuns, lexicon: Mapping[str, float], planted: set[str], n_boot: int, n_perm: int,
+                     seed: int) -> dict[str, Any]:
+    """Every control of one readout: the same statistics the learned values get (lfp.measure_controls),
+    under `readout_{name}_`."""
+    from lfp.measure_controls import planted_paired, shuffled_null, tau_keys, tau_with_ci, within_sign_metrics
+
+    prefix = f"readout_{name}_"
+    out: dict[str, Any] = {f"{prefix}n_words": len(runs.main)}
+    out.update(_renamed(tau_keys("learned_value_tau", tau_with_ci(runs.main, lexicon, n_boot, seed)), prefix))
+    out.update(_renamed(within_sign_metrics(runs.main, {seed: runs.main, **runs.seeds}, lexicon, n_boot, seed), prefix))
+    if runs.planted is not None:
+        out.update({f"{prefix}{k}": v for k, v in planted_paired(runs.planted, runs.main, runs.seeds, planted, lexicon, n_perm, seed).items()})
+    if runs.arms:
+        out.update(_renamed(shuffled_null(runs.main, runs.arms, lexicon), prefix))
+    return out
+
+
+def words_column(readouts: Sequence[Readout], values: Mapping[str, PerWord], word: str) -> dict[str, float]:
+    """The per-word CSV cells `readout_{name}` of one word (NaN where a readout has no value)."""
+    return {f"readout_{r.name}": float(values[r.name].get(word, float("nan"))) for r in readouts}

@@ -1,0 +1,60 @@
+"""Readouts on synthetic models where the answer is known, and the shared control scoring."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from conftest import SAMPLE_TEXTS
+from lfp.readouts import ReadoutRuns, readout_controls
+from lfp.readouts.diff_lens import LogitDiffLens, lens_windows, single_token_ids
+
+
+def _load(tiny_model_dir):
+    from lfp.modeling import load_model
+
+    return load_model(tiny_model_dir)
+
+
+def test_difference_lens_ranks_the_planted_tokens_first(tiny_model_dir) -> None:
+    """A 'fine-tune' whose final hidden state is shifted toward the unembedding rows of a few words:
+    the lens must put exactly those words on top, and a copy of the base must read ~0."""
+    base, tok = _load(tiny_model_dir)
+    words = sorted({w.strip(".,!?:").lower() for t in SAMPLE_TEXTS for w in t.split()})
+    ids = single_token_ids(tok, words)
+    assert len(ids) >= 5
+    planted = sorted(ids)[:2]
+    ft = copy.deepcopy(base)
+    unembed = base.get_output_embeddings().weight.detach()
+    direction = sum(unembed[ids[w]] for w in planted)
+    with torch.no_grad():
+        ft.gpt_neox.final_layer_norm.bias += 3.0 * direction / direction.norm()
+    lens = LogitDiffLens(base, tok, lens_windows(tok, SAMPLE_TEXTS, 4, 40), words, batch_size=8)
+    scores = lens.per_word(ft)
+    top = sorted(scores, key=scores.get, reverse=True)[:2]
+    assert set(top) == set(planted)
+    same = lens.per_word(copy.deepcopy(base))
+    assert max(abs(v) for v in same.values()) < 1e-9
+    assert {tok.decode([ids[w]]).strip() for w in planted} <= set(lens.top_tokens(ft, k=5)["promoted"])
+
+
+def test_readout_controls_score_any_per_word_readout() -> None:
+    rng = np.random.default_rng(0)
+    lex = {f"w{i}": float(v) for i, v in enumerate(rng.uniform(0.5, 3, 120) * rng.choice([-1, 1], 120))}
+    planted = set([w for w in sorted(lex) if lex[w] > 0][:10])
+    main = {w: v + rng.standard_normal() * 0.5 for w, v in lex.items()}
+    plant = {w: main[w] - (2.0 if w in planted else 0.0) + rng.standard_normal() * 0.1 for w in lex}
+    arms = []
+    for k in range(3):
+        r = np.random.default_rng(10 + k)
+        rew = dict(zip(sorted(lex), r.permutation(list(lex.values()))))
+        arms.append(({w: r.standard_normal() for w in lex}, rew))
+    out = readout_controls("toy", ReadoutRuns(main=main, seeds={1: {w: v + rng.standard_normal() * 0.5 for w, v in lex.items()}},
+                                              planted=plant, arms=arms), lex, planted, n_boot=50, n_perm=200, seed=0)
+    assert out["readout_toy_tau"] > 0.4 and out["readout_toy_tau_within_sign"] > 0.2
+    assert out["readout_toy_planted_paired_detected"] is True
+    assert out["readout_toy_tau_vs_null_outside"] is True
+    assert out["readout_toy_shuffled_learned"] is False  # these arms learned nothing: the null cannot speak
+    assert "readout_toy_sign_gap" in out and out["readout_toy_n_words"] == len(lex)
