@@ -174,7 +174,9 @@ def test_report_opens_with_the_verdict_table_in_markdown_and_html(in_tmp_project
     runs = {(m, t): report.load_run(m, t) for m in params.models for t in params.tasks}
     sections = report.build_sections(params, runs)
     md = report.render_markdown(sections)
-    assert md.startswith("# Learned Feedback Patterns — report\n\n## Verdicts of the controls")
+    assert md.startswith("# Learned Feedback Patterns — report\n\n")
+    # only the table of contents comes before the verdicts
+    assert "\n## " not in md[: md.index("## Verdicts of the controls")]
     assert md.index("## Verdicts of the controls") < md.index("## What this run shows")
     table = md[: md.index("## What this run shows")]
     assert "| vader  | fine-tuning learned its reward" in table and "**passed**" in table and "**not run**" in table

@@ -245,3 +245,52 @@ def table(m: dict[str, Any], paper_tau: float | None) -> list[list[str]]:
         ["paper method: Table 4 τ (split by triple)", _f(paper_tau), "—",
          f"identity lookup on that split {_f(_n(m, 'paper_split_identity_ceiling_tau'))}; sign only {_f(_n(m, 'paper_split_sign_ceiling_tau'))}"],
     ]
+
+
+READOUT_LABELS = {
+    "learned_value": "learned value (behaviour: log-prob change in real contexts; the ground truth)",
+    "probe_view": "paper's probe on each word's SAE codes in context (policy − base)",
+    "logit_diff_lens": "logit-difference lens (mean final-state change on first tokens, through the unembedding)",
+}
+READOUT_COLUMNS = ["readout", "τ vs lexicon", "τ within sign", "shuffled null (within sign)", "planted, paired AUC",
+                   "sees the plant", "beyond sign and null"]
+
+
+def _readout_sees_plant(m: dict[str, Any], r: str) -> bool:
+    return m.get(f"readout_{r}_planted_paired_detected") is True
+
+
+def _readout_beyond_null(m: dict[str, Any], r: str) -> bool:
+    lo = _n(m, f"readout_{r}_tau_within_sign_ci_low")
+    return lo is not None and lo > 0 and m.get(f"readout_{r}_tau_within_sign_vs_null_outside") is True
+
+
+def readout_table(m: dict[str, Any]) -> list[list[str]]:
+    """Readouts × controls: every way of reading the pattern, each with the same controls beside it."""
+    rows = []
+    for r in m.get("readouts") or []:
+        k = f"readout_{r}_"
+        rows.append([READOUT_LABELS.get(r, r),
+                     f"{_f(_n(m, k + 'tau'))} {_ci(m, k + 'tau')}",
+                     f"{_f(_n(m, k + 'tau_within_sign'))} {_ci(m, k + 'tau_within_sign')}",
+                     f"{_f(_n(m, k + 'tau_within_sign_null_min'))} to {_f(_n(m, k + 'tau_within_sign_null_max'))} "
+                     f"(rank p {_f(_n(m, k + 'tau_within_sign_vs_null_rank_p'), 2)})",
+                     f"{_f(_n(m, k + 'planted_paired_auc'), 2)} (p {_p(_n(m, k + 'planted_paired_p'))}; seed null "
+                     f"{_f(_n(m, k + 'planted_paired_auc_seed_null_mean'), 2)})",
+                     "yes" if _readout_sees_plant(m, r) else "no",
+                     "yes" if _readout_beyond_null(m, r) else "no"])
+    return rows
+
+
+def readout_sentence(m: dict[str, Any]) -> str | None:
+    """Which readout sees the plant, and which sees more than the sign beyond the null, in words."""
+    names = [r for r in m.get("readouts") or [] if r != "learned_value"]
+    if not names:
+        return None
+    sees = [r for r in names if _readout_sees_plant(m, r)]
+    beyond = [r for r in names if _readout_beyond_null(m, r)]
+    label = lambda rs: ", ".join(f"`{r}`" for r in rs) or "none"  # noqa: E731
+    return (f"**Readouts held to the same controls ({len(names)} besides the behavioural ground truth):** the planted pattern is "
+            f"seen (paired AUC > 0.5, p < 0.01) by {label(sees)}; a within-sign order beyond every shuffled arm is seen by "
+            f"{label(beyond)}. A readout that sees neither shows no learned feedback pattern on this run; "
+            f"the table below gives each number.")

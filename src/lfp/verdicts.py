@@ -189,6 +189,29 @@ def beyond_null(m: Metrics) -> Judged:
             f"(rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}); gap {_with_ci_num(m, 'learned_value_sign_gap')}")
 
 
+def readout_plant(m: Mapping[str, Any], r: str) -> Judged:
+    """A readout sees the plant: its per-word values, planted run − true-reward run, separate the
+    planted words (paired AUC > 0.5, p < 0.01)."""
+    k = f"readout_{r}_"
+    if _n(m, k + "planted_paired_auc") is None:
+        return NOT_RUN, f"`{k}planted_paired_auc` missing from lfp.json"
+    return ((PASSED if m.get(k + "planted_paired_detected") is True else FAILED),
+            f"paired AUC {_f(_n(m, k + 'planted_paired_auc'), 2)}, p {_p(_n(m, k + 'planted_paired_p'))} "
+            f"(seed-vs-seed null {_f(_n(m, k + 'planted_paired_auc_seed_null_mean'), 2)})")
+
+
+def readout_beyond_null(m: Mapping[str, Any], r: str) -> Judged:
+    """A readout sees a learned pattern beyond the sign: within-sign τ CI above 0 and above every
+    shuffled arm's."""
+    k = f"readout_{r}_tau_within_sign"
+    if _n(m, k) is None or _n(m, k + "_null_max") is None:
+        return NOT_RUN, f"`{k}` or its null missing from lfp.json"
+    lo = _n(m, k + "_ci_low")
+    ok = lo is not None and lo > 0 and m.get(k + "_vs_null_outside") is True
+    return ((PASSED if ok else FAILED),
+            f"within-sign τ {_with_ci_num(m, k)} vs null {_f(_n(m, k + '_null_min'))} to {_f(_n(m, k + '_null_max'))}")
+
+
 def shuffled(measure: Metrics, control: Metrics) -> Judged:
     """A fine-tune on the lexicon with values permuted across words learned no valence, so its
     learned values must not track the real lexicon: τ CI covering 0 (the stage's `shuffled_detected`
@@ -342,6 +365,10 @@ def run_verdicts(runs_dir: Path, model: str, task: str, kind: str, label: str | 
                   ("probe beats the base model", probe_vs_base_lexicon(m)),
                   ("probe beats trivial predictors", probe_vs_trivial_lexicon(m)),
                   ("difference probe beats its shuffled null", difference_vs_null(m))]
+        for r in (m or {}).get("readouts") or []:
+            if r != "learned_value" and m is not None:
+                judged += [(f"readout `{r}` sees the plant (paired)", readout_plant(m, r)),
+                           (f"readout `{r}` beyond sign and shuffled null", readout_beyond_null(m, r))]
     else:
         judged = [("fine-tuning learned the preference", finetune_preference(m, f)),
                   ("probe beats the base model", probe_vs_base_preference(m)),

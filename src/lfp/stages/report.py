@@ -514,6 +514,10 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
             tau = num(r["probe"], "kendall_tau")
             sec.text.extend(measure_report.sentences(r["measure"], tau))
             sec.tables.append(("", pd.DataFrame(measure_report.table(r["measure"], tau), columns=measure_report.COLUMNS)))
+            if readout_rows := measure_report.readout_table(r["measure"]):
+                if sentence := measure_report.readout_sentence(r["measure"]):
+                    sec.text.append(sentence)
+                sec.tables.append(("Readouts × controls", pd.DataFrame(readout_rows, columns=measure_report.READOUT_COLUMNS)))
             figure = paths.report_dir(m, t) / "lfp_learned_values.png"
             if figure.exists():
                 sec.images.append((f"{m}-{t}: learned value vs lexicon value, every word (replaces Fig. 4's empty axis)",
