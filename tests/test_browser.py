@@ -324,15 +324,13 @@ def test_report_html(browser):
 
 
 def test_feature_dashboards(browser):
-    """The dashboards' index (when built) and every dashboard it or the folder lists."""
+    """Every page in reports/features/: the index (when built) and each run's dashboard."""
     pages = sorted((REPORTS / "features").glob("*.html"))
     if not pages:
         pytest.skip("no dashboards in reports/features (dvc repro)")
     problems = []
     for page in pages:
-        check = check_page(browser, page, screenshots())
-        assert check.plots or page.stem == "index", f"{page}: no histogram drawn"
-        problems += check.problems()
+        problems += check_page(browser, page, screenshots()).problems()
     assert not problems, "\n".join(problems)
 
 

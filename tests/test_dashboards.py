@@ -179,6 +179,7 @@ def test_saturated_table7_frequency_shows_the_mean_code():
     assert "active on 60.0% of them vs 40.0% of the rest (contrast 0.200); mean code 0.100 vs 0.050" in second
     old = {k: v for k, v in t7.items() if "_mean_" not in k}  # a file written before the mean was stored
     assert "mean code not stored" in dashboards.table7_text(old, {})
+    assert "not computed (no held-out rows on one side" in dashboards.table7_text({"threshold_freq_high": None}, {})
 
 
 def test_index_page_and_feature_jump_list(run_files: Path):

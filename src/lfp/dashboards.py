@@ -166,6 +166,8 @@ def _t7_split(t7: dict[str, Any], name: str, high: str) -> str:
     still differs where the feature is active on (nearly) every row of both groups."""
     f_hi, f_lo = t7.get(f"{name}_freq_high"), t7.get(f"{name}_freq_low")
     m_hi, m_lo = t7.get(f"{name}_mean_high"), t7.get(f"{name}_mean_low")
+    if f_hi is None or f_lo is None:
+        return f"{high}: not computed (no held-out rows on one side of the split)"
     saturated = all(isinstance(f, (int, float)) and f >= SATURATED for f in (f_hi, f_lo))
     if m_hi is None or m_lo is None:
         mean = " (mean code not stored: table7_features.jsonl predates it)" if saturated else ""
