@@ -235,3 +235,14 @@ def test_dvc_exp_run_against_a_server_that_is_down_and_the_documented_recovery(t
     assert "touch params.yaml && git checkout -- params.yaml && dvc checkout" in out
     subprocess.run("touch params.yaml && git checkout -- params.yaml", shell=True, cwd=root, check=True, timeout=60)
     assert (root / "params.yaml").read_text() == "seed: 0\n"
+
+
+def test_a_folder_without_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
+    from lfp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["mlflow-sync"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lfp mlflow-sync: error: {tmp_path / 'dvc.yaml'}: cannot read the stages") and err.count("\n") == 1

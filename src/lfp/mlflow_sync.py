@@ -68,25 +68,30 @@ def stage_instances(root: Path) -> list[StageInstance]:
     """Every stage instance of the DVC project at `root`, in dvc.yaml order."""
     from dvc.repo import Repo
 
-    out = []
-    with Repo(str(root)) as repo:
-        for stage in repo.index.stages:
-            if not getattr(stage, "cmd", None):
-                continue
-            command, opts = parse_command(stage.cmd if isinstance(stage.cmd, str) else " ".join(stage.cmd))
-            inst = StageInstance(stage.addressing, command, opts.get("model"), opts.get("task"), opts.get("source"))
-            for dep in stage.deps:
-                if type(dep).__name__ == "ParamsDependency" and isinstance(dep.hash_info.value, dict):
-                    inst.params.update(dep.hash_info.value)
-            for o in stage.outs:
-                path = root / str(o.def_path)
-                inst.locked = inst.locked or bool(o.hash_info.value)
-                if o.metric:
-                    inst.metrics.append((path, o.hash_info.value))
-                elif o.plot or not o.use_cache:
-                    inst.artifacts.append(path)
-            out.append(inst)
-    return out
+    try:
+        with Repo(str(root)) as repo:
+            return [_instance(stage, root) for stage in repo.index.stages if getattr(stage, "cmd", None)]
+    except LfpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - DVC's own errors (bad dvc.yaml, no project) become one line
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise LfpError(f"{root / 'dvc.yaml'}: cannot read the stages ({type(exc).__name__}: {detail})") from None
+
+
+def _instance(stage: Any, root: Path) -> StageInstance:
+    command, opts = parse_command(stage.cmd if isinstance(stage.cmd, str) else " ".join(stage.cmd))
+    inst = StageInstance(stage.addressing, command, opts.get("model"), opts.get("task"), opts.get("source"))
+    for dep in stage.deps:
+        if type(dep).__name__ == "ParamsDependency" and isinstance(dep.hash_info.value, dict):
+            inst.params.update(dep.hash_info.value)
+    for o in stage.outs:
+        path = root / str(o.def_path)
+        inst.locked = inst.locked or bool(o.hash_info.value)
+        if o.metric:
+            inst.metrics.append((path, o.hash_info.value))
+        elif o.plot or not o.use_cache:
+            inst.artifacts.append(path)
+    return inst
 
 
 def _md5(path: Path) -> str:
