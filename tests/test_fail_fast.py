@@ -74,3 +74,20 @@ def test_stage_error_outside_dvc_has_no_dvc_hint(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("DVC_STAGE", raising=False)
     assert main(["--params", str(path), "measure", "--model", "tiny", "--task", "vader"]) == 2
     assert "dvc checkout" not in capsys.readouterr().err
+
+
+def test_raw_must_contain_what_the_task_reads(tmp_path: Path) -> None:
+    path = _profile(tmp_path, lambda d: d["task_specs"]["hh"].update(raw="data/raw/hh-rlhf/harmless-base"))
+    with pytest.raises(ConfigError, match=r"'task_specs.hh.raw' is 'data/raw/hh-rlhf/harmless-base', which does not contain "
+                                          r"data/raw/hh-rlhf/helpful-base"):
+        load_params(path)
+    path = _profile(tmp_path, lambda d: d["task_specs"]["vader"].update(raw="data/raw"))  # wider is allowed
+    assert load_params(path).task_specs["vader"].raw == "data/raw"
+
+
+def test_prepare_runs_for_a_task_spec_outside_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """dvc.yaml's prepare runs once per task_specs entry: the CLI accepts those names for prepare only."""
+    path = _profile(tmp_path, lambda d: d.update(tasks=["vader", "hh"]) or d["measure"].update(preference_tasks=["hh"]))
+    assert main(["--params", str(path), "finetune", "--model", "tiny", "--task", "toxic"]) == 2
+    assert "--task 'toxic' is not in params `tasks`" in capsys.readouterr().err

@@ -76,8 +76,9 @@ def _cmd_problems(profile: str, stage: str, cmd: str | list[str], params: object
             continue
         if getattr(args, "model", None) is not None and args.model not in params.models:  # type: ignore[attr-defined]
             out.append(f"{profile}: stage '{stage}': --model {args.model} is not in `models`")
-        if getattr(args, "task", None) is not None and args.task not in params.tasks:  # type: ignore[attr-defined]
-            out.append(f"{profile}: stage '{stage}': --task {args.task} is not in `tasks`")
+        known = params.task_specs if args.stage == "prepare" else params.tasks  # type: ignore[attr-defined]
+        if getattr(args, "task", None) is not None and args.task not in known:
+            out.append(f"{profile}: stage '{stage}': --task {args.task} is not in `{'task_specs' if args.stage == 'prepare' else 'tasks'}`")
     return out
 
 
@@ -113,3 +114,17 @@ def test_an_uninterpolatable_profile_is_caught(tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir()
     problems = _dag_problems(bad, tmp_path / "proj")
     assert len(problems) == 1 and "measure_pairs.matrix" in problems[0] and "measure.preference_tasks" in problems[0], problems
+
+
+def test_each_prepare_depends_on_its_own_raw_data_only(tmp_path: Path) -> None:
+    """A bad byte in the HH files must not re-run prepare@vader (it used to depend on all of data/raw)."""
+    from dvc.repo import Repo
+
+    Repo.init(tmp_path, no_scm=True)
+    shutil.copy2(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    with Repo(tmp_path) as repo:
+        data = {s.name: [d.def_path for d in s.deps if not d.def_path.startswith("src/") and not d.def_path.endswith(".yaml")]
+                for s in repo.index.stages if s.name.startswith("prepare@")}
+    assert data == {"prepare@vader": ["data/raw/imdb"], "prepare@hh": ["data/raw/hh-rlhf"],
+                    "prepare@toxic": ["data/raw/hh-rlhf/harmless-base"]}

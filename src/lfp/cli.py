@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         task = getattr(args, "task", None)
         if model is not None and model not in params.models:
             raise LfpError(f"--model '{model}' is not in params `models` ({', '.join(params.models)})")
-        if task is not None and task not in params.tasks:
+        if task is not None and task not in params.tasks and not (args.stage == "prepare" and task in params.task_specs):
             raise LfpError(f"--task '{task}' is not in params `tasks` ({', '.join(params.tasks)})")
         seed_everything(params.seed)
         module = importlib.import_module(f"lfp.stages.{args.stage}")
