@@ -285,6 +285,22 @@ def assert_clean(check: PageCheck) -> None:
     assert not check.problems(), "\n".join(check.problems())
 
 
+def test_plots_template_is_configured_and_offline():
+    """Without a browser too: .dvc/config names the vendored page, which DVC can fill and which
+    loads nothing from the network (DVC's own page pulls vega from a CDN: blank plots offline)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    template = ROOT / ".dvc" / config["plots"]["html_template"]
+    page = template.read_text(encoding="utf-8")
+    assert "{plot_divs}" in page and "{scripts}" not in page  # {scripts} is where DVC adds its CDN tags
+    assert not re.search(r"""src\s*=\s*["']?(https?:)?//""", page)
+    for lib in ("vega@5.20.2", "vega-lite@5.2.0", "vega-embed@6.18.2"):
+        assert f"/* {lib} (BSD-3-Clause) */" in page
+    assert (ROOT / ".dvc" / "plots" / "LICENSES.md").read_text(encoding="utf-8").count("Redistribution and use") == 3
+
+
 def test_detects_blank_plots_fffd_and_broken_links(browser, tmp_path):
     """The checker itself: a page with each fault is caught, a clean page passes."""
     good = tmp_path / "good.html"
