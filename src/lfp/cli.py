@@ -40,6 +40,7 @@ STAGES: dict[str, StageSpec] = {
     "contrastive": StageSpec(False, True, "build (positive, neutral, negative) triples"),
     "probe": StageSpec(True, True, "activation deltas, probes, Kendall tau / sign / accuracy + controls (fine-tuned and base)"),
     "measure": StageSpec(True, True, "lexicon tasks: learned values (behavioural ground truth), word-held-out probes with ceilings, planted / shuffled / seed controls"),
+    "diffing": StageSpec(True, True, "model diffing: a TopK crosscoder per chosen layer over base and fine-tuned activations, Latent Scaling nu"),
     "explain": StageSpec(True, True, "feature explanations and task-relatedness labels"),
     "validate": StageSpec(True, True, "feature frequency at high predicted delta; zero-ablation reward"),
     "report": StageSpec(False, False, "report.md/html with the paper's numbers beside ours"),

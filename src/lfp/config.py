@@ -304,6 +304,20 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class Diffing:
+    """Model diffing (stage `diffing`): a TopK crosscoder per chosen layer over the base and the
+    fine-tuned activations of the same tokens, with Latent Scaling (lfp.readouts.crosscoder)."""
+
+    latent_ratio: int = _num(4, 1)  # latents = latent_ratio x d_model
+    k: int = _num(16, 1)
+    steps: int = _num(2000, 1)
+    batch_size: int = _num(256, 1)
+    learning_rate: float = _num(1e-3, 0.0, lo_open=True)
+    max_rows: int = _num(50000, 1)  # rows (tokens) used, seeded subset of the activation cache
+    specific_nu: float = _num(0.2, 0.0)  # nu below this: a latent the base model lacks (fine-tune-specific)
+
+
+@dataclass(frozen=True)
 class Llm:
     """An OpenAI-compatible endpoint. The key is read from the environment variable named here,
     never from this file; LFP_LLM_BASE_URL / LFP_LLM_MODEL override base_url / model."""
@@ -395,6 +409,7 @@ class Params:
     contrastive: dict[str, Any] = field(default_factory=dict)
     probe: Probe = field(default_factory=Probe)
     measure: Measure = field(default_factory=Measure)
+    diffing: Diffing = field(default_factory=Diffing)
     llm: Llm = field(default_factory=Llm)
     explain: Explain = field(default_factory=Explain)
     validate: Validate = field(default_factory=Validate)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from lfp import dashboards, io, measure_report, paths, preference_report, verdicts
+from lfp import dashboards, diffing_report, io, measure_report, paths, preference_report, verdicts
 from lfp.config import BUILTIN_MODELS, Params
 from lfp.errors import ArtifactError
 from lfp.tracking import stage_run
@@ -90,6 +90,8 @@ def load_run(model: str, task: str) -> dict[str, dict[str, Any]]:
     out["sae_base"] = io.read_json(paths.sae_metrics_file(model, task, "base"))
     measured = run_dir / "lfp.json"  # stage `measure` (lexicon tasks in measure.tasks)
     out["measure"] = io.read_json(measured) if measured.exists() else None
+    diffing = run_dir / "diffing.json"  # stage `diffing` (crosscoder); older runs have none
+    out["diffing"] = io.read_json(diffing) if diffing.exists() else None
     features = run_dir / "features.jsonl"
     out["features"] = io.read_jsonl(features, allow_empty=True) if features.exists() else []
     return out
@@ -581,6 +583,15 @@ def build_sections(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) 
         s.images.append((f"{m}-{t} divergence", _copy_figure(paths.report_dir(m, t) / "divergence.png", f"{m}-{t}-divergence.png")))
     s.tables.append(("", pd.DataFrame(rows, columns=["model", "task", "chosen layers", "block ℓ2 per layer"])))
     secs.append(s)
+
+    if diffed := [(m, t, r["diffing"]) for (m, t), r in runs.items() if r.get("diffing")]:
+        s = Section("Model diffing: crosscoder with Latent Scaling")
+        s.text.extend(diffing_report.sentence(_label(runs, m, t), d) for m, t, d in diffed)
+        s.tables.append(("", pd.DataFrame([row for m, t, d in diffed for row in diffing_report.rows(_label(runs, m, t), d)],
+                                          columns=diffing_report.COLUMNS)))
+        s.images.extend((f"ν per latent, {_label(runs, m, t)}", _copy_figure(paths.report_dir(m, t) / "diffing_nu.png", f"{m}-{t}-diffing-nu.png"))
+                        for m, t, _ in diffed)
+        secs.append(s)
 
     # SAE quality + Table 11
     s = Section("Sparse autoencoders: quality (Table 11 style)")
