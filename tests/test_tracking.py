@@ -33,7 +33,8 @@ def test_stage_run_logs_tags_params_and_the_same_metrics(mlflow_store, tmp_path)
     assert r.data.params["probe.alpha"] == "1.0"
     assert "llm.api_key" not in r.data.params and r.data.params["llm.api_key_env"] == "OPENAI_API_KEY"
     on_disk = json.loads(metrics_path.read_text())
-    assert r.data.metrics == numeric_metrics(on_disk) == {"kendall_tau": 0.25, "n_words": 12.0, "beats_base": 1.0}
+    own = {k: v for k, v in r.data.metrics.items() if not k.startswith("shared.")}  # + shared aliases (params.yaml: vader)
+    assert own == numeric_metrics(on_disk) == {"kendall_tau": 0.25, "n_words": 12.0, "beats_base": 1.0}
     assert r.info.status == "FINISHED"
 
 
@@ -325,3 +326,15 @@ def test_a_workspace_experiment_that_cannot_reach_mlflow_says_how_to_restore_par
             pass
     assert "touch params.yaml && git checkout -- params.yaml && dvc checkout" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_stage_without_a_task_kind_tag_gets_its_aliases_from_the_params_file(mlflow_store, tmp_path, monkeypatch):
+    """finetune opens its run without lfp.stage_context (no `task_kind` tag): the params file says the kind."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"task_specs": {"hh": {"kind": "preference_dpo"}}}))
+    monkeypatch.setenv("LFP_PARAMS", str(params))
+    with stage_run("finetune", experiment="lfp-test", model="tiny", task="hh") as run:
+        run.write_metrics(tmp_path / "f.json", {"eval_pairs": 512, "train_pairs": 2000})
+    r = _by_name(mlflow_store)["finetune@tiny-hh"]
+    assert r.data.tags["task_kind"] == "preference_dpo"
+    assert r.data.metrics["shared.eval_n"] == 512 and r.data.metrics["shared.train_n"] == 2000

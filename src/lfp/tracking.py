@@ -648,7 +648,9 @@ def stage_run(
     guard = StoreGuard(uri)
     handle = StageRun(mlflow, run, guard, secrets)
     handle.stage = stage
-    handle.task_kind = str((tags or {}).get("task_kind") or "") or None
+    # the task's kind: what the stage tagged, else what the params file says (stages opened without
+    # lfp.stage_context, e.g. finetune, tag none)
+    handle.task_kind = str((tags or {}).get("task_kind") or (file_flat.get(f"task_specs.{task}.kind") if task else "") or "") or None
     status = "FAILED"
     try:
         base_tags = {
@@ -661,6 +663,8 @@ def stage_run(
             "kind": "stage",
             "dvc_stage": name,
         }
+        if handle.task_kind:
+            base_tags["task_kind"] = handle.task_kind
         if shared := shared_sources(stage, handle.task_kind):
             base_tags["shared_from"] = shared
         all_tags = {**base_tags, **dict(tags or {})}
