@@ -33,7 +33,9 @@ from lfp.errors import BackendError, LfpError
 MAX_ARTIFACT_BYTES = 20 * 1024 * 1024  # plots and tables; models and caches stay in DVC
 MLFLOW_BATCH = 500  # metrics per log_batch call (MLflow accepts 1000)
 PARAMS_BATCH = 100  # params per log_batch call (MLflow's limit)
-CONTROL_DIR_ARTIFACTS = {"probe_plots": "probe"}  # folder outs logged where the live stage logs them
+# folder outs whose files the live stage logs at the artifact root (MLflow's compare page compares
+# only root-level files); other folders keep their name
+ROOT_LEVEL_FOLDERS = ("probe_plots",)
 
 
 @dataclass
@@ -162,9 +164,10 @@ def _artifact_files(inst: StageInstance) -> Iterator[tuple[Path, str | None]]:
             if path.stat().st_size <= MAX_ARTIFACT_BYTES:
                 yield path, prefix
         elif path.is_dir():
-            folder = CONTROL_DIR_ARTIFACTS.get(path.name, path.name)
+            folder = Path("" if path.name in ROOT_LEVEL_FOLDERS else path.name)
             for f in sorted(p for p in path.rglob("*") if p.is_file() and p.stat().st_size <= MAX_ARTIFACT_BYTES):
-                yield f, str(Path(folder) / f.parent.relative_to(path)).rstrip("/.") or folder
+                sub = str(folder / f.parent.relative_to(path))
+                yield f, None if sub == "." else sub
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -125,4 +125,4 @@ def run(params: Params, model: str, task: str) -> None:
         write_probe_inputs(model, task, lexicon, layers, widths, rows, predicted, is_test, base_rows)
         stage.run.write_metrics(paths.report_dir(model, task) / "probe.json", out)
         for f in sorted(figs.iterdir()):
-            stage.run.log_artifact(f, artifact_path="probe")
+            stage.run.log_artifact(f)  # at the root: MLflow's compare page only compares root-level files
