@@ -206,6 +206,7 @@ def test_parse_command():
     assert mlflow_sync.parse_command("lfp sae --model tiny --task hh --source base") == (
         "sae", {"model": "tiny", "task": "hh", "source": "base"})
     assert mlflow_sync.parse_command("lfp report") == ("report", {})
+    assert mlflow_sync.parse_command("python bench.py --model x", "bench@x") == ("bench", {})
 
 
 def test_dvc_exp_run_against_a_server_that_is_down_and_the_documented_recovery(tmp_path):

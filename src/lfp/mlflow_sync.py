@@ -53,11 +53,12 @@ class StageInstance:
     locked: bool = False
 
 
-def parse_command(cmd: str) -> tuple[str, dict[str, str]]:
-    """`lfp measure --model tiny --task hh` -> ("measure", {"model": "tiny", "task": "hh"})."""
+def parse_command(cmd: str, stage: str = "") -> tuple[str, dict[str, str]]:
+    """`lfp measure --model tiny --task hh` -> ("measure", {"model": "tiny", "task": "hh"}); a command
+    that is not `lfp <stage>` -> (the DVC stage's name before `@`, {})."""
     words = shlex.split(cmd)
     if len(words) < 2 or Path(words[0]).name != "lfp":
-        raise LfpError(f"dvc.yaml: stage command {cmd!r} is not `lfp <stage> ...`")
+        return stage.partition("@")[0], {}
     opts: dict[str, str] = {}
     rest = words[2:]
     for i, word in enumerate(rest):
@@ -81,7 +82,7 @@ def stage_instances(root: Path) -> list[StageInstance]:
 
 
 def _instance(stage: Any, root: Path) -> StageInstance:
-    command, opts = parse_command(stage.cmd if isinstance(stage.cmd, str) else " ".join(stage.cmd))
+    command, opts = parse_command(stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd), stage.addressing)
     inst = StageInstance(stage.addressing, command, opts.get("model"), opts.get("task"), opts.get("source"))
     for dep in stage.deps:
         if type(dep).__name__ == "ParamsDependency" and isinstance(dep.hash_info.value, dict):
