@@ -51,6 +51,8 @@ class StageInstance:
     artifacts: list[Path] = field(default_factory=list)  # plots and non-cached outs
     params: dict[str, Any] = field(default_factory=dict)  # the params dvc.lock recorded
     locked: bool = False
+    task_kind: str | None = None
+    model_source: str | None = None
 
 
 def parse_command(cmd: str, stage: str = "") -> tuple[str, dict[str, str]]:
@@ -138,23 +140,18 @@ def restored_metrics(inst: StageInstance) -> tuple[dict[str, float], list[str]]:
         prefix = metric_prefix(path, inst)
         values.update({prefix + k: v for k, v in tracking.numeric_metrics(data).items()})
         if not prefix:
-            values.update(tracking.shared_metrics(inst.command, _task_kind(inst), data))
+            values.update(tracking.shared_metrics(inst.command, inst.task_kind, data))
     return values, problems
 
 
-_PARAMS_CACHE: dict[str, Any] = {}
-
-
-def _task_kind(inst: StageInstance) -> str | None:
-    specs = (_PARAMS_CACHE.get("params") or {}).get("task_specs") or {}
-    spec = specs.get(inst.task) if inst.task else None
-    return spec.get("kind") if isinstance(spec, dict) else None
-
-
-def _model_source(inst: StageInstance) -> str | None:
-    specs = (_PARAMS_CACHE.get("params") or {}).get("model_specs") or {}
-    spec = specs.get(inst.model) if inst.model else None
-    return str(spec.get("source")) if isinstance(spec, dict) and "source" in spec else None
+def describe(inst: StageInstance, params: Mapping[str, Any]) -> None:
+    """Fill in the task's kind and the model's source from the params file (tags of the live runs)."""
+    task_spec = (params.get("task_specs") or {}).get(inst.task) if inst.task else None
+    model_spec = (params.get("model_specs") or {}).get(inst.model) if inst.model else None
+    if isinstance(task_spec, dict) and task_spec.get("kind"):
+        inst.task_kind = str(task_spec["kind"])
+    if isinstance(model_spec, dict) and "source" in model_spec:
+        inst.model_source = str(model_spec["source"])
 
 
 def _artifact_files(inst: StageInstance) -> Iterator[tuple[Path, str | None]]:
@@ -202,11 +199,11 @@ def restore(client: Any, exp_id: str, parent: str, pid: str, inst: StageInstance
         "git_commit": commit, "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), "restored": "true",
         "restored_from": f"dvc.lock + committed outputs at {commit[:12]}",
     }
-    if kind := _task_kind(inst):
-        tags["task_kind"] = kind
-    if source := _model_source(inst):
-        tags["model_source"] = source
-    if shared := tracking.shared_sources(inst.command, _task_kind(inst)):
+    if inst.task_kind:
+        tags["task_kind"] = inst.task_kind
+    if inst.model_source:
+        tags["model_source"] = inst.model_source
+    if shared := tracking.shared_sources(inst.command, inst.task_kind):
         tags["shared_from"] = shared
     run = client.create_run(exp_id, run_name=inst.name, tags=tags)
     run_id = run.info.run_id
@@ -244,9 +241,10 @@ def sync(root: Path | None = None, dry_run: bool = False) -> SyncResult:
     root = (root or tracking.project_root()).resolve()
     params_file = tracking.current_params_file()
     params = tracking.read_params_file(params_file if params_file.is_absolute() else root / params_file)
-    _PARAMS_CACHE["params"] = params
     experiment = str(((params.get("tracking") or {}).get("experiment")) or "lfp")
     instances = stage_instances(root)
+    for inst in instances:
+        describe(inst, params)
     uri = tracking.tracking_uri()
     secrets = tracking.secret_values(tracking.flatten(params))
     logging.getLogger("mlflow").setLevel(logging.WARNING)
