@@ -36,13 +36,40 @@ def _get(url: str, payload: dict | None = None) -> dict:
     return json.loads(body) if body.strip().startswith("{") else {"text": body}
 
 
-@pytest.fixture()
-def mlflow_server(tmp_path):
+LOCAL_SCRIPT = """
+from pathlib import Path
+from lfp.tracking import stage_run
+Path("note.txt").write_text("from a local run")
+with stage_run("report", experiment="lfp-local") as run:
+    run.log_artifact("note.txt")
+print(run.run_id)
+"""
+
+
+@pytest.fixture(scope="module")
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's folder: its sqlite store already holds a run lfp logged locally (artifact paths
+    stored relative to this folder, as in a project's mlflow.db), started from that folder."""
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="module")
+def local_run_id(server_dir: Path) -> str:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{server_dir / 'server.db'}", "DVC_ROOT": str(server_dir)}
+    proc = subprocess.run([sys.executable, "-c", LOCAL_SCRIPT], cwd=server_dir, env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(server_dir, local_run_id):
+    """One `mlflow server` for this module (its start costs ~30 s on 2 cores)."""
+    tmp_path = server_dir
     port = _free_port()
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--default-artifact-root", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # setsid: own process group
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # setsid: own process group
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -81,3 +108,13 @@ def test_stage_metrics_read_back_over_rest(mlflow_server, tmp_path):
     expected = numeric_metrics(on_disk)
     assert logged == pytest.approx(expected) and logged
     assert run["info"]["status"] == "FINISHED"
+
+
+def test_a_local_stores_relative_artifact_paths_are_served_from_its_folder(mlflow_server, local_run_id):
+    """`mlflow ui` / `mlflow server` started in the folder of a store lfp wrote (artifact paths stored
+    as `mlartifacts/...`) lists and serves the run's artifacts."""
+    listed = _get(f"{mlflow_server}/ajax-api/2.0/mlflow/artifacts/list?run_uuid={local_run_id}")
+    assert listed["root_uri"].startswith("mlartifacts/")
+    assert [f["path"] for f in listed["files"]] == ["note.txt"]
+    body = _get(f"{mlflow_server}/get-artifact?path=note.txt&run_uuid={local_run_id}")
+    assert body == {"text": "from a local run"}
