@@ -321,11 +321,15 @@ def ui_hint(experiment_id: str) -> str:
     return f"open: {serve}, then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lfp mlflow-sync", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only check that the tracking store answers")
     ap.add_argument("--dry-run", action="store_true", help="list what would be restored; log nothing")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.check:
             print(check_store())

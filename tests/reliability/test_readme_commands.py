@@ -143,19 +143,24 @@ def lfp_argv(cmd: list[str]) -> list[str] | None:
 
 
 def test_every_lfp_command_names_a_stage_and_parses(readme_commands):
-    from lfp.cli import STAGES, build_parser
+    import importlib
+
+    from lfp.cli import STAGES, TOOLS, build_parser
 
     parser = build_parser()
     lfp_cmds = [argv for c in readme_commands if (argv := lfp_argv(c)) is not None]
     assert lfp_cmds
     for argv in lfp_cmds:
         stage = next((w for w in argv if not w.startswith("-")), None)
-        if stage is not None:
+        if stage in TOOLS:  # a command that is not a stage (`lfp mlflow-sync`): its own parser
+            tool = importlib.import_module(TOOLS[stage]).build_parser()
+            assert _parses(tool, argv[argv.index(stage) + 1:], ()) is None, f"`lfp {shlex.join(argv)}` does not parse"
+        elif stage is not None:
             assert stage in STAGES, f"README runs `lfp {shlex.join(argv)}`: no stage {stage!r} (lfp --help lists {sorted(STAGES)})"
             assert _parses(parser, argv, ()) is None, f"`lfp {shlex.join(argv)}` does not parse"
     # prose too: `lfp <name> ...` in inline code must name a stage (placeholders like <stage> aside)
-    for name in re.findall(r"`lfp ([a-z_]+)\b", README.read_text(encoding="utf-8")):
-        assert name in STAGES, f"README mentions `lfp {name}`: no such stage"
+    for name in re.findall(r"`lfp ([a-z_][a-z_-]*)\b", README.read_text(encoding="utf-8")):
+        assert name in STAGES or name in TOOLS, f"README mentions `lfp {name}`: no such stage"
 
 
 def test_make_targets_exist_and_setup_is_two_commands(readme_commands):
