@@ -296,12 +296,12 @@ def check_store(timeout_s: float = 10.0) -> str:
     stage opens its MLflow run, and a failed workspace experiment leaves them there."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
-    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
-    import mlflow
-
     uri = tracking.tracking_uri()
     if tracking.sqlite_path(uri) is not None:
         return f"MLflow store {tracking.shown_uri()}: local sqlite file"
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+    import mlflow
+
     try:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001
