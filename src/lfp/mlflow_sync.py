@@ -217,7 +217,7 @@ def restore(client: Any, exp_id: str, parent: str, pid: str, inst: StageInstance
         for chunk in _batches([Metric(k, v, now, 0) for k, v in values.items()], MLFLOW_BATCH):
             client.log_batch(run_id, metrics=chunk)
         for path, folder in _artifact_files(inst):
-            tracking.log_artifact_to(client, run_id, path, folder)
+            tracking.log_artifact_to(client, run_id, path, folder, run.info.artifact_uri)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -55,7 +55,9 @@ MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 PARAMS_ARTIFACT = "params/params.json"  # the full value of every param too long for MLflow
 ARTIFACTS_DIR = "mlartifacts"  # local artifacts live at <folder of mlflow.db>/mlartifacts
-# MLflow 3.x opens an experiment without this tag (or tagged genai_development) in its GenAI view
+# Marks the experiment as classic ML (not GenAI) for MLflow UIs that choose the view by this tag.
+# MLflow 3.17's UI ignores it and opens the GenAI view unless the URL says
+# `?workflowType=machine_learning` (or the sidebar's "Model training" switch): lfp.mlflow_sync.ui_hint.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # A stage run names its execution's `pipeline@<id>` run by this tag (and `pipeline`), not by MLflow's
@@ -371,9 +373,11 @@ def resolve_location(location: str, uri: str | None = None) -> str:
     return location
 
 
-def log_artifact_to(client: Any, run_id: str, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-    """`client.log_artifact`, with a relative artifact location resolved as `resolve_location` says."""
-    stored = client.get_run(run_id).info.artifact_uri
+def log_artifact_to(client: Any, run_id: str, path: str | os.PathLike[str], artifact_path: str | None = None,
+                    artifact_uri: str | None = None) -> None:
+    """`client.log_artifact`, with a relative artifact location resolved as `resolve_location` says
+    (`artifact_uri`: the run's, when the caller knows it)."""
+    stored = artifact_uri or client.get_run(run_id).info.artifact_uri
     where = resolve_location(stored)
     if where == stored:
         client.log_artifact(run_id, str(path), artifact_path=artifact_path)
@@ -520,7 +524,7 @@ class StageRun:
         self._call(self._mlflow.set_tags, clean)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self._call(log_artifact_to, self._mlflow.MlflowClient(), self.run_id, path, artifact_path)
+        self._call(log_artifact_to, self._mlflow.MlflowClient(), self.run_id, path, artifact_path, self.run.info.artifact_uri)
 
     def write_metrics(self, path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
         """Log the numbers to MLflow, then write the same numbers to the DVC metrics JSON (in this
