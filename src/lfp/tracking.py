@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlsplit
 
 from lfp import io
 from lfp.errors import BackendError
-from lfp.llm import redact, redact_url, url_secrets
+from lfp.secrets import redact, redact_url, url_secrets
 
 # MLflow's limits (mlflow.utils.validation): a param value, a tag value, a key.
 MAX_PARAM_VALUE = 6000

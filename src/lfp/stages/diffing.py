@@ -65,7 +65,7 @@ def run(params: Params, model: str, task: str) -> None:
                     tags={"readout": "crosscoder_topk_latent_scaling"}) as stage:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(model))
+        tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(model), trust_remote_code=False)
         out: dict[str, Any] = {"layers": layers, "specific_nu": cfg.specific_nu}
         nus = {}
         for layer in layers:
