@@ -37,7 +37,8 @@ def lens_windows(tokenizer: Any, texts: Sequence[str], tokens: int, limit: int) 
     start = leading_special_ids(tokenizer) or [tokenizer.eos_token_id]
     out = []
     for text in texts:
-        ids = tokenizer.encode(text, add_special_tokens=False)[:tokens]
+        # only the opening is needed: 64 characters a token is far more than any tokenizer's longest piece
+        ids = tokenizer.encode(text[: 64 * tokens], add_special_tokens=False)[:tokens]
         if len(ids) == tokens:
             out.append([*start, *ids])
         if len(out) >= limit:
