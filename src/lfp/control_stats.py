@@ -114,7 +114,9 @@ def paired_planted_detection(planted_run: Mapping[str, float], reference_run: Ma
     words = [w for w in sorted(change) if lexicon.get(w, 0.0) > 0 or w in planted]
     values = np.array([change[w] for w in words])
     labels = np.array([w in planted for w in words], dtype=bool)
-    return {"auc": auc(-values, labels), "p": permutation_p(-values, labels, n_perm, seed),
+    both = bool(labels.any() and (~labels).any())  # with one group empty there is nothing to separate
+    return {"auc": auc(-values, labels) if both else float("nan"),
+            "p": permutation_p(-values, labels, n_perm, seed) if both else float("nan"),
             "n_planted": int(labels.sum()), "n_other": int((~labels).sum()),
             "mean_planted": float(values[labels].mean()) if labels.any() else float("nan"),
             "mean_other": float(values[~labels].mean()) if (~labels).any() else float("nan")}
