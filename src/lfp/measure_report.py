@@ -75,7 +75,7 @@ def _direction(m: dict[str, Any]) -> str:
     pos, neg = _n(m, "learned_value_mean_positive_words"), _n(m, "learned_value_mean_negative_words")
     if pos is None or neg is None:
         tau = _n(m, "learned_value_tau") or 0
-        return "ranked positive above negative words" if tau > 0 else "did not follow the lexicon"
+        return "the model ranked positive above negative words" if tau > 0 else "the learned values did not follow the lexicon"
     moves = f"positive words {'rose' if pos > 0 else 'fell'} (mean {pos:+.3f}) and negative words {'rose' if neg > 0 else 'fell'} (mean {neg:+.3f})"
     gap = "positive above negative, as the reward asks" if pos > neg else "negative above positive, against the reward"
     return f"{moves}: the gap moved {gap}"
@@ -147,7 +147,7 @@ def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
     direction = _direction(m)
     out.append(f"**Ground truth (behaviour):** fine-tuning changed each word's log-probability in its real review contexts; "
                f"those learned values track the VADER lexicon with τ {_f(tau)} {_ci(m, 'learned_value_tau')} (p {_f(p, 3) if p is not None and p >= 0.001 else '< 0.001' if p is not None else '—'}): "
-               f"the model's preferences {direction}. Across {len(m.get('seeds') or [])} fine-tuning seeds: "
+               f"{direction}. Across {len(m.get('seeds') or [])} fine-tuning seeds: "
                f"mean τ {_f(_n(m, 'learned_value_tau_seed_mean'))} {_ci(m, 'learned_value_tau_seed')}.")
     out.extend(x for x in (_within_sign_sentence(m), _planted_paired_sentence(m), _shuffled_null_sentence(m)) if x)
     detected = m.get("planted_detected") is True

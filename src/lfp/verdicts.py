@@ -38,7 +38,8 @@ LEXICON_KIND = "lexicon_rl"  # every other kind is judged as a preference (DPO) 
 NOTE = ("**passed**: the control behaved as a sound instrument needs; **failed**: it did not; **not run**: its metrics "
         "file or key is missing; **n/a**: the stage ran but recorded why the test cannot apply. A CI passes only if the "
         "whole 95% CI clears its reference (0, 50% chance, the trivial predictor or the shuffled null); a p passes below "
-        "0.05; the lexicon fine-tune's reward has no CI, so it passes on the point difference. The sections below give "
+        "0.05 (0.01 for the paired planted tests); a readout 'beyond sign and shuffled null' needs its within-sign τ CI above 0 "
+        "and above every shuffled arm; the lexicon fine-tune's reward has no CI, so it passes on the point difference. The sections below give "
         "every number.")
 
 Metrics = Mapping[str, Any] | None  # one metrics JSON file, None where it is missing or unreadable
@@ -162,7 +163,8 @@ def shuffled_null_centred(m: Metrics) -> Judged:
     assert m is not None
     centred = m.get("shuffled_null_centred") is True
     return ((PASSED if centred else FAILED),
-            f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {_with_ci_num(m, 'learned_value_tau_null')}")
+            f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {_f(_n(m, 'learned_value_tau_null_mean'))} "
+            f"{_ci(m, 'learned_value_tau_null')} (range {_f(_n(m, 'learned_value_tau_null_min'))} to {_f(_n(m, 'learned_value_tau_null_max'))})")
 
 
 def shuffled_learned(m: Metrics) -> Judged:
@@ -171,7 +173,8 @@ def shuffled_learned(m: Metrics) -> Judged:
         return miss
     assert m is not None
     return ((PASSED if m.get("shuffled_learned") is True else FAILED),
-            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms {_with_ci_num(m, 'shuffled_arms_tau_reward')}")
+            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms: mean {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} "
+            f"{_ci(m, 'shuffled_arms_tau_reward')}")
 
 
 def beyond_null(m: Metrics) -> Judged:

@@ -54,8 +54,14 @@ def top_tokens(codes: np.ndarray, token_ids: np.ndarray, latents: np.ndarray, to
     uniq, inverse, counts = np.unique(token_ids, return_inverse=True, return_counts=True)
     mean = np.bincount(inverse, weights=score) / counts
     mean[counts < 5] = -np.inf
-    order = [i for i in np.argsort(mean)[::-1][:k] if np.isfinite(mean[i])]
-    return [tokenizer.decode([int(uniq[i])]).strip() for i in order]
+    out = []
+    for i in np.argsort(mean)[::-1]:
+        if not np.isfinite(mean[i]) or len(out) >= k:
+            break
+        text = tokenizer.decode([int(uniq[i])]).strip()
+        if text and "\ufffd" not in text:  # a byte-level piece of a character says nothing on its own
+            out.append(text)
+    return out
 
 
 def run(params: Params, model: str, task: str) -> None:
