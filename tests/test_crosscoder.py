@@ -24,8 +24,8 @@ def _pair(n: int = 6000, d: int = 16, n_shared: int = 12, seed: int = 0):
 
 
 def test_latent_scaling_separates_the_planted_latent_from_shared_ones() -> None:
-    base, ft, planted, shared = _pair()
-    cc, scales = train_crosscoder(base, ft, CrosscoderSettings(n_latents=24, k=4, steps=1500, batch_size=256, learning_rate=3e-3, seed=0))
+    base, ft, planted, shared = _pair(n=4000)
+    cc, scales = train_crosscoder(base, ft, CrosscoderSettings(n_latents=24, k=4, steps=800, batch_size=256, learning_rate=5e-3, seed=0))
     q = quality(cc, base, ft, scales)
     assert q["fvu_base"] < 0.3 and q["fvu_finetuned"] < 0.3 and q["l0"] <= 4
     dec_ft = cc.decoder.detach().numpy()[1]
@@ -44,7 +44,7 @@ def test_latent_scaling_separates_the_planted_latent_from_shared_ones() -> None:
 
 
 def test_same_activations_give_no_finetune_only_latent() -> None:
-    base, _, _, _ = _pair(n=3000)
-    cc, scales = train_crosscoder(base, base.copy(), CrosscoderSettings(n_latents=16, k=4, steps=600, learning_rate=3e-3, seed=1))
+    base, _, _, _ = _pair(n=2000)
+    cc, scales = train_crosscoder(base, base.copy(), CrosscoderSettings(n_latents=16, k=4, steps=300, learning_rate=5e-3, seed=1))
     nu = latent_scaling(cc, base, base.copy(), scales)["nu"]
     assert np.nanmin(nu) > 0.8
