@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfp.activation_cache import cache_activations, length_sorted_batches, pad_batch, token_lengths, tokenize
+from lfp.models.activation_cache import cache_activations, length_sorted_batches, pad_batch, token_lengths, tokenize
 
 LAYERS = [1, 2, 3, 4, 5]
 MAX_LENGTH, BATCH_SIZE, CHUNK_ROWS = 128, 16, 8192  # the offline default's activations params

@@ -21,9 +21,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from lfp.config import Llm
-from lfp.explainers import Context, FeatureRecord, OpenAIExplainer
-from lfp.local_llm import open_client
+from lfp.core.config import Llm
+from lfp.validation.explainers import Context, FeatureRecord, OpenAIExplainer
+from lfp.llm.local_server import open_client
 from lfp.stages import contrastive
 
 BUILTIN_PAIRS = [

@@ -8,7 +8,7 @@ the time DVC announces each stage), so a slow run shows where its minutes went.
 Start-up: every stage process appends one JSON line of timings to the file named by $LFP_TIMINGS
 (lfp.cli): its age when `main` began (interpreter start, `lfp.cli` import), the time and CPU
 until `run` is called (imports, params, seeding), inside `run`, and the MLflow run opening and
-closing inside it (mlflow import included; lfp.tracking.RUN_OVERHEAD). Start-up CPU = CPU before
+closing inside it (mlflow import included; lfp.core.tracking.RUN_OVERHEAD). Start-up CPU = CPU before
 `run` + MLflow open/close; stage work = the rest of `run`; the start-up share divides the sum of
 start-up CPU by the CPU of the whole repro (all descendants, DVC included, from RUSAGE_CHILDREN).
 

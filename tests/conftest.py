@@ -54,7 +54,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_params():
-    from lfp.config import load_params
+    from lfp.core.config import load_params
 
     return load_params(MICRO_PARAMS)
 
@@ -69,7 +69,7 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture()
 def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run a test with cwd = an empty temp dir (stages use relative paths from lfp.paths)."""
+    """Run a test with cwd = an empty temp dir (stages use relative paths from lfp.core.paths)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path

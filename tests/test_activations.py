@@ -1,4 +1,4 @@
-"""The activation cache (lfp.activation_cache): padding never stored, rows equal a direct forward pass,
+"""The activation cache (lfp.models.activation_cache): padding never stored, rows equal a direct forward pass,
 files consistent; the stage caches the same texts and layers for the base and the fine-tuned source."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import activation_cache, io, paths
-from lfp.errors import ArtifactError
-from lfp.modeling import capture_mlp_outputs, load_model
+from lfp.models import activation_cache
+from lfp.core import io, paths
+from lfp.core.errors import ArtifactError
+from lfp.models.loading import capture_mlp_outputs, load_model
 from lfp.stages import activations
 
 TEXTS = [

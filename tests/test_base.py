@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfp import io, paths
-from lfp.config import ModelSpec, TinyBase
-from lfp.errors import DataError, ModelLoadError
-from lfp.modeling import load_model
+from lfp.core import io, paths
+from lfp.core.config import ModelSpec, TinyBase
+from lfp.core.errors import DataError, ModelLoadError
+from lfp.models.loading import load_model
 from lfp.stages import base
 
 MICRO_TINY = TinyBase(vocab_size=300, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_length=32, tokenizer_texts=100,

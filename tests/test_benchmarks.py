@@ -85,8 +85,8 @@ def test_pipeline_smoke() -> None:
 
 def test_local_llm_smoke() -> None:
     pytest.importorskip("xllamacpp", reason="llama.cpp's server wheel (make install) is not installed")
-    from lfp.errors import LfpError
-    from lfp.local_llm import resolve_gguf
+    from lfp.core.errors import LfpError
+    from lfp.llm.local_server import resolve_gguf
 
     try:
         resolve_gguf("smollm2")

@@ -1,4 +1,4 @@
-"""`python -m lfp.compare_runs`: latest finished run per (stage, model, task, source), "—" for gaps,
+"""`python -m lfp.report.compare_runs`: latest finished run per (stage, model, task, source), "—" for gaps,
 atomic --out, one-line errors (exit 2) for an empty or missing store, credentials never echoed."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from lfp.compare_runs import fmt, main
+from lfp.report.compare_runs import fmt, main
 
 T0 = 1_700_000_000_000  # ms
 
 
 def _run(client, exp_id: str, stage: str, model: str, task: str, start: int, metrics: dict[str, float],
          *, source: str = "", status: str = "FINISHED") -> None:
-    """One fake stage run tagged the way lfp.tracking.stage_run tags it."""
+    """One fake stage run tagged the way lfp.core.tracking.stage_run tags it."""
     tags = {"kind": "stage", "stage": stage, "model": model, "task": task, "source": source, "pipeline": "p"}
     run = client.create_run(exp_id, start_time=T0 + start, tags=tags, run_name=f"{stage}@{model}-{task}")
     for key, value in metrics.items():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lfp import corpora, io, paths, reward
-from lfp.data import prepared_file
-from lfp.errors import ConfigError
+from lfp.core import corpora, io, paths
+from lfp.tasks.lexicon_rl import reward
+from lfp.core.data import prepared_file
+from lfp.core.errors import ConfigError
 from lfp.stages import contrastive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_neutral_word_in_lexicon_is_refused(project: Path, micro_params) -> None
 
 
 def test_quantile_order_is_validated() -> None:
-    from lfp.config import ContrastiveVader
+    from lfp.core.config import ContrastiveVader
 
     with pytest.raises(ConfigError, match="negative_quantile"):
         ContrastiveVader(positive_quantile=0.3, negative_quantile=0.6)
@@ -223,7 +224,7 @@ def test_real_imdb_triples(project: Path, micro_params) -> None:
 
 def test_errors_of_a_second_lexicon_task_name_its_own_file_and_keys(project: Path, micro_params) -> None:
     """A task of kind lexicon_rl not called `vader`: its errors must point at its own data and params."""
-    from lfp.config import TaskSpec
+    from lfp.core.config import TaskSpec
 
     params = dataclasses.replace(micro_params, tasks=[*micro_params.tasks, "reviews2"],
                                  task_specs={**micro_params.task_specs, "reviews2": TaskSpec(kind="lexicon_rl", source="imdb")})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfp import control_stats as cs
-from lfp.measure_controls import planted_paired, shuffled_null, within_sign_metrics
-from lfp.reward import lexicon, shuffled_lexicon
+from lfp.measure import control_stats as cs
+from lfp.measure.controls import planted_paired, shuffled_null, within_sign_metrics
+from lfp.tasks.lexicon_rl.reward import lexicon, shuffled_lexicon
 
 
 def _lexicon(n: int = 400, seed: int = 0) -> dict[str, float]:
@@ -114,7 +114,7 @@ def test_centred_shuffle_removes_the_lexicon_mean_and_keeps_the_spread() -> None
 
 
 def test_verdicts_read_the_paired_and_null_keys() -> None:
-    from lfp import verdicts
+    from lfp.report import verdicts
 
     m = {"planted_paired_auc": 0.9, "planted_paired_p": 0.001, "planted_paired_detected": True, "planted_auc": 0.4,
          "planted_paired_mean_change": -0.3, "planted_paired_mean_change_ci_low": -0.5, "planted_paired_mean_change_ci_high": -0.1,

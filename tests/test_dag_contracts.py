@@ -1,7 +1,7 @@
 """DAG contracts: dvc.yaml lists every code file a stage runs, and stage modules stay independent.
 
 The repo-level tests read the real dvc.yaml and src/lfp statically (nothing is imported, nothing
-is run); the rest check lfp.dag_deps on a tiny synthetic package. `python -m lfp.dag_deps` prints
+is run); the rest check lfp_dev.dag_deps on a tiny synthetic package. `python -m lfp_dev.dag_deps` prints
 the missing deps per stage with a suggested deps list.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lfp.dag_deps import (
+from lfp_dev.dag_deps import (
     import_chains,
     import_closure,
     missing_dep_messages,
@@ -56,7 +56,7 @@ def test_every_stage_lists_its_code_deps() -> None:
         pytest.fail(
             f"{len(messages)} code file(s) missing from dvc.yaml deps (editing them would not re-run the stage):\n"
             + "\n".join(messages)
-            + "\n\nsuggested code deps per stage (or run `python -m lfp.dag_deps`):\n"
+            + "\n\nsuggested code deps per stage (or run `python -m lfp_dev.dag_deps`):\n"
             + hint
         )
 
@@ -74,12 +74,12 @@ def test_no_stage_imports_another_stage() -> None:
 
 def test_measure_pairs_lists_exactly_the_params_it_reads() -> None:
     """measure_pairs once listed the whole `measure` section: a bad planted word (a lexicon-task key)
-    re-ran it for minutes before `measure` failed. It lists the keys lfp.pair_measure reads, no more
+    re-ran it for minutes before `measure` failed. It lists the keys lfp.tasks.preference_dpo.measure reads, no more
     (a stale key only costs re-runs) and no fewer (a missing one gives stale results)."""
     import yaml
 
     listed = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["measure_pairs"]["params"]
-    code = ROOT / "src" / "lfp" / "pair_measure.py"
+    code = ROOT / "src" / "lfp" / "tasks" / "preference_dpo" / "measure.py"
     for section in ("measure", "probe"):
         assert section not in listed, f"measure_pairs lists the whole '{section}' section"
         keys = {p for p in listed if isinstance(p, str) and p.startswith(section + ".")}
@@ -87,8 +87,8 @@ def test_measure_pairs_lists_exactly_the_params_it_reads() -> None:
 
 
 def test_dag_view_is_readable() -> None:
-    """`python -m lfp.dag_deps --dag`: the DAG in lines that fit a terminal (`dvc dag` draws ~3,400 columns)."""
-    from lfp.dag_deps import dag_lines
+    """`python -m lfp_dev.dag_deps --dag`: the DAG in lines that fit a terminal (`dvc dag` draws ~3,400 columns)."""
+    from lfp_dev.dag_deps import dag_lines
 
     lines = dag_lines(ROOT)
     assert max(map(len, lines)) <= 100, lines

@@ -1,4 +1,4 @@
-"""Feature dashboards (lfp.dashboards): built from small synthetic run files, checked through the DOM
+"""Feature dashboards (lfp.report.dashboards): built from small synthetic run files, checked through the DOM
 (html.parser): one section per feature, the highlighted peak token, the histogram, no network
 resource, and escaping of a context that holds `<script>`."""
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from lfp import dashboards, io, paths
-from lfp.errors import ArtifactError
+from lfp.report import dashboards
+from lfp.core import io, paths
+from lfp.core.errors import ArtifactError
 
 SCRIPT = "<script>alert(1)</script>"
 

@@ -1,4 +1,4 @@
-"""Detection scores of explanations (lfp.detection + the explain stage's held-out contexts), with
+"""Detection scores of explanations (lfp.validation.detection + the explain stage's held-out contexts), with
 known answers: an explanation naming exactly the trigger word scores 1, a shuffled one 0.5."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lfp.detection import (
+from lfp.validation.detection import (
     HeldOut,
     LlmDetector,
     balanced_accuracy,
@@ -20,8 +20,8 @@ from lfp.detection import (
     score,
     summarize,
 )
-from lfp.explainers import UNUSABLE, Context, load_prompt
-from lfp.llm import InvalidReply
+from lfp.validation.explainers import UNUSABLE, Context, load_prompt
+from lfp.llm.client import InvalidReply
 from lfp.stages.explain import (
     EncodedText,
     activation_histogram,

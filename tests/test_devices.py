@@ -37,9 +37,12 @@ import pytest
 import torch
 
 import lfp
-from lfp import ablation, dpo, generation, io, paths, rl, stage_context
-from lfp.config import ModelSpec, TinyBase
-from lfp.modeling import load_model
+from lfp.validation import ablation
+from lfp.tasks.preference_dpo import dpo
+from lfp.tasks.lexicon_rl import generation, rl
+from lfp.core import io, paths, stage_context
+from lfp.core.config import ModelSpec, TinyBase
+from lfp.models.loading import load_model
 from lfp.sae import SparseAutoencoder
 from lfp.stages import activations, base, explain, finetune, probe, sae as sae_stage, validate
 
@@ -170,7 +173,7 @@ def no_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stages stop half-way here: skip the MLflow runs (not device related, and slow to open)."""
     import contextlib
 
-    import lfp.tracking
+    import lfp.core.tracking
 
     class NullRun:
         def __getattr__(self, name: str) -> Callable[..., None]:
@@ -180,8 +183,8 @@ def no_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     def stage_run(*args: Any, **kwargs: Any):
         yield NullRun()
 
-    monkeypatch.setattr(lfp.tracking, "stage_run", stage_run)
-    for mod in (*STAGE_MODULES, stage_context):  # open_stage (lfp.stage_context) opens the run for most stages
+    monkeypatch.setattr(lfp.core.tracking, "stage_run", stage_run)
+    for mod in (*STAGE_MODULES, stage_context):  # open_stage (lfp.core.stage_context) opens the run for most stages
         if hasattr(mod, "stage_run"):
             monkeypatch.setattr(mod, "stage_run", stage_run)
 
@@ -250,7 +253,7 @@ def test_activations_stage_runs_on_accelerates_device(spy: Spy, no_mlflow, in_tm
                    [{"id": f"imdb-train-{i}", "text": SAMPLE_TEXTS[i], "label": i % 2} for i in range(30)])
     shutil.copytree(tiny_model_dir, paths.finetuned_dir("tiny", "vader"))
     io.write_json(paths.report_dir("tiny", "vader") / "divergence.json", {"chosen_layers": [1, 4]})
-    stops_on_meta("activation_cache.py:cache_activations", activations.run, micro_params, "tiny", "vader")
+    stops_on_meta("models/activation_cache.py:cache_activations", activations.run, micro_params, "tiny", "vader")
     assert spy.accelerators == 1
     assert spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["GPTNeoXMLP"] >= 6  # the whole body ran, on meta
@@ -284,7 +287,7 @@ def test_probe_stage_computes_codes_on_accelerates_device(spy: Spy, no_mlflow, i
     from test_probe import LAYERS, write_fake_upstream
 
     write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")
-    stops_on_meta("probe_codes.py:element_codes_sets", probe.run, micro_params, "tiny", "hh")
+    stops_on_meta("measure/probe_codes.py:element_codes_sets", probe.run, micro_params, "tiny", "hh")
     assert spy.accelerators == 1
     assert spy.moved["SparseAutoencoder"] == len(LAYERS) and spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= len(LAYERS)
@@ -295,19 +298,19 @@ def test_probe_controls_follow_the_models_device(spy: Spy, no_mlflow, in_tmp_pro
     its own SAEs on the stage's device) and the generation counts (device taken from the model)."""
     from test_probe import LAYERS, write_fake_upstream
 
-    from lfp.triples import load_triples
+    from lfp.measure.triples import load_triples
 
     write_fake_upstream(in_tmp_project, tiny_model_dir, "hh")  # also writes the IMDB test prefixes
     triples = load_triples("hh", lexicon=False)
     with stage_context.open_stage("probe", micro_params, model="tiny", task="hh") as stage:
         assert stage.device == META
-        stops_on_meta("probe_codes.py:element_codes_sets", probe.source_rows, stage, micro_params, "tiny", "hh", "base", LAYERS,
+        stops_on_meta("measure/probe_codes.py:element_codes_sets", probe.source_rows, stage, micro_params, "tiny", "hh", "base", LAYERS,
                       triples, False)
     assert spy.moved["GPTNeoXForCausalLM"] == 1 and spy.moved["SparseAutoencoder"] == len(LAYERS)
     assert spy.ran["GPTNeoXModel"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= 1
 
     lm, tok = tiny_on_meta(tiny_model_dir)
-    stops_on_meta("generation.py:generated_word_counts", generation.generated_word_counts, lm, tok, micro_params, "vader")
+    stops_on_meta("tasks/lexicon_rl/generation.py:generated_word_counts", generation.generated_word_counts, lm, tok, micro_params, "vader")
     assert spy.ran["GPTNeoXForCausalLM.generate"] == 1
 
 
@@ -327,8 +330,8 @@ def test_explain_stage_encodes_on_accelerates_device(spy: Spy, no_mlflow, in_tmp
 
 
 @pytest.mark.parametrize(("task", "where", "models"), [
-    ("vader", "ablation.py:sample_rewards", 1),  # samples from the fine-tuned model
-    ("toxic", "ablation.py:condition_scores", 2),  # scores the base model, moved to the fine-tuned model's device
+    ("vader", "validation/ablation.py:sample_rewards", 1),  # samples from the fine-tuned model
+    ("toxic", "validation/ablation.py:condition_scores", 2),  # scores the base model, moved to the fine-tuned model's device
 ])
 def test_validate_stage_ablates_on_accelerates_device(task: str, where: str, models: int, spy: Spy, no_mlflow, in_tmp_project: Path,
                                                        tiny_model_dir: Path, micro_params) -> None:
@@ -350,7 +353,7 @@ def test_ablation_kl_follows_the_models_device(spy: Spy, tiny_model_dir: Path) -
     lm, tok = tiny_on_meta(tiny_model_dir)
     saes = meta_saes([0, 2], 32)
     seqs = [tok(t)["input_ids"] for t in SAMPLE_TEXTS[:3]]
-    stops_on_meta("ablation.py:condition_scores", ablation.mean_next_token_kl, lm, saes, {0: [1, 2], 2: []}, seqs, 2, tok.pad_token_id)
+    stops_on_meta("validation/ablation.py:condition_scores", ablation.mean_next_token_kl, lm, saes, {0: [1, 2], 2: []}, seqs, 2, tok.pad_token_id)
     assert spy.ran["SparseAutoencoder.encode"] == 2 and spy.ran["SparseAutoencoder.decode"] == 2  # the hooked pass ran
 
 
@@ -394,8 +397,8 @@ def finetune_project(in_tmp_project: Path, tiny_model_dir: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize(("task", "where", "ran"), [
-    ("hh", "dpo.py:response_log_probs", "GPTNeoXForCausalLM"),
-    ("vader", "rl.py:sample", "GPTNeoXForCausalLM.generate"),
+    ("hh", "tasks/preference_dpo/dpo.py:response_log_probs", "GPTNeoXForCausalLM"),
+    ("vader", "tasks/lexicon_rl/rl.py:sample", "GPTNeoXForCausalLM.generate"),
 ])
 def test_finetune_evaluates_on_the_trainers_device(task: str, where: str, ran: str, spy: Spy, no_mlflow,
                                                    finetune_project: list[FakeTrainer], micro_params) -> None:
@@ -412,7 +415,7 @@ def test_rl_kl_follows_the_given_device(spy: Spy, tiny_model_dir: Path, micro_pa
     ids = torch.tensor([tok("This movie was great and I loved it")["input_ids"]] * 2)
     new = ids.shape[1] - 3
     samples = rl.Samples(["a", "b"], ["x", "y"], ids, torch.ones_like(ids), torch.ones((2, new), dtype=torch.long), 3)
-    stops_on_meta("rl.py:completion_log_probs", rl.mean_token_kl, lm, lm, samples, META, 2)
+    stops_on_meta("tasks/lexicon_rl/rl.py:completion_log_probs", rl.mean_token_kl, lm, lm, samples, META, 2)
     assert spy.ran["GPTNeoXForCausalLM"] == 1
 
 
@@ -424,7 +427,7 @@ DEVICE_NAME = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu|npu|hpu|tpu|xla|meta)$")
 FORBIDDEN_KEYWORDS = {"use_cpu", "no_cuda", "device_map"}  # trainer / from_pretrained settings that pin a device
 # (file under src/lfp, enclosing function, what) -> why it is allowed
 ALLOWED = {
-    ("activation_cache.py", "cache_activations", "'cpu'"):
+    ("models/activation_cache.py", "cache_activations", "'cpu'"):
         "default of the `device` argument for direct calls (tests); every stage passes Accelerate's device",
     ("sae/rows.py", "as_float_tensor", "'cpu'"):
         "the SAE trainer is a hand-written CPU loop by design (module docstring); stages move trained SAEs to the device",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfp import io, paths
-from lfp.errors import ConfigError
-from lfp.modeling import load_model
+from lfp.core import io, paths
+from lfp.core.errors import ConfigError
+from lfp.models.loading import load_model
 from lfp.stages import divergence
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lfp import paths
-from lfp.tracking import numeric_metrics
+from lfp.core import paths
+from lfp.core.tracking import numeric_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lfp import io, paths
-from lfp.errors import BackendError
-from lfp.explainers import (HH_OFFLINE_NOTE, Context, OfflineExplainer, _snippet, correlation, decode_tokens, load_prompt,
+from lfp.core import io, paths
+from lfp.core.errors import BackendError
+from lfp.validation.explainers import (HH_OFFLINE_NOTE, Context, OfflineExplainer, _snippet, correlation, decode_tokens, load_prompt,
                             related_share, scale_activations, word_valences)
 from lfp.stages.explain import EncodedText, feature_record, token_words
 from test_llm import stub  # noqa: F401  (the HTTP stub fixture)
@@ -149,7 +149,7 @@ def test_correlation_undefined_for_constant_input():
 
 
 def test_token_words_join_bpe_pieces(tiny_model_dir):
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
 
     _, tok = load_model(tiny_model_dir)
     text = "What a wonderful, happy film!"
@@ -221,7 +221,7 @@ def build_fake_run(root: Path, model_dir: Path, task: str, *, seed: int = 0) -> 
 
 def corpus_token_words(model_dir: Path) -> dict[int, set[str]]:
     """token id -> the words it occurs in, over every text the fake corpus can contain."""
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
 
     _, tok = load_model(model_dir)
     texts = IMDB_ROWS + [p["prompt"] + p["chosen"] for p in io.read_jsonl(paths.PREPARED / "hh/heldout.jsonl")]
@@ -240,7 +240,7 @@ def plant_feature(model_dir: Path, task: str, layer: int, feature: int, fire_on:
     import torch
     from sklearn.svm import LinearSVC
 
-    from lfp.modeling import capture_mlp_outputs, load_model
+    from lfp.models.loading import capture_mlp_outputs, load_model
     from lfp.sae import load_sae, read_sae_config, save_sae
 
     assert layer == 0

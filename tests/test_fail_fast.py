@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from lfp.cli import main
-from lfp.config import load_params
-from lfp.errors import ConfigError
+from lfp.core.config import load_params
+from lfp.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import dpo, io, paths, reward, rl
-from lfp.modeling import load_model
+from lfp.tasks.preference_dpo import dpo
+from lfp.core import io, paths
+from lfp.tasks.lexicon_rl import reward, rl
+from lfp.models.loading import load_model
 from lfp.stages import finetune
 
 from conftest import SAMPLE_TEXTS
@@ -83,7 +85,7 @@ def test_grpo_stage_trains_saves_and_reports(project: Path, micro_params, monkey
     params = dataclasses.replace(micro_params, finetune=micro_params.finetune.replace(vader=cfg))
     finetune.run(params, "tiny", "vader")
 
-    # the trainer called lfp.reward.vader_reward once per generation batch, on prefix + completion;
+    # the trainer called lfp.tasks.lexicon_rl.reward.vader_reward once per generation batch, on prefix + completion;
     # the evaluation once per model (base, fine-tuned) on the held-out prefixes
     train_calls = [t for t in scored if len(t) == cfg.batch_size]
     assert len(train_calls) == cfg.steps and [len(t) for t in scored[cfg.steps:]] == [cfg.eval_prompts] * 2
@@ -223,7 +225,7 @@ def test_response_log_probs_match_a_manual_sum(tiny_model_dir: Path) -> None:
 
 
 def test_missing_base_model_is_a_clear_error(in_tmp_project: Path, micro_params) -> None:
-    from lfp.errors import ArtifactError
+    from lfp.core.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="models/base/tiny"):
         finetune.run(micro_params, "tiny", "hh")

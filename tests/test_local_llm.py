@@ -20,11 +20,11 @@ import pytest
 from test_explain import build_fake_run, project, shared_mlflow_uri, stage_mlflow_run  # noqa: F401 - fixtures
 from test_llm import KEY_ENV, PLANTED_KEY, cfg_for, chat_body, stub  # noqa: F401 - `stub` is a fixture
 
-from lfp.config import Llm
-from lfp.errors import BackendError, ConfigError, ModelLoadError
-from lfp.explainers import UNUSABLE, Context, FeatureRecord, OpenAIExplainer
-from lfp.llm import InvalidReply, LlmClient, complete_json, is_placeholder, object_schema
-from lfp.local_llm import LocalServer, gguf_sha256, model_identity, open_client, resolve_gguf
+from lfp.core.config import Llm
+from lfp.core.errors import BackendError, ConfigError, ModelLoadError
+from lfp.validation.explainers import UNUSABLE, Context, FeatureRecord, OpenAIExplainer
+from lfp.llm.client import InvalidReply, LlmClient, complete_json, is_placeholder, object_schema
+from lfp.llm.local_server import LocalServer, gguf_sha256, model_identity, open_client, resolve_gguf
 from lfp.stages import contrastive
 
 HAVE_SERVER = importlib.util.find_spec("xllamacpp") is not None
@@ -242,7 +242,7 @@ def test_server_stops_on_an_exception_and_when_its_owner_is_killed(tmp_path) -> 
             pid = server.pid
             raise RuntimeError("boom")
     assert pid is not None and not alive(pid)
-    code = ("import sys, time; from lfp.config import Llm; from lfp.local_llm import LocalServer\n"
+    code = ("import sys, time; from lfp.core.config import Llm; from lfp.llm.local_server import LocalServer\n"
             f"s = LocalServer.for_config(Llm(server='local', gguf={str(cfg.gguf)!r})).start()\n"
             "print(s.pid, flush=True); time.sleep(120)")
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -266,7 +266,7 @@ def test_explain_stage_starts_and_stops_the_local_server(project, tiny_model_dir
     corpus, explains through it, tags MLflow with the GGUF's sha256, and leaves no server behind."""
     import dataclasses
 
-    from lfp import io, paths
+    from lfp.core import io, paths
     from lfp.stages import explain
 
     in_tmp_project, micro_params = project
@@ -292,7 +292,7 @@ def test_install_pins_agree() -> None:
     """`make install`, the `local-llm` extra and the error hints name the same versions."""
     import re
 
-    from lfp.local_llm import SERVER_PACKAGE, SMOLLM2_PACKAGE
+    from lfp.llm.local_server import SERVER_PACKAGE, SMOLLM2_PACKAGE
 
     root = Path(__file__).resolve().parents[1]
     make = re.search(r"^LOCAL_LLM := (.+)$", (root / "Makefile").read_text(), re.MULTILINE)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lfp import metrics, paths
-from lfp.learned import LearnedValues
-from lfp.measure_controls import (
+from lfp.measure import metrics
+from lfp.core import paths
+from lfp.tasks.lexicon_rl.learned import LearnedValues
+from lfp.measure.controls import (
     CONTROL_CSV_FIELDS,
     control_metrics,
     control_rows,
@@ -23,7 +24,7 @@ from lfp.measure_controls import (
     shuffled_verdict,
     write_control,
 )
-from lfp.word_probes import (
+from lfp.tasks.lexicon_rl.word_probes import (
     HeldoutProbe,
     error_vs_learned,
     heldout_probe,
@@ -155,7 +156,7 @@ class FakeRun:
         self.artifacts: list[tuple[str, str | None]] = []
 
     def log_metrics(self, m: dict[str, Any], step: int | None = None) -> None:
-        from lfp.tracking import numeric_metrics
+        from lfp.core.tracking import numeric_metrics
 
         self.metrics.update(numeric_metrics(m))
 
@@ -200,7 +201,7 @@ def test_control_task_names():
 
 
 def test_report_calls_the_difference_probe_a_pattern_only_when_it_beats_the_shuffled_control():
-    from lfp.measure_report import _difference_verdict, sentences, table
+    from lfp.report.measure import _difference_verdict, sentences, table
 
     key = "probe_tau_word_heldout_difference"
     m: dict[str, Any] = {key: 0.2, f"{key}_ci_low": 0.12, f"{key}_ci_high": 0.28}

@@ -1,4 +1,4 @@
-"""lfp.metrics: paired Kendall tau, sign accuracy, percentile rescaling, word table, bootstrap."""
+"""lfp.measure.metrics: paired Kendall tau, sign accuracy, percentile rescaling, word table, bootstrap."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lfp import metrics
+from lfp.measure import metrics
 
 
 def test_kendall_uses_pairs_not_independently_sorted_lists():

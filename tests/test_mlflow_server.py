@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lfp.tracking import numeric_metrics
+from lfp.core.tracking import numeric_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,7 +38,7 @@ def _get(url: str, payload: dict | None = None) -> dict:
 
 LOCAL_SCRIPT = """
 from pathlib import Path
-from lfp.tracking import stage_run
+from lfp.core.tracking import stage_run
 Path("note.txt").write_text("from a local run")
 with stage_run("report", experiment="lfp-local") as run:
     run.log_artifact("note.txt")

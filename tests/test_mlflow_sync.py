@@ -18,9 +18,9 @@ import mlflow
 import pytest
 import yaml
 
-from lfp import mlflow_sync
-from lfp.errors import BackendError
-from lfp.tracking import _forget_cached_store, numeric_metrics, stage_run
+from lfp.core import mlflow_sync
+from lfp.core.errors import BackendError
+from lfp.core.tracking import _forget_cached_store, numeric_metrics, stage_run
 
 BIN = Path(sys.executable).parent
 
@@ -129,7 +129,7 @@ def test_every_stage_instance_gets_a_restored_run_and_a_second_call_logs_nothing
     # the shared names fill one column across task kinds
     hh = stage_runs["probe@tiny-hh"]
     assert (probe.data.metrics["shared.probe_score"], hh.data.metrics["shared.probe_score"]) == (0.3, 0.8)
-    # a control's metrics go under its task's prefix, as lfp.measure_controls logs them
+    # a control's metrics go under its task's prefix, as lfp.measure.controls logs them
     measure = stage_runs["measure@tiny-vader"]
     assert measure.data.metrics["vader-planted.learned_value_tau"] == 0.5 and measure.data.metrics["planted_detected"] == 1.0
     arts = [f.path for f in mlflow.MlflowClient().list_artifacts(probe.info.run_id)]
@@ -216,7 +216,7 @@ def test_dvc_exp_run_against_a_server_that_is_down_and_the_documented_recovery(t
     root = tmp_path / "exp"
     root.mkdir()
     (root / "params.yaml").write_text("seed: 0\n")
-    (root / "stage.py").write_text("from lfp.tracking import stage_run\nwith stage_run('prepare', experiment='lfp'):\n    pass\n")
+    (root / "stage.py").write_text("from lfp.core.tracking import stage_run\nwith stage_run('prepare', experiment='lfp'):\n    pass\n")
     cmd = f"{sys.executable} stage.py"
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"cmd": cmd, "params": ["seed"], "outs": ["o.txt"]}}}))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]

@@ -1,4 +1,4 @@
-"""lfp.modeling: loading, hook points per architecture, hook capture/replacement and cleanup."""
+"""lfp.models.loading: loading, hook points per architecture, hook capture/replacement and cleanup."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfp import modeling
-from lfp.errors import ModelLoadError
+from lfp.models import loading as modeling
+from lfp.core.errors import ModelLoadError
 
 VOCAB = 64
 D = 16

@@ -9,9 +9,9 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from lfp import dpo, pair_measure
-from lfp.probes import split_by_group
-from lfp.substitution import cut_reply, substitution_triple
+from lfp.tasks.preference_dpo import dpo, measure as pair_measure
+from lfp.measure.probes import split_by_group
+from lfp.tasks.preference_dpo.substitution import cut_reply, substitution_triple
 
 PARAMS = NS(seed=0, probe=NS(logistic_c=1.0, ridge_alpha=1.0, shuffled_repeats=3))
 

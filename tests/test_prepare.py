@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lfp import cli, corpora, io, paths
-from lfp.config import TaskSpec
-from lfp.data import prepared_file, split_heldout
-from lfp.errors import ConfigError, DataError, LfpError
+from lfp import cli
+from lfp.core import corpora, io, paths
+from lfp.core.config import TaskSpec
+from lfp.core.data import prepared_file, split_heldout
+from lfp.core.errors import ConfigError, DataError, LfpError
 from lfp.stages import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +220,7 @@ def test_bad_raw_input_raises_and_writes_nothing(raw_project: Path, micro_params
 
 
 def test_bad_input_keeps_previous_outputs_and_cli_exits_2(raw_project: Path, micro_params, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("lfp.config.seed_everything", lambda seed: None)  # skips a slow torch import
+    monkeypatch.setattr("lfp.core.config.seed_everything", lambda seed: None)  # skips a slow torch import
     prepare.run(micro_params, task="vader")
     before = read("vader", "test")
     write_gz(corpora.imdb_path("test"), [json.dumps({"text": "ok", "label": 0}), json.dumps({"label": 0})])

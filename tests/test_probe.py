@@ -1,5 +1,5 @@
-"""The probe: token spans (lfp.triples), deltas, grouped split, planted-signal probes, controls
-(lfp.probes), and an end-to-end `run()` of the stage on tiny fake upstream artifacts (base-control
+"""The probe: token spans (lfp.measure.triples), deltas, grouped split, planted-signal probes, controls
+(lfp.measure.probes), and an end-to-end `run()` of the stage on tiny fake upstream artifacts (base-control
 SAEs are read from models/sae/{m}-{t}/base/, never trained by the probe)."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import io, metrics, paths, probes
-from lfp.errors import ArtifactError
+from lfp.core import io, paths
+from lfp.measure import metrics, probes
+from lfp.core.errors import ArtifactError
 from lfp.sae import SparseAutoencoder, save_sae
 from lfp.stages import probe
-from lfp.triples import ROLES, load_triples, token_window
+from lfp.measure.triples import ROLES, load_triples, token_window
 
 LAYERS = [1, 2, 3, 4, 5]
 
@@ -137,7 +138,7 @@ def test_xavier_baseline_is_seeded():
 
 
 def test_bad_triples_name_file_line_and_field(in_tmp_project):
-    from lfp.errors import DataError
+    from lfp.core.errors import DataError
 
     good = vader_triple(0, "great", 3.1, "awful", -3.1)
     bad = json.loads(json.dumps(good))

@@ -13,7 +13,7 @@ from lfp.readouts.diff_lens import LogitDiffLens, lens_windows, single_token_ids
 
 
 def _load(tiny_model_dir):
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
 
     return load_model(tiny_model_dir)
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from lfp import io, paths
+from lfp.core import io, paths
 from lfp.stages import report
 
 KINDS = {"vader": "lexicon_rl", "hh": "preference_dpo", "toxic": "preference_dpo"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lfp.reward import lexicon, tokens, vader_reward
+from lfp.tasks.lexicon_rl.reward import lexicon, tokens, vader_reward
 
 
 def test_lexicon_values_are_the_published_means():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfp import io, paths
+from lfp.core import io, paths
 from lfp.sae import (
     SparseAutoencoder,
     dictionary_matching,

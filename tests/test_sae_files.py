@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lfp.errors import ArtifactError
+from lfp.core.errors import ArtifactError
 from lfp.sae import CFG_FILENAME, WEIGHTS_FILENAME, SparseAutoencoder, load_sae, read_sae_config, save_sae, train_sae
 
 SAE_SRC = Path(__file__).resolve().parents[1] / "src" / "lfp" / "sae"
@@ -256,10 +256,10 @@ def test_missing_or_old_style_paths_are_refused(tmp_path: Path) -> None:
 
 
 def test_sae_package_leaves_artifact_layout_to_its_callers() -> None:
-    """lfp.sae must not decide where artifacts live (lfp.paths) nor depend on the stages."""
+    """lfp.sae must not decide where artifacts live (lfp.core.paths) nor depend on the stages."""
     for path in sorted(SAE_SRC.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-            assert not any(n == "lfp.paths" or n.startswith("lfp.stages") for n in names), f"{path.name} imports {names}"
+            assert not any(n == "lfp.core.paths" or n.startswith("lfp.stages") for n in names), f"{path.name} imports {names}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfp.errors import ArtifactError
+from lfp.core.errors import ArtifactError
 from lfp.sae import (
     CFG_FILENAME,
     SparseAutoencoder,

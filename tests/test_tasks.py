@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 import lfp
-from lfp import io, paths
-from lfp.config import TASK_KINDS, load_params
-from lfp.data import prepared_file
-from lfp.errors import DataError
+from lfp.core import io, paths
+from lfp.core.config import TASK_KINDS, load_params
+from lfp.core.data import prepared_file
+from lfp.core.errors import DataError
 from lfp.stages import prepare
 from lfp.tasks import kind_of, related_rule
 

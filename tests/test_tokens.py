@@ -7,11 +7,11 @@ import pytest
 from tokenizers import ByteLevelBPETokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from lfp.ablation import encode_pair_side, imdb_prefixes
-from lfp.activation_cache import tokenize
+from lfp.validation.ablation import encode_pair_side, imdb_prefixes
+from lfp.models.activation_cache import tokenize
 from lfp.stages.base import pack
-from lfp.tokens import keep_last, leading_special_ids, with_lead
-from lfp.triples import token_window
+from lfp.models.tokens import keep_last, leading_special_ids, with_lead
+from lfp.measure.triples import token_window
 
 from conftest import SAMPLE_TEXTS
 
@@ -87,7 +87,7 @@ def test_pack_starts_every_row_with_the_lead() -> None:
 
 @pytest.mark.parametrize("context_tokens", [2, 50])
 def test_learned_value_contexts_start_with_bos_or_eos(gemma_like, plain, context_tokens: int) -> None:
-    from lfp.learned import Contexts, context_windows
+    from lfp.tasks.lexicon_rl.learned import Contexts, context_windows
 
     text = "The film was terrible, boring"
     ctx = Contexts(words=["boring"], texts=[text], spans=[(text.index("boring"), len(text))])

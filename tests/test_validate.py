@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lfp import ablation, io, paths
-from lfp.errors import ArtifactError
+from lfp.validation import ablation
+from lfp.core import io, paths
+from lfp.core.errors import ArtifactError
 from lfp.stages import validate
 from test_explain import LAYERS, build_fake_run, project, shared_mlflow_uri, stage_mlflow_run  # noqa: F401 (fixtures)
 
@@ -161,7 +162,7 @@ def test_feature_outside_probe_layers_is_an_artifact_error():
 
 @pytest.fixture(scope="module")
 def model_and_sae(tiny_model_dir):
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
     from lfp.sae import SparseAutoencoder
 
     model, tok = load_model(tiny_model_dir)
@@ -179,7 +180,7 @@ def _logits(model, ids, saes=None, zeroed=None):
 def test_hook_changes_output_when_and_only_when_features_are_zeroed(model_and_sae):
     import copy
 
-    from lfp.modeling import capture_mlp_outputs
+    from lfp.models.loading import capture_mlp_outputs
 
     model, sae, ids = model_and_sae
     layer = 1
@@ -308,7 +309,7 @@ def test_paired_delta_ci_covers_the_true_delta():
 
 
 def test_dpo_margin_formula_and_logprobs(tiny_model_dir):
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
 
     model, tok = load_model(tiny_model_dir)
     seq, first = ablation.encode_pair_side(tok, "Human: hi\n\nAssistant:", " Hello there friend.", 64)
@@ -323,7 +324,7 @@ def test_dpo_margin_formula_and_logprobs(tiny_model_dir):
 
 
 def test_sampling_is_seeded_identically(tiny_model_dir):
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
 
     model, tok = load_model(tiny_model_dir)
     prefixes = ablation.imdb_prefixes(["This movie was wonderful and great fun to watch"] * 4, tok, 3, 4, np.random.default_rng(0))
@@ -332,7 +333,7 @@ def test_sampling_is_seeded_identically(tiny_model_dir):
     b = ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
     assert np.array_equal(a.completion, b.completion) and np.array_equal(a.full, b.full) and len(a.full) == 3
     prefix = ablation.prefix_rewards(tok, prefixes)
-    from lfp.reward import vader_reward
+    from lfp.tasks.lexicon_rl.reward import vader_reward
 
     assert prefix.tolist() == vader_reward(tok.batch_decode(prefixes, skip_special_tokens=True))
 

@@ -1,4 +1,4 @@
-"""lfp.verdicts: the report's opening table of control verdicts (passed / failed / not run / n/a),
+"""lfp.report.verdicts: the report's opening table of control verdicts (passed / failed / not run / n/a),
 on small fake metrics dicts and run folders — no model, no stage."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfp import verdicts
+from lfp.report import verdicts
 from lfp.stages import report
-from lfp.verdicts import FAILED, NA, NOT_RUN, PASSED
+from lfp.report.verdicts import FAILED, NA, NOT_RUN, PASSED
 
 LEXICON, PREFERENCE = "lexicon_rl", "preference_dpo"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfp.learned import Contexts, learned_values, natural_contexts
-from lfp.word_probes import (
+from lfp.tasks.lexicon_rl.learned import Contexts, learned_values, natural_contexts
+from lfp.tasks.lexicon_rl.word_probes import (
     auc,
     identity_predictions,
     layer_normalise,

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from lfp.errors import LfpError
+from lfp.core.errors import LfpError
 
 SOURCES = ("base", "finetuned")
 
@@ -117,7 +117,7 @@ def _process_age() -> float | None:
 
 class _Timings:
     """Where a stage process's time goes: before `run` (interpreter, imports, params, seeding),
-    inside `run`, and the MLflow run opening/closing inside it (lfp.tracking.RUN_OVERHEAD)."""
+    inside `run`, and the MLflow run opening/closing inside it (lfp.core.tracking.RUN_OVERHEAD)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -137,7 +137,7 @@ class _Timings:
             **{f"{k}_s": v[0] - entry[0] for k, v in self.marks.items() if k != "entry"},
             **{f"{k}_cpu_s": v[1] for k, v in self.marks.items()},  # CPU since the process started
         }
-        tracking = sys.modules.get("lfp.tracking")  # imported by the stage only if it opened a run
+        tracking = sys.modules.get("lfp.core.tracking")  # imported by the stage only if it opened a run
         row.update(getattr(tracking, "RUN_OVERHEAD", {}))
         try:
             with open(self.path, "a", encoding="utf-8") as f:
@@ -147,7 +147,7 @@ class _Timings:
 
 
 # Commands that are not DVC stages: `lfp mlflow-sync` (after `dvc repro`, a run for every stage DVC skipped)
-TOOLS = {"mlflow-sync": "lfp.mlflow_sync"}
+TOOLS = {"mlflow-sync": "lfp.core.mlflow_sync"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.params:  # the pipeline id and the parent run's params read the same file
         os.environ["LFP_PARAMS"] = args.params
     try:
-        from lfp.config import load_params, seed_everything
+        from lfp.core.config import load_params, seed_everything
 
         params = load_params(args.params)
         model = getattr(args, "model", None)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from rel_helpers import assert_user_error, run_lfp, write_params
 
-from lfp import io, paths
-from lfp.errors import ArtifactError, ModelLoadError
+from lfp.core import io, paths
+from lfp.core.errors import ArtifactError, ModelLoadError
 
 
 def _truncate(path: Path) -> None:
@@ -37,7 +37,7 @@ def test_damaged_model_directory_is_a_model_load_error_naming_it(tiny_model_dir,
     copy = shutil.copytree(tiny_model_dir, tmp_path / "finetuned")
     damage(copy / name)
     with pytest.raises(ModelLoadError) as info:
-        from lfp.modeling import load_model
+        from lfp.models.loading import load_model
 
         load_model(copy)
     message = str(info.value)
@@ -46,7 +46,7 @@ def test_damaged_model_directory_is_a_model_load_error_naming_it(tiny_model_dir,
 
 def test_activation_shard_of_the_wrong_shape_is_refused(tmp_path):
     """A complete, valid .npy that does not match index.json (e.g. copied from another run)."""
-    from lfp.activation_cache import load_layer
+    from lfp.models.activation_cache import load_layer
 
     np.save(tmp_path / "layer2.npy", np.zeros((10, 8), dtype=np.float32))
     with pytest.raises(ArtifactError, match=r"layer2\.npy: expected float32 \(12, 8\)"):

@@ -14,8 +14,8 @@ import pytest
 from rel_helpers import MICRO, assert_user_error, files_under, run_lfp, write_jsonl, write_raw
 from rel_helpers import mlflow_uri, project  # noqa: F401 - fixtures
 
-from lfp import io, paths
-from lfp.errors import DataError
+from lfp.core import io, paths
+from lfp.core.errors import DataError
 
 
 def test_prepare_with_zero_usable_hh_pairs_exits_2_and_writes_nothing(project):
@@ -42,7 +42,7 @@ def test_contrastive_without_any_lexicon_word_exits_2_and_writes_nothing(project
 
 def test_contrastive_when_lexicon_words_only_occur_in_overlong_sentences():
     """Lexicon words are frequent, but only in sentences longer than max_sentence_chars."""
-    from lfp.config import load_params
+    from lfp.core.config import load_params
     from lfp.stages.contrastive import vader_triples
 
     cfg = load_params(MICRO).contrastive.vader
@@ -60,7 +60,7 @@ def _vader_element(text: str, word: str, value: float) -> dict:
 def test_probe_refuses_a_substituted_word_absent_from_its_text(tmp_path, monkeypatch):
     """A triple whose `positive.word` is not the text at `positive.span` would silently pool the
     activations of another word: the probe must refuse it naming file:line and the field."""
-    from lfp.triples import load_triples
+    from lfp.measure.triples import load_triples
 
     monkeypatch.chdir(tmp_path)
     text = "The movie was great and the cast too."

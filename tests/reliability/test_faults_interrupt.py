@@ -23,7 +23,7 @@ from rel_helpers import dvc_projects, mlflow_uri, project  # noqa: F401 - fixtur
 WRITER = r'''
 import sys, time
 from pathlib import Path
-from lfp import io
+from lfp.core import io
 
 mode, target, version, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "slow"
 

@@ -11,7 +11,7 @@ import pytest
 from rel_helpers import assert_user_error, files_under, run_lfp, write_jsonl, write_params
 from rel_helpers import mlflow_uri, project  # noqa: F401 - fixtures
 
-from lfp import paths
+from lfp.core import paths
 
 CASES = {
     "negative_size": (lambda d: d["activations"].update(n_texts=-5), ["prepare", "--task", "vader"],

@@ -12,7 +12,7 @@ import time
 import torch
 from rel_helpers import assert_user_error, files_under, run_lfp, write_params
 
-from lfp import paths
+from lfp.core import paths
 from lfp.sae import SparseAutoencoder, save_sae
 
 

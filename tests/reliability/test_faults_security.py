@@ -21,7 +21,7 @@ import pytest
 from rel_helpers import PLANTED_KEY, ROOT, assert_user_error, hh_pairs, run_lfp, write_jsonl, write_params
 from rel_helpers import mlflow_uri, project  # noqa: F401 - fixtures
 
-from lfp import paths
+from lfp.core import paths
 
 # --------------------------------------------------------------------------------------------
 # a planted key through a real stage run

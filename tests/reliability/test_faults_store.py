@@ -18,16 +18,17 @@ import mlflow
 import pytest
 from rel_helpers import assert_user_error, clean_env, snapshot_bytes, write_params, write_raw
 
-from lfp import io
-from lfp.errors import BackendError
-from lfp.tracking import stage_run
+from lfp.core import io
+from lfp.core.errors import BackendError
+from lfp.core.tracking import stage_run
 
 # `lfp prepare --task vader`, with the store deleted just before the stage writes its outputs
 # (prepare reads and validates everything first, then opens its run, then writes).
 DELETE_THEN_PREPARE = """
 import sys
 from pathlib import Path
-from lfp import cli, io
+from lfp import cli
+from lfp.core import io
 
 real = io.write_jsonl
 

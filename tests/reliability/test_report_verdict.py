@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lfp import io, paths
-from lfp.config import load_params
+from lfp.core import io, paths
+from lfp.core.config import load_params
 from lfp.stages import report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory):
     mp = pytest.MonkeyPatch()
-    mp.chdir(ROOT)  # lfp.paths are relative to the project root
+    mp.chdir(ROOT)  # lfp.core.paths are relative to the project root
     mp.setattr(report, "FIGURES", tmp_path_factory.mktemp("figures"))  # leave reports/figures alone
     try:
         params = load_params(ROOT / "params.yaml")

@@ -44,7 +44,7 @@ class ReadoutRuns:
 
 
 def _renamed(out: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The learned-value key names of lfp.measure_controls, moved under `readout_{name}_`."""
+    """The learned-value key names of lfp.measure.controls, moved under `readout_{name}_`."""
     renamed = {}
     for k, v in out.items():
         k2 = k.removeprefix("learned_value_")
@@ -54,9 +54,9 @@ def _renamed(out: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 def readout_controls(name: str, runs: ReadoutRuns, lexicon: Mapping[str, float], planted: set[str], n_boot: int, n_perm: int,
                      seed: int) -> dict[str, Any]:
-    """Every control of one readout: the same statistics the learned values get (lfp.measure_controls),
+    """Every control of one readout: the same statistics the learned values get (lfp.measure.controls),
     under `readout_{name}_`."""
-    from lfp.measure_controls import planted_paired, shuffled_null, tau_keys, tau_with_ci, within_sign_metrics
+    from lfp.measure.controls import planted_paired, shuffled_null, tau_keys, tau_with_ci, within_sign_metrics
 
     prefix = f"readout_{name}_"
     out: dict[str, Any] = {f"{prefix}n_words": len(runs.main)}

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp.tokens import leading_special_ids
+from lfp.models.tokens import leading_special_ids
 
 
 def single_token_ids(tokenizer: Any, words: Iterable[str]) -> dict[str, int]:

@@ -12,7 +12,7 @@ quality and dictionary matching, one module per job.
   quality   reconstruction_metrics (mse, fvu, l0, dead_fraction, dead_count, l0_histogram)
   matching  dictionary_matching (max cosine, MMCS, Hungarian), max_cosines, random_dictionary_mmcs (its null)
 
-Where artifacts live is not decided here (lfp.paths): this package never imports lfp.paths or
+Where artifacts live is not decided here (lfp.core.paths): this package never imports lfp.core.paths or
 lfp.stages.
 """
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from lfp import io
-from lfp.errors import ArtifactError
+from lfp.core import io
+from lfp.core.errors import ArtifactError
 from lfp.sae.model import SparseAutoencoder
 
 CFG_FILENAME = "cfg.json"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp.errors import ArtifactError
+from lfp.core.errors import ArtifactError
 from lfp.sae.model import SparseAutoencoder
 from lfp.sae.rows import as_float_tensor
 

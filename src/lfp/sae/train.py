@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp.errors import ArtifactError
+from lfp.core.errors import ArtifactError
 from lfp.sae.backend import choose_backend
 from lfp.sae.model import PAPER_METHOD, DeadLatents, SparseAutoencoder
 from lfp.sae.optim import FusedAdam

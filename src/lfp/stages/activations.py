@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 
-from lfp import io, paths
-from lfp.activation_cache import cache_activations
-from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError
-from lfp.layers import chosen_layers
-from lfp.modeling import n_layers
-from lfp.stage_context import open_stage
+from lfp.core import io, paths
+from lfp.models.activation_cache import cache_activations
+from lfp.core.config import Params, section_dict
+from lfp.core.errors import ArtifactError
+from lfp.core.layers import chosen_layers
+from lfp.models.loading import n_layers
+from lfp.core.stage_context import open_stage
 from lfp.tasks import kind_of
 
 log = logging.getLogger(__name__)

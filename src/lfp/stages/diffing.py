@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from lfp import io, paths
-from lfp.activation_cache import load_layer, read_index
-from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError
-from lfp.layers import chosen_layers
+from lfp.core import io, paths
+from lfp.models.activation_cache import load_layer, read_index
+from lfp.core.config import Params, section_dict
+from lfp.core.errors import ArtifactError
+from lfp.core.layers import chosen_layers
 from lfp.readouts.crosscoder import (
     CrosscoderSettings,
     crosscoder_codes,
@@ -30,7 +30,7 @@ from lfp.readouts.crosscoder import (
     relative_decoder_norm,
     train_crosscoder,
 )
-from lfp.stage_context import open_stage
+from lfp.core.stage_context import open_stage
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run(params: Params, model: str, task: str) -> None:
 
 def plot_nu(path: Any, nus: dict[int, np.ndarray], title: str) -> None:
     """ν histogram per layer (0: the base model lacks the latent; 1: shared)."""
-    from lfp.figures import _figure
+    from lfp.report.figures import _figure
 
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 3.5))

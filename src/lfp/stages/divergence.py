@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp import io, paths
-from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError, ConfigError
-from lfp.modeling import block_prefix, load_model, n_layers
-from lfp.tracking import stage_run
+from lfp.core import io, paths
+from lfp.core.config import Params, section_dict
+from lfp.core.errors import ArtifactError, ConfigError
+from lfp.models.loading import block_prefix, load_model, n_layers
+from lfp.core.tracking import stage_run
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lfp import io, paths
-from lfp.config import Params, section_dict
-from lfp.data import prepared_file
-from lfp.detection import (
+from lfp.core import io, paths
+from lfp.core.config import Params, section_dict
+from lfp.core.data import prepared_file
+from lfp.validation.detection import (
     HeldOut,
     LlmDetector,
     derangement,
@@ -29,9 +29,9 @@ from lfp.detection import (
     lexicon_detect,
     score,
 )
-from lfp.detection import summarize as summarize_scores
-from lfp.errors import ArtifactError, DataError
-from lfp.explainers import (
+from lfp.validation.detection import summarize as summarize_scores
+from lfp.core.errors import ArtifactError, DataError
+from lfp.validation.explainers import (
     MAX_ACT,
     UNUSABLE,
     Context,
@@ -42,7 +42,7 @@ from lfp.explainers import (
     normalize_word,
     scale_activations,
 )
-from lfp.layers import chosen_layers
+from lfp.core.layers import chosen_layers
 from lfp.tasks import related_rule
 
 STAGE = "explain"
@@ -131,7 +131,7 @@ def encode_corpus(
     max_length: int, batch_size: int, device: torch.device,
 ) -> list[EncodedText]:
     """One forward pass of the fine-tuned model per batch; SAE codes of the selected features only."""
-    from lfp.modeling import capture_mlp_outputs
+    from lfp.models.loading import capture_mlp_outputs
 
     tokenizer.padding_side = "right"
     out: list[EncodedText] = []
@@ -305,7 +305,7 @@ def detection_summary(rows: list[dict[str, Any]], explainer: Any, n_resamples: i
 def make_explainer(params: Params, task: str) -> OfflineExplainer | OpenAIExplainer:
     cfg = params.explain
     if cfg.backend == "openai":
-        from lfp.local_llm import open_client
+        from lfp.llm.local_server import open_client
 
         # an endpoint that is down (or a local server that cannot start) fails here, before the
         # corpus is encoded; with llm.server: local this starts the server (stopped by close())
@@ -335,7 +335,7 @@ def summarize(rows: list[dict[str, Any]], explainer: Any, n_texts: int) -> dict[
 def run(params: Params, model: str, task: str) -> None:
     """Explain, label and score the top matched features of every chosen layer."""
     from lfp.sae import load_sae
-    from lfp.stage_context import open_stage
+    from lfp.core.stage_context import open_stage
 
     cfg = params.explain
     layers = chosen_layers(model, task)

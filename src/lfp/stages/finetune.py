@@ -1,10 +1,10 @@
 """`lfp finetune --model M --task T`: fine-tune the base model with TRL and prove it worked.
 
-- lexicon_rl tasks (vader): RL on the VADER reward with GRPOTrainer (the named PPO -> GRPO deviation, see lfp.rl);
+- lexicon_rl tasks (vader): RL on the VADER reward with GRPOTrainer (the named PPO -> GRPO deviation, see lfp.tasks.lexicon_rl.rl);
   evidence = mean VADER reward of base vs fine-tuned completions to held-out IMDB test prefixes
   (same sampling settings and seed) and the mean per-token KL(fine-tuned || base).
 - hh / toxic: DPOTrainer on data/prepared/{task}/finetune.jsonl; held-out pairs are never trained
-  on; evidence = preference accuracy / margin of base vs fine-tuned on held-out pairs (lfp.dpo).
+  on; evidence = preference accuracy / margin of base vs fine-tuned on held-out pairs (lfp.tasks.preference_dpo.dpo).
 
 Writes models/finetuned/{m}-{t}/ (safetensors + tokenizer) and finetune.json. Under
 `accelerate launch` every rank trains; only the main process evaluates, saves and logs to MLflow.
@@ -23,13 +23,15 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from lfp import dpo, io, paths, rl
-from lfp.config import Params, section_dict
-from lfp.data import prepared_file
-from lfp.errors import ArtifactError
-from lfp.modeling import load_model
+from lfp.tasks.preference_dpo import dpo
+from lfp.core import io, paths
+from lfp.tasks.lexicon_rl import rl
+from lfp.core.config import Params, section_dict
+from lfp.core.data import prepared_file
+from lfp.core.errors import ArtifactError
+from lfp.models.loading import load_model
 from lfp.tasks import kind_of
-from lfp.tracking import StageRun, stage_run
+from lfp.core.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
 STAGE = "finetune"

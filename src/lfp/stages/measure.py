@@ -1,8 +1,8 @@
 """`lfp measure --model M --task T` (lexicon tasks): an LFP measurement that a lookup table cannot pass.
 
-1. Behavioural ground truth (lfp.learned): each word's learned value, the fine-tune's change of the
+1. Behavioural ground truth (lfp.tasks.lexicon_rl.learned): each word's learned value, the fine-tune's change of the
    log-probability of the word after its real review contexts, with a CI; τ against the lexicon.
-2. Probes split by word (lfp.word_probes), on the fine-tuned model's codes, the base model's (each
+2. Probes split by word (lfp.tasks.lexicon_rl.word_probes), on the fine-tuned model's codes, the base model's (each
    through its own SAEs) and their τ difference (paired bootstrap), with the identity-only and
    sign-only ceilings on the same split and τ within each sign. The same probe on the *difference*
    of representations of the same tokens through ONE dictionary: fine-tuned codes minus the base
@@ -20,7 +20,7 @@
 5. Seeds: the learned-value τ of `seed` and of every `measure.seeds` fine-tune, mean and 95 % CI.
 6. Fig. 4 with a full axis: each held-out word's |probe error| against its learned value.
 Outputs: reports/runs/{m}-{t}/lfp.json (DVC metrics + MLflow), lfp_words.csv (per word), and the two
-controls as their own tasks (lfp.measure_controls): reports/runs/{m}-{t}-planted/ and -shuffled/.
+controls as their own tasks (lfp.measure.controls): reports/runs/{m}-{t}-planted/ and -shuffled/.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from lfp import io, metrics, paths, reward, rl
-from lfp.config import Params, section_dict
-from lfp.data import prepared_file
-from lfp.errors import ConfigError, DataError
-from lfp.figures import plot_error_vs_learned, plot_learned_values
-from lfp.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
-from lfp.measure_controls import (
+from lfp.core import io, paths
+from lfp.measure import metrics
+from lfp.tasks.lexicon_rl import reward, rl
+from lfp.core.config import Params, section_dict
+from lfp.core.data import prepared_file
+from lfp.core.errors import ConfigError, DataError
+from lfp.report.figures import plot_error_vs_learned, plot_learned_values
+from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
+from lfp.measure.controls import (
     control_metrics,
     control_rows,
     planted_paired,
@@ -51,13 +53,13 @@ from lfp.measure_controls import (
     write_control,
     write_words_csv,
 )
-from lfp.pair_measure import run_preference
+from lfp.tasks.preference_dpo.measure import run_preference
 from lfp.readouts import ReadoutRuns, readout_controls
 from lfp.readouts.diff_lens import LogitDiffLens, lens_windows
-from lfp.stage_context import StageContext, open_stage
+from lfp.core.stage_context import StageContext, open_stage
 from lfp.tasks import kind_of
-from lfp.triples import load_triples, windows_for
-from lfp.word_probes import (
+from lfp.measure.triples import load_triples, windows_for
+from lfp.tasks.lexicon_rl.word_probes import (
     HeldoutProbe,
     error_vs_learned,
     heldout_probe,
@@ -195,7 +197,7 @@ def codes_through_saes(lm: Any, saes: dict[int, Any], triples: Any, tok: Any, pa
     """The probe's rows (positive then negative element of each triple, file order) read by `lm`
     through `saes` (the fine-tuned model's): two models' codes in ONE dictionary can be subtracted,
     so (fine-tuned − base) is what fine-tuning changed on the same tokens."""
-    from lfp.probe_codes import element_codes
+    from lfp.measure.probe_codes import element_codes
 
     codes = [element_codes(lm, saes, windows_for(triples, role, tok, params.probe.max_length), params.probe.batch_size, pad,
                            f"{desc} through fine-tuned SAEs, {role}") for role in ("positive", "negative")]
@@ -210,7 +212,7 @@ def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any]
     taught the model to disprefer a word should push its predicted feedback down."""
     from sklearn.linear_model import Ridge
 
-    from lfp.probe_codes import element_codes
+    from lfp.measure.probe_codes import element_codes
 
     directory = paths.probe_data_dir(model, task)
     tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")

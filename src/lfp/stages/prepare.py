@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lfp import io, paths
-from lfp.config import Params, section_dict
-from lfp.data import prepared_file
-from lfp.errors import LfpError
+from lfp.core import io, paths
+from lfp.core.config import Params, section_dict
+from lfp.core.data import prepared_file
+from lfp.core.errors import LfpError
 from lfp.tasks import kind_of
-from lfp.tracking import stage_run
+from lfp.core.tracking import stage_run
 
 log = logging.getLogger(__name__)
 

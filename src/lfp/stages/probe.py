@@ -1,7 +1,7 @@
 """`lfp probe --model M --task T`: activation deltas on contrastive triples, probes and the paper's
 LFP-accuracy metrics (§3.3, §4.1: Tables 3, 4, 5, 10; Figures 4, 5), with the controls the paper
-lacks. The jobs live in the core: triples (lfp.triples), SAE codes (lfp.probe_codes), probes and
-scores (lfp.probes), figures (lfp.figures), generation counts (lfp.generation).
+lacks. The jobs live in the core: triples (lfp.measure.triples), SAE codes (lfp.measure.probe_codes), probes and
+scores (lfp.measure.probes), figures (lfp.report.figures), generation counts (lfp.tasks.lexicon_rl.generation).
 
 Base-model control: the same triples, deltas and probe read through the *base* model and the SAEs
 trained on its own activations (models/sae/{m}-{t}/base/, a DVC output of `sae --source base`):
@@ -22,18 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp import io, metrics, paths
-from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError
-from lfp.figures import plot_error_vs_frequency, plot_pca, write_word_csv
-from lfp.generation import generated_word_counts
-from lfp.layers import chosen_layers
-from lfp.probe_codes import codes_for
-from lfp.probes import ProbeRows, bow_probe, pair_probe, probe_rows, split_by_group, vader_probe
+from lfp.core import io, paths
+from lfp.measure import metrics
+from lfp.core.config import Params, section_dict
+from lfp.core.errors import ArtifactError
+from lfp.report.figures import plot_error_vs_frequency, plot_pca, write_word_csv
+from lfp.tasks.lexicon_rl.generation import generated_word_counts
+from lfp.core.layers import chosen_layers
+from lfp.measure.probe_codes import codes_for
+from lfp.measure.probes import ProbeRows, bow_probe, pair_probe, probe_rows, split_by_group, vader_probe
 from lfp.sae import load_sae
-from lfp.stage_context import StageContext, open_stage
+from lfp.core.stage_context import StageContext, open_stage
 from lfp.tasks import kind_of
-from lfp.triples import Triples, load_triples
+from lfp.measure.triples import Triples, load_triples
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Why a document model: the same sections render to Markdown (for git diffs and GitHub) and to
 HTML (for a browser) without a hand-written Markdown converter; tables are pandas DataFrames.
 
-The report opens with "Verdicts of the controls" (lfp.verdicts: one passed / failed / not run / n/a
+The report opens with "Verdicts of the controls" (lfp.report.verdicts: one passed / failed / not run / n/a
 row per control and task), then "What this run shows": one plain sentence per task and question (probe vs
 its controls, fine-tuning, Table 7, Table 6), each computed from the metrics files, never written
 by hand. Every blank cell of a table is explained under it (the reason comes from the metrics
@@ -26,10 +26,12 @@ from typing import Any
 
 import pandas as pd
 
-from lfp import dashboards, diffing_report, io, measure_report, paths, preference_report, verdicts
-from lfp.config import BUILTIN_MODELS, Params
-from lfp.errors import ArtifactError
-from lfp.tracking import stage_run
+from lfp.report import dashboards, diffing as diffing_report, measure as measure_report, verdicts
+from lfp.core import io, paths
+from lfp.tasks.preference_dpo import report as preference_report
+from lfp.core.config import BUILTIN_MODELS, Params
+from lfp.core.errors import ArtifactError
+from lfp.core.tracking import stage_run
 
 FIGURES = paths.REPORTS / "figures"
 HEADLINE = paths.REPORTS / "headline.json"
@@ -431,7 +433,7 @@ def _label(runs: dict[tuple[str, str], Any], m: str, t: str) -> str:
 
 
 def controls_section(params: Params, runs: dict[tuple[str, str], dict[str, Any]]) -> Section:
-    """The report's opening: one verdict per control and task (lfp.verdicts), read from the metrics
+    """The report's opening: one verdict per control and task (lfp.report.verdicts), read from the metrics
     files under reports/runs/, so a reader sees which controls a sound instrument passed before any claim."""
     rows = verdicts.collect(paths.RUN_REPORTS, [(m, t, params.kind(t)) for (m, t) in runs])
     return Section("Verdicts of the controls", tables=[("", verdicts.table(rows))], notes=[verdicts.NOTE])

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfp import io, paths
-from lfp.activation_cache import heldout_texts, load_layer, read_index, split_rows, subset
-from lfp.config import Params, section_dict
-from lfp.errors import ArtifactError, ConfigError
-from lfp.modeling import replace_mlp_outputs
+from lfp.core import io, paths
+from lfp.models.activation_cache import heldout_texts, load_layer, read_index, split_rows, subset
+from lfp.core.config import Params, section_dict
+from lfp.core.errors import ArtifactError, ConfigError
+from lfp.models.loading import replace_mlp_outputs
 from lfp.sae import SparseAutoencoder, dictionary_matching, reconstruction_metrics, save_sae, train_saes
-from lfp.stage_context import open_stage
+from lfp.core.stage_context import open_stage
 
 log = logging.getLogger(__name__)
 

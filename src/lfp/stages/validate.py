@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lfp import ablation, io, paths
-from lfp.config import Params, section_dict
-from lfp.data import prepared_file
-from lfp.errors import ArtifactError
+from lfp.validation import ablation
+from lfp.core import io, paths
+from lfp.core.config import Params, section_dict
+from lfp.core.data import prepared_file
+from lfp.core.errors import ArtifactError
 from lfp.tasks import kind_of
 
 STAGE = "validate"
@@ -320,7 +321,7 @@ def score_vader(params: Params, model: str, task: str, lm: Any, tokenizer: Any, 
 
 
 def score_dpo(params: Params, model: str, task: str, lm: Any, tokenizer: Any, saes: dict, related: dict) -> dict[str, Any]:
-    from lfp.modeling import load_model
+    from lfp.models.loading import load_model
 
     cfg = params.validate
     beta = params.finetune[task].beta
@@ -435,7 +436,7 @@ def explainer_provenance(model: str, task: str) -> dict[str, Any]:
 def run(params: Params, model: str, task: str) -> None:
     """Tables 7 and 6 the paper's way and the ways that can fail, and the MMCS beside its null."""
     from lfp.sae import load_sae
-    from lfp.stage_context import open_stage
+    from lfp.core.stage_context import open_stage
 
     cfg = params.validate
     kind = kind_of(params, task)

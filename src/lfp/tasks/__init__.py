@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from lfp.config import Params
-from lfp.errors import ConfigError
+from lfp.core.config import Params
+from lfp.core.errors import ConfigError
 
 
 class TaskKind(Protocol):
@@ -38,7 +38,8 @@ def related_rule(params: Params, task: str) -> str:
 
 def kind_of(params: Params, task: str) -> TaskKind:
     """The module object implementing `task`'s kind."""
-    from lfp.tasks import lexicon_rl, preference_dpo
+    from lfp.tasks.lexicon_rl import kind as lexicon_rl
+    from lfp.tasks.preference_dpo import kind as preference_dpo
 
     kinds: dict[str, TaskKind] = {"lexicon_rl": lexicon_rl.KIND, "preference_dpo": preference_dpo.KIND}
     name = params.kind(task)

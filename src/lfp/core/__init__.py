@@ -1,0 +1,1 @@
+"""Core: params, paths, I/O, errors, tracking, secrets and the stage opener."""

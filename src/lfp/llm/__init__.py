@@ -1,0 +1,1 @@
+"""LLM serving: an OpenAI-compatible client, the local llama.cpp server, prompts."""

@@ -1,0 +1,1 @@
+"""Measurement shared by every task kind: probes, metrics, triples, controls and their statistics."""

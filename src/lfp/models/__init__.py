@@ -1,0 +1,1 @@
+"""Models: loading (hub, local path, GGUF, tiny), tokens and activation capture."""

@@ -1,0 +1,1 @@
+"""The report: sections, verdicts, dashboards, figures and run comparison."""

@@ -1,0 +1,404 @@
+"""Verdicts of the controls: one table row per control and task, passed / failed / not run / n/a.
+
+Why: the report's prose and tables give every number, but a reader should see first, in one glance,
+which of the instrument's controls behaved as a sound instrument needs (the fine-tune learned, the
+planted pattern is found, the shuffled reward is not, the probe beats the base model and trivial
+predictors, Tables 7 and 6 come out as the paper claims) — before any claim about a learned feedback
+pattern is read. Each verdict is computed from the metrics JSON files under `reports/runs/`, with
+the keys the stages already write (finetune.json, lfp.json, validate.json); a missing file or key
+is reported as "not run", never as a crash or a silent pass.
+
+Verdict words:
+- passed: the control behaved as a sound instrument needs;
+- failed: it did not (the evidence says how);
+- not run: the stage's file or key is missing (the stage did not run, or wrote an older format);
+- n/a: the stage ran but recorded why this test cannot apply (e.g. no feature is labelled related).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lfp.core import paths
+from lfp.report.measure import _ci, _covers_zero, _f, _n, _p
+from lfp.tasks.preference_dpo.report import _with_ci
+
+PASSED, FAILED, NOT_RUN, NA = "passed", "failed", "not run", "n/a"
+COLUMNS = ["task", "control", "verdict", "evidence"]
+CHANCE = 0.5  # a preference accuracy by luck (chosen vs rejected reply)
+ALPHA = 0.05  # the significance level of the p-value tests (planted control, Table 7)
+LEXICON_KIND = "lexicon_rl"  # every other kind is judged as a preference (DPO) task, as in the report
+
+NOTE = ("**passed**: the control behaved as a sound instrument needs; **failed**: it did not; **not run**: its metrics "
+        "file or key is missing; **n/a**: the stage ran but recorded why the test cannot apply. A CI passes only if the "
+        "whole 95% CI clears its reference (0, 50% chance, the trivial predictor or the shuffled null); a p passes below "
+        "0.05 (0.01 for the paired planted tests); a readout 'beyond sign and shuffled null' needs its within-sign τ CI above 0 "
+        "and above every shuffled arm; the lexicon fine-tune's reward has no CI, so it passes on the point difference. The sections below give "
+        "every number.")
+
+Metrics = Mapping[str, Any] | None  # one metrics JSON file, None where it is missing or unreadable
+Judged = tuple[str, str]  # (verdict, evidence)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One row of the table: which task, which control, its verdict word and the evidence."""
+
+    task: str
+    control: str
+    verdict: str
+    evidence: str
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """A metrics JSON object, or None where the file is missing, unreadable or not an object: the
+    verdict table must say "not run" for a stage that has not produced its file, not crash."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _missing(m: Metrics, file: str, *keys: str) -> Judged | None:
+    """('not run', what is missing) if the file or any key is absent or not a number, else None."""
+    if m is None:
+        return NOT_RUN, f"no {file}"
+    absent = [k for k in keys if _n(m, k) is None]
+    return (NOT_RUN, f"`{'`, `'.join(absent)}` missing from {file}") if absent else None
+
+
+def _with_ci_num(m: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    """'0.181 [0.095, 0.273]', or the number alone where it has no CI."""
+    c = _ci(m, key)
+    return _f(_n(m, key), digits) + ("" if c == "—" else f" {c}")
+
+
+# ------------------------------------------------------------------------- fine-tuning learned
+
+
+def finetune_lexicon(f: Metrics) -> Judged:
+    """RL on a lexicon reward learned if the held-out mean reward beats the base model's on the same
+    prompts (finetune.json's `beats_base`; the stage records no CI for it)."""
+    if miss := _missing(f, "finetune.json", "reward_base", "reward_finetuned"):
+        return miss
+    assert f is not None
+    rb, rf = _n(f, "reward_base"), _n(f, "reward_finetuned")
+    assert rb is not None and rf is not None
+    beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else rf > rb
+    return (PASSED if beats else FAILED), f"held-out reward {_f(rb)} (base) → {_f(rf)} (fine-tuned), no CI recorded"
+
+
+def finetune_preference(measure: Metrics, f: Metrics) -> Judged:
+    """DPO learned a preference that generalises only if DPO's implicit reward ranks the preferred
+    reply higher on held-out pairs with a CI above 50% chance. Prefers the measure stage's larger
+    held-out set (lfp.json), else the fine-tune stage's own held-out evaluation (finetune.json)."""
+    if measure is not None and _n(measure, "implicit_reward_acc_ci_low") is not None:
+        m, key, n, where = measure, "implicit_reward_acc", measure.get("n_pairs"), "lfp.json"
+    elif f is not None and _n(f, "implicit_reward_accuracy_ci_low") is not None:
+        m, key, n, where = f, "implicit_reward_accuracy", f.get("eval_pairs"), "finetune.json"
+    else:
+        return NOT_RUN, "no implicit-reward accuracy with a CI in lfp.json or finetune.json"
+    lo = _n(m, f"{key}_ci_low")
+    assert lo is not None
+    pairs = f" on {n} held-out pairs" if isinstance(n, int) else f" ({where})"
+    return (PASSED if lo > CHANCE else FAILED), f"implicit-reward accuracy {_with_ci(m, key)}{pairs} (chance 50%)"
+
+
+# ------------------------------------------------------------------------- the measure stage's controls
+
+
+def planted(measure: Metrics, control: Metrics) -> Judged:
+    """A fine-tune whose reward flips a few positive words must be found by the measurement: its
+    planted words separate from the others by learned value (the stage's `planted_detected` flag:
+    AUC > 0.5 with permutation p < 0.05). Read from the measured task's lfp.json, else the control's own."""
+    if measure is not None and _n(measure, "planted_paired_auc") is not None:
+        return planted_paired(measure)
+    m = measure if measure is not None and _n(measure, "planted_auc") is not None else control
+    if miss := _missing(m, "lfp.json", "planted_auc"):
+        return miss
+    assert m is not None
+    auc, p = _n(m, "planted_auc"), _n(m, "planted_p")
+    assert auc is not None
+    flag = m.get("planted_detected")
+    detected = flag if isinstance(flag, bool) else p is not None and p < ALPHA and auc > 0.5
+    return (PASSED if detected else FAILED), f"planted words' AUC {_f(auc, 2)}, p {_p(p)}"
+
+
+def planted_paired(m: Mapping[str, Any]) -> Judged:
+    """The paired planted test (planted run − true-reward run, same data and seed): AUC > 0.5 with
+    permutation p below the stage's alpha (0.01), the unpaired AUC and the seed-vs-seed null beside it."""
+    auc, p = _n(m, "planted_paired_auc"), _n(m, "planted_paired_p")
+    flag = m.get("planted_paired_detected")
+    detected = flag if isinstance(flag, bool) else auc is not None and p is not None and auc > 0.5 and p < 0.01
+    return ((PASSED if detected else FAILED),
+            f"paired AUC {_f(auc, 2)}, p {_p(p)} (seed-vs-seed null {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
+            f"unpaired AUC {_f(_n(m, 'planted_auc'), 2)})")
+
+
+def planted_learned(m: Metrics) -> Judged:
+    """A control must learn before it can speak: the planted words' learned values fell in the
+    planted run relative to the true-reward run (t-interval over the planted words below 0)."""
+    if miss := _missing(m, "lfp.json", "planted_paired_mean_change", "planted_paired_mean_change_ci_high"):
+        return miss
+    assert m is not None
+    hi = _n(m, "planted_paired_mean_change_ci_high")
+    assert hi is not None
+    return ((PASSED if hi < 0 else FAILED),
+            f"planted words' change vs the true-reward run {_with_ci_num(m, 'planted_paired_mean_change')} "
+            f"(other positive words {_f(_n(m, 'planted_paired_mean_change_other'))})")
+
+
+def shuffled_null_centred(m: Metrics) -> Judged:
+    """The shuffled-reward fine-tunes (centred permutations) taught no valence: their learned-value τ
+    against the real lexicon, over arms, has a t-interval covering 0."""
+    if miss := _missing(m, "lfp.json", "learned_value_tau_null_mean"):
+        return miss
+    assert m is not None
+    centred = m.get("shuffled_null_centred") is True
+    return ((PASSED if centred else FAILED),
+            f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {_f(_n(m, 'learned_value_tau_null_mean'))} "
+            f"{_ci(m, 'learned_value_tau_null')} (range {_f(_n(m, 'learned_value_tau_null_min'))} to {_f(_n(m, 'learned_value_tau_null_max'))})")
+
+
+def shuffled_learned(m: Metrics) -> Judged:
+    """The shuffled arms learned the reward they were given: τ against it, t-interval over arms above 0."""
+    if miss := _missing(m, "lfp.json", "shuffled_arms_tau_reward_mean"):
+        return miss
+    assert m is not None
+    return ((PASSED if m.get("shuffled_learned") is True else FAILED),
+            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms: mean {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} "
+            f"{_ci(m, 'shuffled_arms_tau_reward')}")
+
+
+def beyond_null(m: Metrics) -> Judged:
+    """The measured fine-tune learned more than the sign: its within-sign τ CI lies above 0 and above
+    every shuffled arm's within-sign τ."""
+    key = "learned_value_tau_within_sign"
+    if miss := _missing(m, "lfp.json", key, f"{key}_ci_low", f"{key}_null_max"):
+        return miss
+    assert m is not None
+    lo = _n(m, f"{key}_ci_low")
+    assert lo is not None
+    ok = lo > 0 and m.get(f"{key}_vs_null_outside") is True
+    return ((PASSED if ok else FAILED),
+            f"within-sign τ {_with_ci_num(m, key)} vs null {_f(_n(m, f'{key}_null_min'))} to {_f(_n(m, f'{key}_null_max'))} "
+            f"(rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}); gap {_with_ci_num(m, 'learned_value_sign_gap')}")
+
+
+def readout_plant(m: Mapping[str, Any], r: str) -> Judged:
+    """A readout sees the plant: its per-word values, planted run − true-reward run, separate the
+    planted words (paired AUC > 0.5, p < 0.01)."""
+    k = f"readout_{r}_"
+    if _n(m, k + "planted_paired_auc") is None:
+        return NOT_RUN, f"`{k}planted_paired_auc` missing from lfp.json"
+    return ((PASSED if m.get(k + "planted_paired_detected") is True else FAILED),
+            f"paired AUC {_f(_n(m, k + 'planted_paired_auc'), 2)}, p {_p(_n(m, k + 'planted_paired_p'))} "
+            f"(seed-vs-seed null {_f(_n(m, k + 'planted_paired_auc_seed_null_mean'), 2)})")
+
+
+def readout_beyond_null(m: Mapping[str, Any], r: str) -> Judged:
+    """A readout sees a learned pattern beyond the sign: within-sign τ CI above 0 and above every
+    shuffled arm's."""
+    k = f"readout_{r}_tau_within_sign"
+    if _n(m, k) is None or _n(m, k + "_null_max") is None:
+        return NOT_RUN, f"`{k}` or its null missing from lfp.json"
+    lo = _n(m, k + "_ci_low")
+    ok = lo is not None and lo > 0 and m.get(k + "_vs_null_outside") is True
+    return ((PASSED if ok else FAILED),
+            f"within-sign τ {_with_ci_num(m, k)} vs null {_f(_n(m, k + '_null_min'))} to {_f(_n(m, k + '_null_max'))}")
+
+
+def shuffled(measure: Metrics, control: Metrics) -> Judged:
+    """A fine-tune on the lexicon with values permuted across words learned no valence, so its
+    learned values must not track the real lexicon: τ CI covering 0 (the stage's `shuffled_detected`
+    flag False). Read from the measured task's lfp.json, else the control's own."""
+    if measure is not None and _n(measure, "shuffled_learned_value_tau") is not None:
+        m, key = measure, "shuffled_learned_value_tau"
+    elif control is not None and _n(control, "learned_value_tau") is not None:
+        m, key = control, "learned_value_tau"
+    else:
+        return _missing(measure if measure is not None else control, "lfp.json", "shuffled_learned_value_tau") or (NOT_RUN, "no lfp.json")
+    flag = m.get("shuffled_detected", m.get("detected"))
+    covers = _covers_zero(m, key)
+    if isinstance(flag, bool):
+        fooled = flag
+    elif covers is not None:
+        fooled = not covers
+    else:
+        return NOT_RUN, f"`{key}_ci_low`/`_ci_high` missing from lfp.json"
+    return (FAILED if fooled else PASSED), f"τ vs lexicon {_with_ci_num(m, key)}" + (" (clear of 0)" if fooled else " (covers 0)")
+
+
+def probe_vs_base_lexicon(m: Metrics) -> Judged:
+    """The LFP question: on words the probe never saw, does it read more from the fine-tuned model's
+    codes than from the base model's? Only a paired τ difference with a CI above 0 credits fine-tuning."""
+    if miss := _missing(m, "lfp.json", "probe_tau_word_heldout_diff", "probe_tau_word_heldout_diff_ci_low",
+                        "probe_tau_word_heldout_diff_ci_high"):
+        return miss
+    assert m is not None
+    lo = _n(m, "probe_tau_word_heldout_diff_ci_low")
+    assert lo is not None
+    words = f", {m['n_words_test']} held-out words" if isinstance(m.get("n_words_test"), int) else ""
+    return (PASSED if lo > 0 else FAILED), f"τ fine-tuned − base {_with_ci_num(m, 'probe_tau_word_heldout_diff')}{words}"
+
+
+def probe_vs_base_preference(m: Metrics) -> Judged:
+    """The LFP question for preference pairs: pairwise accuracy on the fine-tuned model's codes minus
+    the base model's (paired bootstrap over test pairs) must have a CI above 0."""
+    if miss := _missing(m, "lfp.json", "pairwise_accuracy_diff", "pairwise_accuracy_diff_ci_low", "pairwise_accuracy_diff_ci_high"):
+        return miss
+    assert m is not None
+    lo = _n(m, "pairwise_accuracy_diff_ci_low")
+    assert lo is not None
+    return (PASSED if lo > 0 else FAILED), f"pairwise accuracy fine-tuned − base {_with_ci(m, 'pairwise_accuracy_diff', pct=False)}"
+
+
+def probe_vs_trivial_lexicon(m: Metrics) -> Judged:
+    """A probe that predicts held-out words' values no better than a word-identity lookup or a
+    perfect sign with random order within sign (ceilings on the same split) has not shown it reads
+    more than the words' identity or sign: its τ CI must clear both."""
+    if miss := _missing(m, "lfp.json", "probe_tau_word_heldout_finetuned", "probe_tau_word_heldout_finetuned_ci_low"):
+        return miss
+    assert m is not None
+    ceilings = {name: _n(m, key) for name, key in (("identity", "identity_ceiling_tau"), ("sign-only", "sign_ceiling_tau"))}
+    known = {name: v for name, v in ceilings.items() if v is not None}
+    if not known:
+        return NOT_RUN, "`identity_ceiling_tau`/`sign_ceiling_tau` missing from lfp.json"
+    lo = _n(m, "probe_tau_word_heldout_finetuned_ci_low")
+    assert lo is not None
+    versus = ", ".join(f"{name} {_f(v)}" for name, v in known.items())
+    return (PASSED if lo > max(known.values()) else FAILED), f"probe τ {_with_ci_num(m, 'probe_tau_word_heldout_finetuned')} vs {versus}"
+
+
+def probe_vs_bow(m: Metrics) -> Judged:
+    """A probe on the model's codes must read more than the replies' text: its pairwise accuracy's
+    CI must lie above a bag-of-words classifier's on the same pairs (the report's criterion)."""
+    if miss := _missing(m, "lfp.json", "pairwise_accuracy_finetuned_ci_low", "pairwise_accuracy_bow"):
+        return miss
+    assert m is not None
+    lo, bow = _n(m, "pairwise_accuracy_finetuned_ci_low"), _n(m, "pairwise_accuracy_bow")
+    assert lo is not None and bow is not None
+    return ((PASSED if lo > bow else FAILED),
+            f"pairwise {_with_ci(m, 'pairwise_accuracy_finetuned')} vs bag-of-words {_with_ci(m, 'pairwise_accuracy_bow')}")
+
+
+def difference_vs_null(m: Metrics) -> Judged:
+    """The probe on fine-tuned − base codes counts as reading learned feedback only if its τ CI
+    clears 0 and lies above the same probe on the shuffled-reward fine-tune (which learned no
+    valence); as in measure_report's sentence."""
+    key, null = "probe_tau_word_heldout_difference", "shuffled_probe_tau_word_heldout_difference"
+    if miss := _missing(m, "lfp.json", key, f"{key}_ci_low", f"{key}_ci_high"):
+        return miss
+    assert m is not None
+    if _n(m, f"{null}_ci_high") is None:
+        return NOT_RUN, f"difference probe τ {_with_ci_num(m, key)}; its shuffled-reward null is missing"
+    lo, null_hi = _n(m, f"{key}_ci_low"), _n(m, f"{null}_ci_high")
+    assert lo is not None and null_hi is not None
+    ok = _covers_zero(m, key) is False and null_hi < lo
+    return (PASSED if ok else FAILED), f"τ {_with_ci_num(m, key)} vs shuffled null {_with_ci_num(m, null)}"
+
+
+# ------------------------------------------------------------------------- Tables 7 and 6 (validate)
+
+
+def _signed(v: float | None) -> str:
+    return "—" if v is None else f"{v:+.3f}"
+
+
+def table7(v: Metrics) -> Judged:
+    """Table 7 that can fail: related features' frequency must rise from low- to high-prediction
+    held-out rows more than unrelated features' does (permutation p < 0.05)."""
+    if v is None:
+        return NOT_RUN, "no validate.json"
+    p = _n(v, "t7_p")
+    if p is None:
+        reason = v.get("t7_reason") or v.get("t7_quantile_reason")
+        return (NA, str(reason)) if reason else (NOT_RUN, "`t7_p` missing from validate.json")
+    contrast = f"related {_signed(_n(v, 't7_related_contrast'))} vs unrelated {_signed(_n(v, 't7_unrelated_contrast'))}"
+    return (PASSED if p < ALPHA else FAILED), f"p {_p(p)}; high − low frequency: {contrast}"
+
+
+def table6(v: Metrics) -> Judged:
+    """Table 6 that can fail: zeroing the related features must lower the fine-tuning objective vs
+    the SAE reconstruction (paired CI below 0) and more than zeroing frequency-matched random
+    features (related − random CI below 0)."""
+    if v is None:
+        return NOT_RUN, "no validate.json"
+    if _n(v, "t6_related_ci_high") is None:
+        reason = v.get("ablation_reason")
+        return (NA, str(reason)) if reason else (NOT_RUN, "`t6_related_*` missing from validate.json")
+    hi = _n(v, "t6_related_ci_high")
+    assert hi is not None
+    related = f"related zeroed − reconstruction {_f(_n(v, 't6_related_delta'))} {_ci(v, 't6_related')}"
+    vs_hi = _n(v, "t6_related_vs_random_ci_high")
+    if vs_hi is None:
+        return (FAILED if hi >= 0 else NOT_RUN), f"{related}; random-feature control missing"
+    return ((PASSED if hi < 0 and vs_hi < 0 else FAILED),
+            f"{related}; related − random {_f(_n(v, 't6_related_vs_random_delta'))} {_ci(v, 't6_related_vs_random')}")
+
+
+# ------------------------------------------------------------------------- rows and table
+
+
+def run_verdicts(runs_dir: Path, model: str, task: str, kind: str, label: str | None = None) -> list[Verdict]:
+    """Every control of one model-task run, read from `runs_dir/{model}-{task}/` (and the measure
+    stage's control runs `{model}-{task}-planted|shuffled/`); lexicon tasks get the measure stage's
+    word controls, preference tasks the pair controls."""
+    run_dir = runs_dir / paths.run_id(model, task)
+    f, m, v = (read_metrics(run_dir / name) for name in ("finetune.json", "lfp.json", "validate.json"))
+    name = label or task
+    if kind == LEXICON_KIND:
+        control = {c: read_metrics(runs_dir / paths.run_id(model, paths.control_task(task, c)) / "lfp.json") for c in paths.CONTROLS}
+        paired = m is not None and _n(m, "planted_paired_auc") is not None
+        judged = [("fine-tuning learned its reward", finetune_lexicon(f)),
+                  *([("learned values beyond the sign and the shuffled null (within sign)", beyond_null(m)),
+                     ("planted fine-tune learned its plant", planted_learned(m))] if paired else []),
+                  ("planted control detected" + (" (paired)" if paired else ""), planted(m, control["planted"])),
+                  *([("shuffled fine-tunes learned their own reward", shuffled_learned(m)),
+                     ("shuffled-reward null centred on 0 (over arms)", shuffled_null_centred(m))]
+                    if m is not None and _n(m, "learned_value_tau_null_mean") is not None
+                    else [("shuffled-reward control not detected", shuffled(m, control["shuffled"]))]),
+                  ("probe beats the base model", probe_vs_base_lexicon(m)),
+                  ("probe beats trivial predictors", probe_vs_trivial_lexicon(m)),
+                  ("difference probe beats its shuffled null", difference_vs_null(m))]
+        for r in (m or {}).get("readouts") or []:
+            if r != "learned_value" and m is not None:
+                judged += [(f"readout `{r}` sees the plant (paired)", readout_plant(m, r)),
+                           (f"readout `{r}` beyond sign and shuffled null", readout_beyond_null(m, r))]
+    else:
+        judged = [("fine-tuning learned the preference", finetune_preference(m, f)),
+                  ("probe beats the base model", probe_vs_base_preference(m)),
+                  ("probe beats trivial predictors (bag-of-words)", probe_vs_bow(m))]
+    judged += [("Table 7: related features track predicted feedback", table7(v)),
+               ("Table 6: zeroing related features lowers the objective", table6(v))]
+    return [Verdict(name, control_name, verdict, evidence) for control_name, (verdict, evidence) in judged]
+
+
+def collect(runs_dir: Path, runs: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+    """Rows for every (model, task, kind) run; the task column names the model too only when the
+    runs span several models (as the report's labels do)."""
+    several = len({model for model, _, _ in runs}) > 1
+    return [row for model, task, kind in runs
+            for row in run_verdicts(runs_dir, model, task, kind, paths.run_id(model, task) if several else task)]
+
+
+def table(rows: Sequence[Verdict]) -> pd.DataFrame:
+    """The Markdown/HTML table: verdict words in bold (render_html turns ** into <strong>)."""
+    return pd.DataFrame([[r.task, r.control, f"**{r.verdict}**", r.evidence] for r in rows], columns=COLUMNS)
+
+
+def markdown(rows: Sequence[Verdict]) -> str:
+    return table(rows).to_markdown(index=False)
+
+
+def discover(runs_dir: Path, model: str, kinds: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(model, task, kind) for each task of `kinds` that has a run folder under `runs_dir`: for
+    checking a partial run without its params file."""
+    return [(model, t, k) for t, k in kinds.items() if (runs_dir / paths.run_id(model, t)).is_dir()]

@@ -1,0 +1,1 @@
+"""Kind `lexicon_rl`: everything the paper's VADER task owns."""

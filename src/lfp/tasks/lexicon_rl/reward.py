@@ -1,0 +1,95 @@
+"""The VADER-lexicon reward of the paper (eq. 3): clip(sum of token valences / 5, -10, 10).
+
+Tokens come from spaCy's English tokenizer (`spacy.blank("en")` has the same tokenizer rules as
+en_core_web_md, which the paper used) and are lowercased before the lexicon lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from lfp.core.errors import DataError
+
+SCALE = 5.0
+CLIP = 10.0
+
+
+def lexicon_path() -> Path:
+    import vaderSentiment
+
+    return Path(vaderSentiment.__file__).with_name("vader_lexicon.txt")
+
+
+@functools.lru_cache(maxsize=1)
+def lexicon() -> dict[str, float]:
+    """word -> mean human valence in [-4, 4], from vaderSentiment's vader_lexicon.txt."""
+    path = lexicon_path()
+    out: dict[str, float] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.rstrip("\r\n").split("\t")
+            if len(parts) < 2 or not parts[0]:
+                continue
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: valence '{parts[1]}' is not a number") from None
+    if not out:
+        raise DataError(f"{path}: empty VADER lexicon")
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    import spacy
+
+    return spacy.blank("en").tokenizer
+
+
+def tokens(text: str) -> list[str]:
+    """Lowercased spaCy tokens of `text`."""
+    return [t.text.lower() for t in _tokenizer()(text)]
+
+
+def text_valence_sum(text: str, lex: Mapping[str, float] | None = None) -> float:
+    lex = lexicon() if lex is None else lex
+    return sum(lex.get(tok, 0.0) for tok in tokens(text))
+
+
+def vader_reward(texts: Iterable[str], lex: Mapping[str, float] | None = None) -> list[float]:
+    """Reward(s) = clip(1/5 * sum_{token in s} V(token), -10, +10) for each text. `lex` replaces
+    the VADER lexicon (the planted and shuffled controls fine-tune on a changed one)."""
+    out = []
+    for text in texts:
+        value = text_valence_sum(text, lex) / SCALE
+        out.append(max(-CLIP, min(CLIP, value)))
+    return out
+
+
+def planted_lexicon(words: Iterable[str]) -> dict[str, float]:
+    """The VADER lexicon with the sign of `words` flipped: the planted control's reward (the
+    paper's own example of a learned mislabel: "precious" labelled positive, learned negative)."""
+    lex = dict(lexicon())
+    for word in words:
+        if word not in lex:
+            raise DataError(f"planted word '{word}' is not in the VADER lexicon ({lexicon_path()})")
+        lex[word] = -lex[word]
+    return lex
+
+
+def shuffled_lexicon(seed: int, centred: bool = False) -> dict[str, float]:
+    """The VADER lexicon with its values permuted across words (seeded): the negative control's
+    reward, which keeps the value distribution but breaks every word's meaning. `centred` subtracts
+    the lexicon's mean (-0.18): an uncentred permutation still punishes every lexicon word a little,
+    and the count of lexicon words in a completion correlates with the real reward, so its
+    advantages keep a direction (-0.045 correlation with the real ones; -0.003 centred)."""
+    import numpy as np
+
+    lex = lexicon()
+    words = sorted(lex)
+    values = np.random.default_rng(seed).permutation([lex[w] for w in words])
+    if centred:
+        values = values - values.mean()
+    return dict(zip(words, (float(v) for v in values)))

@@ -1,0 +1,1 @@
+"""Kind `preference_dpo`: everything the HH-RLHF and toxic tasks own."""

@@ -1,0 +1,1 @@
+"""Validation of features: explanations, detection scores, Tables 6 and 7."""
