@@ -102,7 +102,7 @@ class TaskSpec:
     lexicon_rl: `imdb` (data/raw/imdb); preference_dpo: `hh-rlhf` (the `subsets` of
     data/raw/hh-rlhf) or the path of a local JSONL with `prompt`, `chosen`, `rejected` per line."""
 
-    kind: Literal["lexicon_rl", "preference_dpo"]
+    kind: str  # a key of KIND_SECTIONS (checked on load): lexicon_rl | preference_dpo | a registered kind
     source: str
     subsets: list[str] = field(default_factory=lambda: ["helpful-base", "harmless-base"])
     # preference_dpo: prefer the `rejected` reply (the offline toxic PROXY: harmless-base pairs
@@ -640,6 +640,9 @@ def _check_planted_words(words: list[str]) -> None:
 def _typed_task_sections(p: Params) -> Params:
     """Build `finetune.<task>` and `contrastive.<task>` with the section types of the task's kind
     (a missing section takes that kind's defaults); sections of tasks not in `tasks` are ignored."""
+    for task, spec in p.task_specs.items():
+        if spec.kind not in KIND_SECTIONS:
+            raise ConfigError(f"params: 'task_specs.{task}.kind' must be one of {list(KIND_SECTIONS)}, got {spec.kind!r}")
     sections: dict[str, TaskSections] = {}
     for name, index in (("finetune", 0), ("contrastive", 1)):
         raw = getattr(p, name)
