@@ -21,7 +21,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from lfp.core.config import Llm
+from lfp.core.sections import Llm
 from lfp.validation.explainers import Context, FeatureRecord, OpenAIExplainer
 from lfp.llm.local_server import open_client
 from lfp.stages import contrastive

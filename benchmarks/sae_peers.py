@@ -6,7 +6,7 @@ pipeline has run) and on synthetic 512-wide rows with planted sparse structure (
 rows/s: best of 2 interleaved runs (1 with --quick), wall clock; the CPU-time ratio in
 parentheses is robust to a shared CPU. Rows:
   lfp relu_l1   the paper method (tied ReLU + l1 = sae.l1), for reference;
-  lfp topk      `train_sae(architecture="topk", k=k)` with its defaults (untied, unit-norm
+  lfp topk      `train_sae` with `SaeTraining(architecture="topk", k=k)` and its defaults (untied, unit-norm
                 decoder at lr·√(512/d_in), AuxK α = 1/32 over latents dead for 10k rows);
   SAELens topk  `sae_lens.SAETrainer` on a `TopKTrainingSAE` with SAELens's defaults (Adam betas
                 0.9/0.999, grad-norm clip 1, AuxK 1.0 over latents dead for 1000 steps, b_dec
@@ -47,7 +47,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from sae_train import synthetic_activations
 
 from lfp.sae import backend as gemm
-from lfp.sae import load_sae, save_sae, train_sae
+from lfp.sae import SaeTraining, load_sae, save_sae, train_sae
 
 REAL = HERE.parent / "data/activations/tiny-vader/finetuned/layer3.npy"
 LR, BATCH, SEED, L1 = 1e-3, 32, 0, 1e-3
@@ -104,7 +104,7 @@ def batches(train: np.ndarray) -> list[torch.Tensor]:
 
 def run_lfp(train: np.ndarray, held: np.ndarray, h: int, **kw: Any) -> tuple[dict[str, float], Any]:
     t0, c0 = time.perf_counter(), time.thread_time()
-    sae, _ = train_sae(train, h, lr=LR, batch_size=BATCH, epochs=1, seed=SEED, threads=1, **kw)
+    sae, _ = train_sae(train, h, SaeTraining(lr=LR, batch_size=BATCH, epochs=1, seed=SEED, **kw), threads=1)
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
     q = quality(sae.encode, sae.decode, held)
     return dict(q, rows_per_s=len(train) / wall, cpu_rows_per_s=len(train) / cpu), sae
@@ -171,7 +171,7 @@ def backend_check(train: np.ndarray, quick: bool, smoke: bool = False) -> list[s
         for _ in range(2):  # interleaved, best of 2
             for b in ("mkl", "onednn"):
                 try:
-                    _, st = train_sae(rows, h, l1=L1, lr=LR, batch_size=BATCH, epochs=1, seed=SEED, threads=1, backend=b)
+                    _, st = train_sae(rows, h, SaeTraining(l1=L1, lr=LR, batch_size=BATCH, epochs=1, seed=SEED), threads=1, backend=b)
                 except ValueError:
                     continue
                 speed[b] = max(speed.get(b, 0.0), st["rows_per_s"])

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from lfp.sae import reconstruction_metrics, train_sae, train_sae_reference, train_saes, usable_cores
+from lfp.sae import SaeTraining, reconstruction_metrics, train_sae, train_sae_reference, train_saes, usable_cores
 
 GOAL_SECONDS = 60.0
 PAPER = {"rows": 75_000, "layers": 5, "d_model": 512, "ratios": (1, 2)}
@@ -52,9 +52,9 @@ def compare(n_rows: int, d: int, threads: int | None, repeats: int = 3) -> tuple
         naive_s = fast_s = 0.0
         for r in PAPER["ratios"]:
             t = time.perf_counter()
-            train_sae_reference(x, r * d, seed=0, threads=threads, **HP)
+            train_sae_reference(x, r * d, SaeTraining(seed=0, **HP), threads=threads)
             naive_s += time.perf_counter() - t
-            fast_s += train_sae(x, r * d, seed=0, threads=threads, **HP)[1]["seconds"]
+            fast_s += train_sae(x, r * d, SaeTraining(seed=0, **HP), threads=threads)[1]["seconds"]
         total = n_rows * len(PAPER["ratios"])
         best_naive, best_fast = max(best_naive, total / naive_s), max(best_fast, total / fast_s)
     return best_naive, best_fast
@@ -93,7 +93,7 @@ def main() -> None:
     data = {layer: synthetic_activations(rows, d, seed=layer) for layer in range(layers)}
     jobs = [(lambda L=layer: data[L], r * d) for layer in range(layers) for r in PAPER["ratios"]]
     start = time.perf_counter()
-    results = train_saes(jobs, seed=0, workers=args.workers, **HP)
+    results = train_saes(jobs, SaeTraining(seed=0, **HP), workers=args.workers)
     fast_seconds = time.perf_counter() - start
     fvus = []
     for (load, h), (sae, stats) in zip(jobs, results):

@@ -54,7 +54,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_params():
-    from lfp.core.config import load_params
+    from lfp.core.params_load import load_params
 
     return load_params(MICRO_PARAMS)
 
@@ -65,6 +65,14 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="module")
+def shared_mlflow_uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store per test module for its stage runs: creating a fresh store costs ~10 s on a
+    loaded 2-core box (a fixture that sets MLFLOW_TRACKING_URI to it asks for this)."""
+    name = request.module.__name__.rpartition(".")[2]
+    return f"sqlite:///{tmp_path_factory.mktemp(name + '_mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture()

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from lfp.core import io, paths
-from lfp.core.config import ModelSpec, TinyBase
+from lfp.core.sections import ModelSpec, TinyBase
 from lfp.core.errors import DataError, ModelLoadError
 from lfp.models.loading import load_model
+from lfp.models import heldout, tiny
 from lfp.stages import base
 
 MICRO_TINY = TinyBase(vocab_size=300, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_length=32, tokenizer_texts=100,
@@ -67,7 +68,7 @@ def test_tiny_base_learns_is_loadable_and_deterministic(in_tmp_project: Path, mi
 
     model, tok = load_model(paths.base_model_dir("tiny"))
     assert type(model).__name__ == "GPTNeoXForCausalLM"
-    assert tok.eos_token == base.EOS and tok.pad_token == base.EOS
+    assert tok.eos_token == tiny.EOS and tok.pad_token == tiny.EOS
     assert sum(p.numel() for p in model.parameters()) == metrics["n_params"]
     assert not list(paths.base_model_dir("tiny").glob("*.bin"))  # safetensors only
 
@@ -78,7 +79,7 @@ def test_tiny_base_learns_is_loadable_and_deterministic(in_tmp_project: Path, mi
     weights = io.load_tensors(paths.base_model_dir("tiny") / "model.safetensors")
     base.run(params, model="tiny")
     again = json.loads(paths.base_metrics_file("tiny").read_text())
-    timing = set(base.TIMING_KEYS)
+    timing = set(tiny.TIMING_KEYS)
     assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in metrics.items() if k not in timing}
     reloaded = io.load_tensors(paths.base_model_dir("tiny") / "model.safetensors")
     assert all(torch.equal(weights[k], reloaded[k]) for k in weights)
@@ -136,8 +137,8 @@ def test_split_and_pack():
     assert base.split_texts(texts, cfg, seed=3, where=Path("x.jsonl")) == (tok_texts, train, held)
     assert base.split_texts(texts, cfg, seed=4, where=Path("x.jsonl"))[2] != held
     stream = list(range(10))
-    assert [b.tolist() for b in base.pack(stream, 4, keep_tail=False)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert [b.tolist() for b in base.pack(stream, 4, keep_tail=True)][-1] == [8, 9]
-    assert len(base.pack(list(range(9)), 4, keep_tail=True)) == 2  # a 1-token tail predicts nothing
+    assert [b.tolist() for b in heldout.pack(stream, 4, keep_tail=False)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [b.tolist() for b in heldout.pack(stream, 4, keep_tail=True)][-1] == [8, 9]
+    assert len(heldout.pack(list(range(9)), 4, keep_tail=True)) == 2  # a 1-token tail predicts nothing
 
 

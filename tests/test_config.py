@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lfp.core.config import load_params
+from lfp.core.params_load import load_params
 from lfp.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_seed_everything_makes_torch_deterministic_without_importing_the_compile
     import subprocess
     import sys
 
-    code = ("import sys, torch; from lfp.core.config import seed_everything; seed_everything(3); "
+    code = ("import sys, torch; from lfp.core.seeding import seed_everything; seed_everything(3); "
             "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
             "'torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules, torch.initial_seed())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

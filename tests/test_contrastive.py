@@ -14,6 +14,8 @@ from lfp.tasks.lexicon_rl import reward
 from lfp.core.data import prepared_file
 from lfp.core.errors import ConfigError
 from lfp.stages import contrastive
+from lfp.tasks.lexicon_rl import contrastive as lexicon_contrastive
+from lfp.tasks.preference_dpo import contrastive as pair_contrastive
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = [
@@ -22,12 +24,6 @@ REVIEWS = [
     "Some scenes were beautiful, others boring. I would not recommend it to friends.",
     "THE END. The director did a great job with a weak script.",
 ]
-
-
-@pytest.fixture(scope="session")
-def shared_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One sqlite store for the module: creating a fresh store costs ~10 s on a loaded 2-core box."""
-    return f"sqlite:///{tmp_path_factory.mktemp('contrastive_mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture()
@@ -91,21 +87,21 @@ def test_vader_triples_substitute_exact_spans(project: Path, micro_params) -> No
 def test_vader_triples_are_deterministic_and_seeded(project: Path, micro_params) -> None:
     rows = io.read_jsonl(prepared_file("vader", "test"))
     cfg = vader_params(micro_params).contrastive.vader
-    first, _ = contrastive.vader_triples(rows, cfg, seed=0)
-    assert contrastive.vader_triples(rows, cfg, seed=0)[0] == first
-    assert contrastive.vader_triples(rows, cfg, seed=1)[0] != first
+    first, _ = lexicon_contrastive.vader_triples(rows, cfg, seed=0)
+    assert lexicon_contrastive.vader_triples(rows, cfg, seed=0)[0] == first
+    assert lexicon_contrastive.vader_triples(rows, cfg, seed=1)[0] != first
 
 
 def test_vader_quantiles_and_word_frequency(project: Path, micro_params) -> None:
     rows = io.read_jsonl(prepared_file("vader", "test"))
     cfg = vader_params(micro_params, positive_quantile=0.9, negative_quantile=0.1, min_word_count=0).contrastive.vader
-    triples, stats = contrastive.vader_triples(rows, cfg, seed=0)
+    triples, stats = lexicon_contrastive.vader_triples(rows, cfg, seed=0)
     assert all(t["positive"]["value"] >= stats["positive_threshold"] for t in triples)
     assert all(t["negative"]["value"] <= stats["negative_threshold"] for t in triples)
     # with a frequency floor, only words that occur in the reviews are used as replacements
     cfg = dataclasses.replace(cfg, positive_quantile=0.5, negative_quantile=0.4, min_word_count=10)
-    triples, _ = contrastive.vader_triples(rows, cfg, seed=0)
-    counts = contrastive.corpus_counts([r["text"] for r in rows])
+    triples, _ = lexicon_contrastive.vader_triples(rows, cfg, seed=0)
+    counts = lexicon_contrastive.corpus_counts([r["text"] for r in rows])
     used = {t[k]["word"] for t in triples for k in ("positive", "negative")}
     assert used and all(counts[w] >= 10 for w in used)
 
@@ -118,7 +114,7 @@ def test_neutral_word_in_lexicon_is_refused(project: Path, micro_params) -> None
 
 
 def test_quantile_order_is_validated() -> None:
-    from lfp.core.config import ContrastiveVader
+    from lfp.core.sections import ContrastiveVader
 
     with pytest.raises(ConfigError, match="negative_quantile"):
         ContrastiveVader(positive_quantile=0.3, negative_quantile=0.6)
@@ -183,7 +179,7 @@ class FakeLlm:
 @pytest.mark.parametrize("task", ["hh", "toxic"])
 def test_openai_backend_grades_then_rewrites(project: Path, micro_params, monkeypatch, task: str) -> None:
     fake = FakeLlm()
-    monkeypatch.setattr(contrastive, "llm_client", lambda params: fake)
+    monkeypatch.setattr(pair_contrastive, "llm_client", lambda params: fake)
     params = with_contrastive(micro_params, task, backend="openai", max_triples=4)
     contrastive.run(params, task=task)
     triples = io.read_jsonl(paths.contrastive_file(task))
@@ -202,7 +198,7 @@ def test_openai_backend_grades_then_rewrites(project: Path, micro_params, monkey
 
 def test_prompts_load_with_system_and_user() -> None:
     for name in ("contrastive_grade", "contrastive_rewrite"):
-        system, user = contrastive.load_prompt(name)
+        system, user = pair_contrastive.load_prompt(name)
         assert system and "{conversation}" in user
         json.dumps(user.format(conversation="x", toxicity=1, dangerousness=1, bias=1))
 
@@ -215,7 +211,7 @@ def test_real_imdb_triples(project: Path, micro_params) -> None:
         raw = [json.loads(next(fh)) for _ in range(400)]
     rows = [{"id": f"imdb-test-{i:06d}", "text": corpora.normalize_review(r["text"])} for i, r in enumerate(raw)]
     cfg = micro_params.contrastive.vader
-    triples, stats = contrastive.vader_triples(rows, cfg, micro_params.seed)
+    triples, stats = lexicon_contrastive.vader_triples(rows, cfg, micro_params.seed)
     assert len(triples) == cfg.max_triples and stats["min_word_uses"] >= cfg.word_repeats
     assert all(len(t["original"]["text"]) <= cfg.max_sentence_chars for t in triples)
     assert all(t[k]["text"][slice(*t[k]["span"])] == t[k]["word"] for t in triples for k in ("positive", "neutral", "negative"))
@@ -224,7 +220,7 @@ def test_real_imdb_triples(project: Path, micro_params) -> None:
 
 def test_errors_of_a_second_lexicon_task_name_its_own_file_and_keys(project: Path, micro_params) -> None:
     """A task of kind lexicon_rl not called `vader`: its errors must point at its own data and params."""
-    from lfp.core.config import TaskSpec
+    from lfp.core.sections import TaskSpec
 
     params = dataclasses.replace(micro_params, tasks=[*micro_params.tasks, "reviews2"],
                                  task_specs={**micro_params.task_specs, "reviews2": TaskSpec(kind="lexicon_rl", source="imdb")})

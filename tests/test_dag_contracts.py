@@ -1,7 +1,7 @@
 """DAG contracts: dvc.yaml lists every code file a stage runs, and stage modules stay independent.
 
 The repo-level tests read the real dvc.yaml and src/lfp statically (nothing is imported, nothing
-is run); the rest check lfp_dev.dag_deps on a tiny synthetic package. `python -m lfp_dev.dag_deps` prints
+is run); the rest check lfp_dev.imports and lfp_dev.dvc_stages on a tiny synthetic package. `python -m lfp_dev.dag_deps` prints
 the missing deps per stage with a suggested deps list.
 """
 
@@ -12,18 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lfp_dev.dag_deps import (
-    import_chains,
-    import_closure,
-    missing_dep_messages,
-    missing_deps,
-    module_file,
-    section_keys_read,
-    stage_cross_imports,
-    stage_deps,
-    stage_modules,
-    suggested_code_deps,
-)
+from lfp_dev.dvc_stages import missing_dep_messages, missing_deps, stage_deps, stage_modules, suggested_code_deps
+from lfp_dev.imports import import_chains, import_closure, module_file, section_keys_read, stage_cross_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -407,3 +397,54 @@ def test_stage_cross_imports_anywhere_in_the_file(tmp_path: Path) -> None:
     assert {m: [(i.module, i.lineno) for i in imps] for m, imps in cross.items()} == {
         "lfp.stages.b": [("lfp.stages.a", 4), ("lfp.stages.a", 7), ("lfp.stages.c", 8)],
     }
+
+
+# --------------------------------------------------------------------------------------------
+# the house: no import cycle, floors that imports only go down, small modules
+# --------------------------------------------------------------------------------------------
+
+# floor -> the lfp packages it may import (besides itself); everything may import lfp.core
+FLOORS = {
+    "lfp.core": {"lfp.models.loading"},  # only the stage opener's `StageContext.load` (lazily)
+    "lfp.sae": {"lfp.models"},
+    "lfp.report": {"lfp.measure", "lfp.readouts"},
+}
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    from lfp_dev.imports import import_cycles, module_graph
+
+    assert import_cycles(module_graph()) == []
+
+
+def test_imports_only_go_down_a_floor() -> None:
+    from lfp_dev.imports import module_graph
+
+    bad = []
+    for module, imported in module_graph().items():
+        for floor, allowed in FLOORS.items():
+            if module == floor or module.startswith(floor + "."):
+                ok = {floor, "lfp.core", *allowed}
+                bad += [f"{module} imports {m}" for m in imported
+                        if not any(m == a or m.startswith(a + ".") for a in ok)]
+        if not module.startswith("lfp.stages.") and module != "lfp.cli":
+            bad += [f"{module} imports the stage {m}" for m in imported if m.startswith("lfp.stages.")]
+    assert bad == []
+
+
+def test_editing_the_llm_client_reruns_only_the_stages_that_call_an_llm() -> None:
+    """A task kind's methods import their facet lazily and lfp_dev counts a facet only for a stage that
+    calls it: fine-tuning must not depend on the OpenAI client."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    with_llm = sorted(name for name, stage in stages.items()
+                      if any(d.startswith("src/lfp/llm/client.py") for d in stage.get("do", stage)["deps"]))
+    assert with_llm == ["contrastive", "explain"]
+
+
+def test_modules_stay_small() -> None:
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+             for p in (ROOT / "src").rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > 400} == {}
+    assert {p: n for p, n in sizes.items() if "/stages/" in p and n > 150} == {}

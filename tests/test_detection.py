@@ -1,4 +1,4 @@
-"""Detection scores of explanations (lfp.validation.detection + the explain stage's held-out contexts), with
+"""Detection scores of explanations (lfp.validation.detection + lfp.validation.records' held-out contexts), with
 known answers: an explanation naming exactly the trigger word scores 1, a shuffled one 0.5."""
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lfp.validation.corpus import EncodedText
 from lfp.validation.detection import (
     HeldOut,
     LlmDetector,
     balanced_accuracy,
     derangement,
+    detection_scores,
+    detection_summary,
     explanation_words,
     format_contexts,
     lexicon_detect,
@@ -22,14 +25,7 @@ from lfp.validation.detection import (
 )
 from lfp.validation.explainers import UNUSABLE, Context, load_prompt
 from lfp.llm.client import InvalidReply
-from lfp.stages.explain import (
-    EncodedText,
-    activation_histogram,
-    detection_scores,
-    detection_summary,
-    feature_record,
-    heldout_contexts,
-)
+from lfp.validation.records import activation_histogram, feature_record, heldout_contexts
 
 TRIGGERS = ("zebra", "walrus")  # feature 0 fires on the first, feature 1 on the second
 FILLER = [f"w{i}" for i in range(60)]

@@ -41,7 +41,8 @@ from lfp.validation import ablation
 from lfp.tasks.preference_dpo import dpo
 from lfp.tasks.lexicon_rl import generation, rl
 from lfp.core import io, paths, stage_context
-from lfp.core.config import ModelSpec, TinyBase
+from lfp.core.sections import ModelSpec, TinyBase
+from lfp.models import snapshot, tiny
 from lfp.models.loading import load_model
 from lfp.sae import SparseAutoencoder
 from lfp.stages import activations, base, explain, finetune, probe, sae as sae_stage, validate
@@ -229,7 +230,7 @@ SMALL_TINY = TinyBase(vocab_size=300, d_model=16, n_layers=2, n_heads=2, d_ff=32
 def test_base_builds_the_tiny_model_on_accelerates_device(spy: Spy, micro_params, tmp_path: Path) -> None:
     params = dataclasses.replace(micro_params, tiny_base=SMALL_TINY)
     splits = base.split_texts(SAMPLE_TEXTS, SMALL_TINY, 0, tmp_path)
-    stops_on_meta("stages/base.py:heldout_loss", base.build_tiny, params, splits, tmp_path / "out")
+    stops_on_meta("models/heldout.py:heldout_loss", tiny.build_tiny, params, splits, tmp_path / "out")
     assert spy.accelerators == 1
     assert spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXForCausalLM"] >= 1 and spy.ran["Embedding"] >= 1
@@ -237,7 +238,7 @@ def test_base_builds_the_tiny_model_on_accelerates_device(spy: Spy, micro_params
 
 def test_base_snapshot_scores_on_accelerates_device(spy: Spy, tiny_model_dir: Path, tmp_path: Path) -> None:
     held = base.split_texts(SAMPLE_TEXTS, SMALL_TINY, 0, tmp_path)[2]
-    stops_on_meta("stages/base.py:heldout_loss", base.snapshot, ModelSpec(source=str(tiny_model_dir)), SMALL_TINY, held, tmp_path / "out")
+    stops_on_meta("models/heldout.py:heldout_loss", snapshot.snapshot, ModelSpec(source=str(tiny_model_dir)), SMALL_TINY, held, tmp_path / "out")
     assert spy.accelerators == 1
     assert spy.moved["GPTNeoXForCausalLM"] == 1 and spy.ran["GPTNeoXForCausalLM"] >= 1
 
@@ -272,7 +273,7 @@ def test_sae_stage_scores_cross_entropy_on_accelerates_device(spy: Spy, no_mlflo
     io.write_json(folder / "index.json", {"layers": layers, "n_rows": n_rows, "d_model": d, "n_texts": n_texts,
                                           "text_offsets": list(range(0, n_rows + 1, per_text))})
     shutil.copytree(tiny_model_dir, paths.finetuned_dir("tiny", "vader"))
-    stops_on_meta("stages/sae.py:cross_entropy", sae_stage.run, micro_params, "tiny", "vader")
+    stops_on_meta("sae/quality.py:cross_entropy", sae_stage.run, micro_params, "tiny", "vader")
     assert spy.accelerators == 1
     assert spy.moved["GPTNeoXForCausalLM"] == 1 and spy.ran["GPTNeoXForCausalLM"] >= 1
 
@@ -323,14 +324,14 @@ def test_explain_stage_encodes_on_accelerates_device(spy: Spy, no_mlflow, in_tmp
     from test_explain import LAYERS, build_fake_run
 
     build_fake_run(in_tmp_project, tiny_model_dir, "vader")
-    stops_on_meta("stages/explain.py:encode_corpus", explain.run, micro_params, "tiny", "vader")
+    stops_on_meta("validation/corpus.py:encode_corpus", explain.run, micro_params, "tiny", "vader")
     assert spy.accelerators == 1
     assert spy.moved["SparseAutoencoder"] == len(LAYERS) and spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXForCausalLM"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= 1
 
 
 @pytest.mark.parametrize(("task", "where", "models"), [
-    ("vader", "validation/ablation.py:sample_rewards", 1),  # samples from the fine-tuned model
+    ("vader", "tasks/lexicon_rl/ablation.py:sample_rewards", 1),  # samples from the fine-tuned model
     ("toxic", "validation/ablation.py:condition_scores", 2),  # scores the base model, moved to the fine-tuned model's device
 ])
 def test_validate_stage_ablates_on_accelerates_device(task: str, where: str, models: int, spy: Spy, no_mlflow, in_tmp_project: Path,
@@ -433,7 +434,7 @@ ALLOWED = {
         "the SAE trainer is a hand-written CPU loop by design (module docstring); stages move trained SAEs to the device",
     ("sae/files.py", "<module>", "'cpu'"):
         "SAELENS_DEVICE: cfg.json's `device` field, a file-format value (load_sae always loads on CPU), not a device choice",
-    ("stages/finetune.py", "bf16_supported", "torch.cuda"):
+    ("tasks/finetuning.py", "bf16_supported", "torch.cuda"):
         "a precision probe (bf16 only where natively supported), not a device choice; TRL still places the model",
 }
 

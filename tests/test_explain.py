@@ -16,7 +16,8 @@ from lfp.core import io, paths
 from lfp.core.errors import BackendError
 from lfp.validation.explainers import (HH_OFFLINE_NOTE, Context, OfflineExplainer, _snippet, correlation, decode_tokens, load_prompt,
                             related_share, scale_activations, word_valences)
-from lfp.stages.explain import EncodedText, feature_record, token_words
+from lfp.validation.corpus import EncodedText, token_words
+from lfp.validation.records import feature_record
 from test_llm import stub  # noqa: F401  (the HTTP stub fixture)
 
 SENTENCES = [
@@ -257,12 +258,6 @@ def plant_feature(model_dir: Path, task: str, layer: int, feature: int, fire_on:
         sae.encoder_weight[feature] = torch.tensor(svm.coef_[0], dtype=torch.float32)
         sae.encoder_bias[feature] = float(svm.intercept_[0])
     save_sae(sae, path, read_sae_config(path)["lfp_meta"])
-
-
-@pytest.fixture(scope="session")
-def shared_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One sqlite store for all stage tests here: creating a fresh one costs ~10 s on this CPU."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture()

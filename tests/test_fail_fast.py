@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lfp.cli import main
-from lfp.core.config import load_params
+from lfp.core.params_load import load_params
 from lfp.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

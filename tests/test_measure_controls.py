@@ -156,7 +156,7 @@ class FakeRun:
         self.artifacts: list[tuple[str, str | None]] = []
 
     def log_metrics(self, m: dict[str, Any], step: int | None = None) -> None:
-        from lfp.core.tracking import numeric_metrics
+        from lfp.core.tracking_params import numeric_metrics
 
         self.metrics.update(numeric_metrics(m))
 

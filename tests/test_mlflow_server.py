@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lfp.core.tracking import numeric_metrics
+from lfp.core.tracking_params import numeric_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

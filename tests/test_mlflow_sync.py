@@ -20,7 +20,9 @@ import yaml
 
 from lfp.core import mlflow_sync
 from lfp.core.errors import BackendError
-from lfp.core.tracking import _forget_cached_store, numeric_metrics, stage_run
+from lfp.core.tracking import stage_run
+from lfp.core.tracking_params import numeric_metrics
+from lfp.core.tracking_store import forget_cached_store
 
 BIN = Path(sys.executable).parent
 
@@ -95,7 +97,7 @@ def project(committed_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
             import shutil
 
             shutil.rmtree(leftover)
-    _forget_cached_store(store)  # MLflow keeps an engine per sqlite URI: the next call opens the new file
+    forget_cached_store(store)  # MLflow keeps an engine per sqlite URI: the next call opens the new file
     monkeypatch.chdir(committed_project)
     for var in ("LFP_PARAMS", "DVC_EXP_NAME"):
         monkeypatch.delenv(var, raising=False)

@@ -12,7 +12,7 @@ import pytest
 
 from lfp import cli
 from lfp.core import corpora, io, paths
-from lfp.core.config import TaskSpec
+from lfp.core.sections import TaskSpec
 from lfp.core.data import prepared_file, split_heldout
 from lfp.core.errors import ConfigError, DataError, LfpError
 from lfp.stages import prepare
@@ -66,12 +66,6 @@ def prepare_all(params) -> None:
     """`lfp prepare --task T` for every task, as dvc.yaml's foreach does."""
     for task in params.tasks:
         prepare.run(params, task=task)
-
-
-@pytest.fixture(scope="session")
-def shared_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One sqlite store for the module: creating a fresh store costs ~10 s on a loaded 2-core box."""
-    return f"sqlite:///{tmp_path_factory.mktemp('prepare_mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture()
@@ -220,7 +214,7 @@ def test_bad_raw_input_raises_and_writes_nothing(raw_project: Path, micro_params
 
 
 def test_bad_input_keeps_previous_outputs_and_cli_exits_2(raw_project: Path, micro_params, capsys, monkeypatch) -> None:
-    monkeypatch.setattr("lfp.core.config.seed_everything", lambda seed: None)  # skips a slow torch import
+    monkeypatch.setattr("lfp.core.seeding.seed_everything", lambda seed: None)  # skips a slow torch import
     prepare.run(micro_params, task="vader")
     before = read("vader", "test")
     write_gz(corpora.imdb_path("test"), [json.dumps({"text": "ok", "label": 0}), json.dumps({"label": 0})])

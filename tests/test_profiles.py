@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from lfp.cli import build_parser
-from lfp.core.config import load_params
+from lfp.core.params_load import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ["params.yaml", "tests/micro_params.yaml"] + sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "params").glob("*.yaml"))

@@ -10,11 +10,17 @@ from types import SimpleNamespace as NS
 
 import pytest
 
+from lfp.tasks import report_kinds
 from lfp.core import io, paths
+from lfp.report import document, format, headline, inputs, sentences
+from lfp.report.inputs import ReportInputs
+from lfp.report.sections import build_sections, ce_cells
 from lfp.stages import report
+from lfp.tasks.lexicon_rl import report as lexicon_report
+from lfp.tasks.preference_dpo import report as preference_report
 
 KINDS = {"vader": "lexicon_rl", "hh": "preference_dpo", "toxic": "preference_dpo"}
-PAPER = report.paper_results()
+PAPER = inputs.paper_results()
 
 
 def fake_params(models=("tiny",), tasks=("vader", "hh", "toxic")) -> NS:
@@ -68,7 +74,7 @@ def validate_vader(**over) -> dict:
 
 
 def test_vader_probe_matching_the_base_control_is_not_a_learned_pattern():
-    s = report.lexicon_probe_sentence(vader_probe())
+    s = lexicon_report.probe_sentence(vader_probe())
     assert "Kendall τ 0.284 [0.254, 0.313]" in s and "525 held-out words" in s
     assert "base-model control gives 0.286 [0.259, 0.316]" in s
     assert "word identity already in the base model, not a learned feedback pattern" in s
@@ -76,84 +82,84 @@ def test_vader_probe_matching_the_base_control_is_not_a_learned_pattern():
 
 
 def test_vader_probe_above_the_base_control_is_credited_to_fine_tuning():
-    s = report.lexicon_probe_sentence(vader_probe(base_control_kendall_tau=0.10, base_control_kendall_tau_ci_low=0.07,
+    s = lexicon_report.probe_sentence(vader_probe(base_control_kendall_tau=0.10, base_control_kendall_tau_ci_low=0.07,
                                                   base_control_kendall_tau_ci_high=0.13))
     assert "above the base-model control's 0.100 [0.070, 0.130]" in s and "consistent with a learned feedback pattern" in s
 
 
 def test_vader_probe_whose_ci_reaches_zero_detects_nothing():
-    s = report.lexicon_probe_sentence(vader_probe(kendall_tau=0.02, kendall_tau_ci_low=-0.01, kendall_tau_ci_high=0.05))
+    s = lexicon_report.probe_sentence(vader_probe(kendall_tau=0.02, kendall_tau_ci_low=-0.01, kendall_tau_ci_high=0.05))
     assert "no feedback signal is detected" in s and "base-model control" not in s
 
 
 def test_vader_probe_without_base_control_says_so():
     p = {k: v for k, v in vader_probe().items() if not k.startswith("base_control")}
-    assert "no base-model control in this run" in report.lexicon_probe_sentence(p)
+    assert "no base-model control in this run" in lexicon_report.probe_sentence(p)
 
 
 def test_missing_probe_metric_is_named_not_invented():
-    assert "`kendall_tau` is missing" in report.lexicon_probe_sentence({})
-    assert "`probe_accuracy` is missing" in report.pair_probe_sentence({}, "hh", PAPER)
+    assert "`kendall_tau` is missing" in lexicon_report.probe_sentence({})
+    assert "`probe_accuracy` is missing" in preference_report.probe_sentence({}, "hh", PAPER)
 
 
 def test_pair_probe_at_chance():
-    s = report.pair_probe_sentence(pair_probe(), "hh", PAPER)
+    s = preference_report.probe_sentence(pair_probe(), "hh", PAPER)
     assert "probe accuracy 52.5% [46.0%, 59.5%] on 200 held-out examples" in s
     assert "the CI includes 50% chance" in s and "shuffled labels 48.5%" in s and "base-model control 52.5% [45.5%, 59.5%]" in s
     assert "no learned feedback pattern is detected" in s and "paper: 99.9–100% on LLM-rewritten triples" in s
 
 
 def test_pair_probe_above_chance_and_base():
-    s = report.pair_probe_sentence(pair_probe(probe_accuracy=0.9, probe_accuracy_ci_low=0.86, probe_accuracy_ci_high=0.94), "toxic", PAPER)
+    s = preference_report.probe_sentence(pair_probe(probe_accuracy=0.9, probe_accuracy_ci_low=0.86, probe_accuracy_ci_high=0.94), "toxic", PAPER)
     assert "above 50% chance" in s and "above the base-model control's 52.5%" in s and "consistent with a learned feedback pattern" in s
 
 
 def test_pair_probe_above_chance_but_same_as_base():
     p = pair_probe(probe_accuracy=0.9, probe_accuracy_ci_low=0.86, probe_accuracy_ci_high=0.94, base_control_probe_accuracy=0.89,
                    base_control_probe_accuracy_ci_low=0.85, base_control_probe_accuracy_ci_high=0.93)
-    assert "already in the base model" in report.pair_probe_sentence(p, "hh", PAPER)
+    assert "already in the base model" in preference_report.probe_sentence(p, "hh", PAPER)
 
 
 # ---------------------------------------------------------------------------- fine-tuning, Table 7, Table 6
 
 
 def test_finetune_sentences():
-    s = report.finetune_sentence({"reward_base": 0.064, "reward_finetuned": 0.13, "kl_to_base": 0.026, "beats_base": True}, True)
+    s = lexicon_report.REPORT.finetune_sentence({"reward_base": 0.064, "reward_finetuned": 0.13, "kl_to_base": 0.026, "beats_base": True})
     assert s == "RL fine-tuning raised the held-out mean VADER reward from 0.064 to 0.130 (KL to base 0.026): it beat the base on its own objective."
-    s = report.finetune_sentence({"dpo_loss_base": 0.693, "dpo_loss_finetuned": 0.70, "beats_base": False,
-                                  "reward_accuracy_base": 0.5, "reward_accuracy_finetuned": 0.5}, False)
+    s = preference_report.REPORT.finetune_sentence({"dpo_loss_base": 0.693, "dpo_loss_finetuned": 0.70, "beats_base": False,
+                                                    "reward_accuracy_base": 0.5, "reward_accuracy_finetuned": 0.5})
     assert "DPO raised the held-out DPO loss from 0.693 to 0.700" in s and "did not beat the base" in s and "stayed at 50.0%" in s
-    assert "not available" in report.finetune_sentence({}, False)
+    assert "not available" in preference_report.REPORT.finetune_sentence({})
 
 
 def test_frequency_reason_comes_from_validate_json():
-    assert report.frequency_reason(validate_vader()) is None
-    reason = report.frequency_reason(VALIDATE_NO_RELATED)
+    assert sentences.frequency_reason(validate_vader()) is None
+    reason = sentences.frequency_reason(VALIDATE_NO_RELATED)
     assert "no probe input had predicted log-odds > 3.0 (0 of 1000)" in reason and "no feature is labelled related" in reason
-    assert report.frequency_reason({**VALIDATE_NO_RELATED, "freq_reason": "explicit"}) == "explicit"
+    assert sentences.frequency_reason({**VALIDATE_NO_RELATED, "freq_reason": "explicit"}) == "explicit"
 
 
 def test_frequency_sentence_states_the_direction_against_the_paper():
-    s = report.frequency_sentence(validate_vader(), True, PAPER)
+    s = sentences.frequency_sentence(validate_vader(), True, PAPER)
     assert "68.4% of the 697 probe inputs with predicted delta > 3.0, all features in 40.4%" in s and "as in the paper" in s
-    assert "unlike the paper" in report.frequency_sentence(validate_vader(freq_related=0.3), True, PAPER)
-    assert report.frequency_sentence(VALIDATE_NO_RELATED, False, PAPER).startswith("not computed: no probe input")
+    assert "unlike the paper" in sentences.frequency_sentence(validate_vader(freq_related=0.3), True, PAPER)
+    assert sentences.frequency_sentence(VALIDATE_NO_RELATED, False, PAPER).startswith("not computed: no probe input")
 
 
 def test_ablation_raise_is_unlike_the_paper_and_beyond_random_draws():
-    s = report.ablation_sentence(validate_vader(), True, PAPER)
+    s = sentences.ablation_sentence(validate_vader(), True, PAPER)
     assert "zeroing the 14 related features raised the mean VADER reward" in s and "to 0.317 (SAE reconstruction alone: 0.298" in s
     assert "unlike the paper (the paper saw a drop for 2 of its 3 models and no change for gpt-neo-125m)" in s
     assert "larger than any of 3 random-feature draws (0.296 to 0.298)" in s
 
 
 def test_ablation_drop_within_random_draws_is_called_noise():
-    s = report.ablation_sentence(validate_vader(ablation_related=0.297), True, PAPER)
+    s = sentences.ablation_sentence(validate_vader(ablation_related=0.297), True, PAPER)
     assert "lowered" in s and "as in the paper" in s and "not distinguishable from zeroing random features" in s
 
 
 def test_ablation_not_run_shows_the_recorded_reason():
-    assert report.ablation_sentence(VALIDATE_NO_RELATED, False, PAPER) == "not run: no feature is labelled related in features.jsonl."
+    assert sentences.ablation_sentence(VALIDATE_NO_RELATED, False, PAPER) == "not run: no feature is labelled related in features.jsonl."
 
 
 # ---------------------------------------------------------------------------- SAE CE recovered, headline
@@ -161,22 +167,27 @@ def test_ablation_not_run_shows_the_recorded_reason():
 
 def test_ce_recovered_shows_its_denominator_and_flags_inert_layers():
     ok = {"x_ce_recovered": 0.98, "x_ce_zero": 6.2, "x_ce_clean": 5.4}
-    assert report.ce_cells(ok, "x_") == ("0.980", "0.8000", False)
+    assert ce_cells(ok, "x_") == ("0.980", "0.8000", False)
     inert = {"x_ce_recovered": 1.377, "x_ce_zero": 5.4007, "x_ce_clean": 5.4}
-    rec, denom, shaky = report.ce_cells(inert, "x_")
+    rec, denom, shaky = ce_cells(inert, "x_")
     assert rec == "1.377 †" and denom == "0.0007" and shaky
-    assert report.ce_cells({"x_ce_recovered": None, "x_ce_zero": 5.4, "x_ce_clean": 5.4}, "x_")[0] == report.MISSING
+    assert ce_cells({"x_ce_recovered": None, "x_ce_zero": 5.4, "x_ce_clean": 5.4}, "x_")[0] == format.MISSING
+
+
+def _inputs(params, runs) -> ReportInputs:
+    return ReportInputs(params, runs, {}, report_kinds(params))
 
 
 def test_headline_is_flat_per_task_and_null_where_missing():
     runs = {("tiny", "vader"): {"probe": vader_probe(), "finetune": {"reward_base": 0.06, "reward_finetuned": 0.13}},
             ("tiny", "hh"): {"probe": {"probe_accuracy": 0.525}, "finetune": {"dpo_loss_base": 0.693, "dpo_loss_finetuned": 0.679}}}
-    h = report.headline_metrics(fake_params(tasks=("vader", "hh")), runs)
+    h = headline.headline_metrics(_inputs(fake_params(tasks=("vader", "hh")), runs))
     assert h["vader.kendall_tau"] == 0.284 and h["vader.base_control_kendall_tau"] == 0.286
     assert h["vader.finetune_reward_gain"] == pytest.approx(0.07) and h["hh.finetune_dpo_loss_drop"] == pytest.approx(0.014)
     assert h["hh.probe_accuracy"] == 0.525 and h["hh.base_control_probe_accuracy"] is None
     assert len(h) == 12 and all(isinstance(v, (float, type(None))) for v in h.values())
-    two = report.headline_metrics(fake_params(models=("a", "b"), tasks=("hh",)), {("a", "hh"): runs[("tiny", "hh")], ("b", "hh"): runs[("tiny", "hh")]})
+    two = headline.headline_metrics(_inputs(fake_params(models=("a", "b"), tasks=("hh",)),
+                                            {("a", "hh"): runs[("tiny", "hh")], ("b", "hh"): runs[("tiny", "hh")]}))
     assert set(two) >= {"a-hh.probe_accuracy", "b-hh.probe_accuracy"}
 
 
@@ -218,8 +229,8 @@ def write_project(root: Path) -> None:
 def test_report_opens_with_the_verdict_and_explains_every_blank(in_tmp_project: Path):
     write_project(in_tmp_project)
     params = fake_params()
-    runs = {(m, t): report.load_run(m, t) for m in params.models for t in params.tasks}
-    md = report.render_markdown(report.build_sections(params, runs))
+    sections = build_sections(ReportInputs.load(params, report_kinds(params)))
+    md = document.render_markdown(sections)
     assert md.index("## What this run shows") < md.index("## What was measured")
     verdict = md[md.index("## What this run shows"): md.index("## What was measured")]
     assert verdict.count("- **vader**:") == verdict.count("- **hh**:") == verdict.count("- **toxic**:") == 4
@@ -227,7 +238,7 @@ def test_report_opens_with_the_verdict_and_explains_every_blank(in_tmp_project: 
     assert "CE zero − clean (nats)" in md and "1.080 †" in md and "† (6 rows)" in md
     assert "no probe input had predicted log-odds > 3.0 (0 of 1000)" in md  # Table 7 why-blank
     assert "KL to base is — on the DPO rows" in md and "related —: not labelled" in md and "simulation r —: undefined" in md
-    html = report.render_html(report.build_sections(params, runs))
+    html = document.render_html(sections)
     assert "<ul><li><strong>vader</strong>:" in html and "**" not in html
 
 
@@ -251,14 +262,13 @@ def test_table_of_contents_links_every_section(in_tmp_project: Path):
     (GitHub's anchor rule in Markdown, the same ids in HTML); repeated titles get -1, -2."""
     write_project(in_tmp_project)
     params = fake_params()
-    runs = {(m, t): report.load_run(m, t) for m in params.models for t in params.tasks}
-    sections = report.build_sections(params, runs)
-    md = report.render_markdown(sections)
+    sections = build_sections(ReportInputs.load(params, report_kinds(params)))
+    md = document.render_markdown(sections)
     toc = re.findall(r"^- \[(.+)\]\(#(.+)\)$", md[: md.index("\n## ")], re.M)
     assert [t for t, _ in toc] == [s.title for s in sections] and len(toc) >= 10
     assert ("Sparse autoencoders: quality (Table 11 style)", "sparse-autoencoders-quality-table-11-style") in toc
-    html = report.render_html(sections, ("Feature dashboards",))
+    html = document.render_html(sections, ("Feature dashboards",))
     ids = re.findall(r"<h2 id='([^']+)'>", html)
     hrefs = re.findall(r"<li><a href='#([^']+)'>", html)
     assert ids == [a for _, a in toc] and hrefs == ids + ["feature-dashboards"]
-    assert report.anchors(["A b", "A b", "Kendall τ (Tables 4 and 10)"]) == ["a-b", "a-b-1", "kendall-τ-tables-4-and-10"]
+    assert document.anchors(["A b", "A b", "Kendall τ (Tables 4 and 10)"]) == ["a-b", "a-b-1", "kendall-τ-tables-4-and-10"]

@@ -13,6 +13,7 @@ import torch
 
 from lfp.core import io, paths
 from lfp.sae import (
+    SaeTraining,
     SparseAutoencoder,
     dictionary_matching,
     load_sae,
@@ -22,7 +23,7 @@ from lfp.sae import (
     train_saes,
 )
 from conftest import planted_sae_rows as planted
-from lfp.sae import step as step_module
+from lfp.sae import gemm
 from lfp.sae.step import GradientStep
 
 
@@ -30,8 +31,8 @@ from lfp.sae.step import GradientStep
 def test_fast_loop_matches_autograd_reference(tied: bool) -> None:
     x = planted(1000)
     kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=2, seed=3, tied=tied, max_rows=900)
-    fast, stats = train_sae(x, 48, **kw)
-    ref = train_sae_reference(x, 48, **kw)
+    fast, stats = train_sae(x, 48, SaeTraining(**kw))
+    ref = train_sae_reference(x, 48, SaeTraining(**kw))
     assert stats["rows"] == 900 and stats["steps"] == 2 * 29  # last batch of each epoch is partial
     for (name, a), (_, b) in zip(fast.state_dict().items(), ref.state_dict().items()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4, msg=name)
@@ -42,9 +43,9 @@ def test_parallel_training_equals_one_at_a_time() -> None:
     data = {s: planted(400, seed=s) for s in (0, 1)}
     kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0)
     jobs = [(lambda s=s: data[s], h) for s in (0, 1) for h in (32, 64)]
-    together = train_saes(jobs, workers=2, **kw)
+    together = train_saes(jobs, SaeTraining(**kw), workers=2)
     for (load, h), (sae, stats) in zip(jobs, together):
-        alone, _ = train_sae(load(), h, threads=1, **kw)
+        alone, _ = train_sae(load(), h, SaeTraining(**kw), threads=1)
         assert sae.d_hidden == h and stats["rows"] == 400
         assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), alone.state_dict().values()))
 
@@ -53,11 +54,11 @@ def test_parallel_training_equals_one_at_a_time() -> None:
 def gemm_backend(request, monkeypatch) -> str:
     """Force GradientStep's GEMM path: oneDNN for any size (LFP_SAE_GEMM), or torch.mm (MKL) only."""
     if request.param == "onednn":
-        if step_module.ONEDNN_LINEAR is None:
+        if gemm.ONEDNN_LINEAR is None:
             pytest.skip("torch built without oneDNN")
         monkeypatch.setenv("LFP_SAE_GEMM", "onednn")
     else:
-        monkeypatch.setattr(step_module, "ONEDNN_LINEAR", None)
+        monkeypatch.setattr(gemm, "ONEDNN_LINEAR", None)
     return request.param
 
 
@@ -66,8 +67,8 @@ def test_both_gemm_paths_match_autograd_reference(gemm_backend: str, tied: bool)
     assert (GradientStep(SparseAutoencoder(32, 48, tied=tied), 1e-3).linear is not None) == (gemm_backend == "onednn")
     x = planted(1000)
     kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=2, seed=3, tied=tied, max_rows=900)
-    fast, stats = train_sae(x, 48, **kw)
-    ref = train_sae_reference(x, 48, **kw)
+    fast, stats = train_sae(x, 48, SaeTraining(**kw))
+    ref = train_sae_reference(x, 48, SaeTraining(**kw))
     assert stats["steps"] == 2 * 29
     for (name, a), (_, b) in zip(fast.state_dict().items(), ref.state_dict().items()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4, msg=name)
@@ -79,8 +80,8 @@ def test_parallel_training_equals_one_at_a_time_on_both_gemm_paths(gemm_backend:
     kw = dict(l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0)
     jobs = [(lambda s=s: data[s], h) for s in (0, 1) for h in (32, 64)]
     for workers in (1, 2):
-        for (load, h), (sae, _) in zip(jobs, train_saes(jobs, workers=workers, **kw)):
-            alone, _ = train_sae(load(), h, threads=1, **kw)
+        for (load, h), (sae, _) in zip(jobs, train_saes(jobs, SaeTraining(**kw), workers=workers)):
+            alone, _ = train_sae(load(), h, SaeTraining(**kw), threads=1)
             assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), alone.state_dict().values()))
 
 
@@ -99,7 +100,7 @@ def test_small_saes_keep_mkl_without_measuring(monkeypatch, tmp_path) -> None:
 
 def test_training_normalisation_matches_normalize_rows() -> None:
     from lfp.sae import normalize_rows_
-    from lfp.sae.step import normalize_rows_with_
+    from lfp.sae.gradients import normalize_rows_with_
 
     w = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 3.0
     w[7] = 0.0
@@ -113,7 +114,7 @@ def test_training_normalisation_matches_normalize_rows() -> None:
 def test_training_learns_planted_sparse_structure() -> None:
     x = planted(4000)
     held = x[-500:]
-    sae, stats = train_sae(x[:-500], 64, l1=1e-3, lr=3e-3, batch_size=32, epochs=3, seed=0)
+    sae, stats = train_sae(x[:-500], 64, SaeTraining(l1=1e-3, lr=3e-3, batch_size=32, epochs=3, seed=0))
     before = SparseAutoencoder(32, 64)
     before.reset_parameters(torch.Generator().manual_seed(0))
     q0, q = reconstruction_metrics(before, held), reconstruction_metrics(sae, held)
@@ -162,8 +163,8 @@ def test_small_and_large_dictionaries_start_independent() -> None:
     """Untrained (lr ~ 0) n and 2n dictionaries must not match: shared init would fake MMCS ≈ 1."""
     x = planted(64)
     kw = dict(l1=1e-3, lr=1e-12, batch_size=32, epochs=1, seed=0)
-    small, _ = train_sae(x, 32, **kw)
-    large, _ = train_sae(x, 64, **kw)
+    small, _ = train_sae(x, 32, SaeTraining(**kw))
+    large, _ = train_sae(x, 64, SaeTraining(**kw))
     assert dictionary_matching(small.dictionary(), large.dictionary())["mmcs"] < 0.8
 
 

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lfp.core.errors import ArtifactError
-from lfp.sae import CFG_FILENAME, WEIGHTS_FILENAME, SparseAutoencoder, load_sae, read_sae_config, save_sae, train_sae
+from lfp.sae import CFG_FILENAME, WEIGHTS_FILENAME, SaeTraining, SparseAutoencoder, load_sae, read_sae_config, save_sae, train_sae
 
 SAE_SRC = Path(__file__).resolve().parents[1] / "src" / "lfp" / "sae"
 META = {"layer": 3, "ratio": 2, "l1": 1e-3, "seed": 0, "model": "tiny", "task": "vader", "source": "finetuned"}
@@ -26,7 +26,7 @@ META = {"layer": 3, "ratio": 2, "l1": 1e-3, "seed": 0, "model": "tiny", "task": 
 def trained(tied: bool = True, d: int = 16, h: int = 40) -> SparseAutoencoder:
     rng = np.random.default_rng(0)
     x = np.maximum(rng.standard_normal((200, d)), 0).astype(np.float32)
-    return train_sae(x, h, l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0, tied=tied)[0]
+    return train_sae(x, h, SaeTraining(l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0, tied=tied))[0]
 
 
 def inputs(d: int = 16, n: int = 50) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from lfp.core.errors import ArtifactError
 from lfp.sae import (
     CFG_FILENAME,
+    SaeTraining,
     SparseAutoencoder,
     backend,
     load_sae,
@@ -26,7 +27,7 @@ from lfp.sae import (
     train_saes,
 )
 from conftest import planted_sae_rows as planted
-from lfp.sae import step as step_module
+from lfp.sae import gemm as sae_gemm
 from lfp.sae.model import DeadLatents, topk_aux_loss, topk_relu
 from lfp.sae.quality import l0_edges
 from lfp.sae.step import GradientStep
@@ -42,7 +43,7 @@ def private_gemm_cache(tmp_path, monkeypatch) -> Path:
     backend.clear_memo()
 
 
-needs_onednn_here = pytest.mark.skipif(step_module.ONEDNN_LINEAR is None, reason="torch built without oneDNN")
+needs_onednn_here = pytest.mark.skipif(sae_gemm.ONEDNN_LINEAR is None, reason="torch built without oneDNN")
 
 
 def topk_kw(**kw):
@@ -90,11 +91,11 @@ def test_bad_architecture_settings_are_refused(kwargs: dict, message: str) -> No
 
 def test_relu_l1_is_the_default_paper_method_and_topk_ignores_l1() -> None:
     x = planted(200)
-    sae, _ = train_sae(x, 32, l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0)
+    sae, _ = train_sae(x, 32, SaeTraining(l1=1e-3, lr=1e-3, batch_size=32, epochs=1, seed=0))
     assert (sae.architecture, sae.tied, sae.k) == ("relu_l1", True, None)
-    topk, _ = train_sae(x, 32, **topk_kw(epochs=1))
+    topk, _ = train_sae(x, 32, SaeTraining(**topk_kw(epochs=1)))
     assert (topk.architecture, topk.tied, topk.k) == ("topk", False, 4)  # untied unless asked
-    ignored, _ = train_sae(x, 32, **topk_kw(epochs=1, l1=1e-3))  # l1 is a relu_l1 setting
+    ignored, _ = train_sae(x, 32, SaeTraining(**topk_kw(epochs=1, l1=1e-3)))  # l1 is a relu_l1 setting
     assert same_weights(ignored, topk)
 
 
@@ -124,7 +125,7 @@ def test_aux_loss_formula_and_dead_latent_tracking() -> None:
 @pytest.fixture(params=["mkl", "onednn"])
 def gemm(request, monkeypatch) -> str:
     """Force GradientStep's GEMM path for the test (LFP_SAE_GEMM)."""
-    if request.param == "onednn" and step_module.ONEDNN_LINEAR is None:
+    if request.param == "onednn" and sae_gemm.ONEDNN_LINEAR is None:
         pytest.skip("torch built without oneDNN")
     monkeypatch.setenv("LFP_SAE_GEMM", request.param)
     return request.param
@@ -135,8 +136,8 @@ def gemm(request, monkeypatch) -> str:
 def test_fast_topk_loop_matches_autograd_reference(gemm: str, tied: bool, aux_coeff: float, dead_window: int) -> None:
     x = planted(1000)
     kw = topk_kw(tied=tied, aux_coeff=aux_coeff, dead_window=dead_window)
-    fast, stats = train_sae(x, 48, **kw)
-    ref = train_sae_reference(x, 48, **kw)
+    fast, stats = train_sae(x, 48, SaeTraining(**kw))
+    ref = train_sae_reference(x, 48, SaeTraining(**kw))
     assert stats["steps"] == 2 * 29 and stats["backend"] == gemm
     assert (fast.decoder_weight is None) == tied and (fast.architecture, fast.k) == ("topk", 4)
     for (name, a), (_, b) in zip(fast.state_dict().items(), ref.state_dict().items(), strict=True):
@@ -145,7 +146,7 @@ def test_fast_topk_loop_matches_autograd_reference(gemm: str, tied: bool, aux_co
     if aux_coeff:
         assert "dead_fraction_train" in stats
         # the auxiliary loss took part: without it the weights differ
-        plain, _ = train_sae(x, 48, **dict(kw, aux_coeff=0.0))
+        plain, _ = train_sae(x, 48, SaeTraining(**dict(kw, aux_coeff=0.0)))
         assert not same_weights(plain, fast)
 
 
@@ -154,9 +155,9 @@ def test_topk_backends_agree_to_rounding(monkeypatch) -> None:
     x = planted(600)
     kw = topk_kw(aux_coeff=1.0, dead_window=64)
     monkeypatch.setenv("LFP_SAE_GEMM", "mkl")
-    mkl, _ = train_sae(x, 48, **kw)
+    mkl, _ = train_sae(x, 48, SaeTraining(**kw))
     monkeypatch.setenv("LFP_SAE_GEMM", "onednn")
-    onednn, stats = train_sae(x, 48, **kw)
+    onednn, stats = train_sae(x, 48, SaeTraining(**kw))
     assert stats["backend"] == "onednn"
     for (name, a), (_, b) in zip(mkl.state_dict().items(), onednn.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4, msg=name)
@@ -164,21 +165,21 @@ def test_topk_backends_agree_to_rounding(monkeypatch) -> None:
 
 def test_topk_training_is_deterministic_and_parallel_equals_alone() -> None:
     x = planted(600)
-    a, _ = train_sae(x, 48, **topk_kw(aux_coeff=1.0, dead_window=64))
-    b, _ = train_sae(x, 48, **topk_kw(aux_coeff=1.0, dead_window=64))
+    a, _ = train_sae(x, 48, SaeTraining(**topk_kw(aux_coeff=1.0, dead_window=64)))
+    b, _ = train_sae(x, 48, SaeTraining(**topk_kw(aux_coeff=1.0, dead_window=64)))
     assert same_weights(a, b)
     data = {s: planted(300, seed=s) for s in (0, 1)}
     kw = {"l1": 0.0, "lr": 1e-3, "batch_size": 32, "epochs": 1, "seed": 0, "architecture": "topk", "k": 6, "aux_coeff": 1.0, "dead_window": 64}
     jobs = [(lambda s=s: data[s], h) for s in (0, 1) for h in (32, 64)]
-    for (load, h), (sae, _) in zip(jobs, train_saes(jobs, workers=2, **kw)):
-        alone, _ = train_sae(load(), h, threads=1, **kw)
+    for (load, h), (sae, _) in zip(jobs, train_saes(jobs, SaeTraining(**kw), workers=2)):
+        alone, _ = train_sae(load(), h, SaeTraining(**kw), threads=1)
         assert sae.k == 6 and same_weights(sae, alone)
 
 
 def test_topk_learns_planted_structure_sparser_and_better_than_untrained() -> None:
     x = planted(4000)
     held = x[-500:]
-    sae, stats = train_sae(x[:-500], 64, **topk_kw(k=8, lr=3e-3, epochs=3, max_rows=None))
+    sae, stats = train_sae(x[:-500], 64, SaeTraining(**topk_kw(k=8, lr=3e-3, epochs=3, max_rows=None)))
     before = SparseAutoencoder(32, 64, tied=False, architecture="topk", k=8)
     before.reset_parameters(torch.Generator().manual_seed(0))
     q0, q = reconstruction_metrics(before, held), reconstruction_metrics(sae, held)
@@ -192,7 +193,7 @@ def test_topk_learns_planted_structure_sparser_and_better_than_untrained() -> No
 
 
 def trained_topk(tied: bool = False) -> SparseAutoencoder:
-    return train_sae(planted(300, d=16), 40, **topk_kw(tied=tied, k=5, epochs=1, aux_coeff=1.0, dead_window=64))[0]
+    return train_sae(planted(300, d=16), 40, SaeTraining(**topk_kw(tied=tied, k=5, epochs=1, aux_coeff=1.0, dead_window=64)))[0]
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -254,7 +255,7 @@ def test_saelens_loads_topk_with_the_same_codes(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ GEMM backend
 
 
-needs_onednn = pytest.mark.skipif(step_module.ONEDNN_LINEAR is None, reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(sae_gemm.ONEDNN_LINEAR is None, reason="torch built without oneDNN")
 
 
 @needs_onednn
@@ -295,13 +296,13 @@ def test_unwritable_cache_keeps_the_choice_in_process(monkeypatch, tmp_path: Pat
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("LFP_CACHE_DIR", str(blocker))
-    monkeypatch.setattr(step_module, "backends_for", lambda sae: ("mkl", "onednn"))
+    monkeypatch.setattr(sae_gemm, "backends_for", lambda sae: ("mkl", "onednn"))
     monkeypatch.setattr(backend, "measure", lambda *a, **k: {"backend": "mkl", "mkl_us": 1.0, "onednn_us": 2.0})
     assert backend.choose_backend(SparseAutoencoder(256, 512), 32) == "mkl"
 
 
 def test_forcing_an_unavailable_backend_is_refused(monkeypatch) -> None:
-    monkeypatch.setattr(step_module, "ONEDNN_LINEAR", None)
+    monkeypatch.setattr(sae_gemm, "ONEDNN_LINEAR", None)
     sae = SparseAutoencoder(256, 512, tied=False, architecture="topk", k=16)
     assert GradientStep(sae).backend == "mkl"
     with pytest.raises(ValueError, match="backend 'onednn' is not available for a topk SAE"):

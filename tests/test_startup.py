@@ -24,7 +24,7 @@ def test_stages_without_a_model_import_no_model_library_before_they_work():
     """The CLI, params, seeding and the modules of prepare / contrastive / report load neither
     torch nor the libraries built on it, nor MLflow (imported when the run opens)."""
     code = (
-        "import sys; from lfp import cli; from lfp.core.config import load_params, seed_everything; "
+        "import sys; from lfp import cli; from lfp.core.params_load import load_params; from lfp.core.seeding import seed_everything; "
         f"seed_everything(load_params({str(MICRO)!r}).seed); "
         "import lfp.stages.prepare, lfp.stages.contrastive, lfp.stages.report; "
         f"print(' '.join(m for m in {MODEL_LIBS + ('mlflow',)!r} if m in sys.modules))"
@@ -37,15 +37,15 @@ SEEDED = ("import torch; print(torch.initial_seed(), torch.are_deterministic_alg
 
 
 def test_torch_seeded_at_its_import_equals_torch_seeded_up_front():
-    eager = _py("import torch; from lfp.core.config import seed_everything; seed_everything(5); " + SEEDED)
-    lazy = _py("import sys; from lfp.core.config import seed_everything; seed_everything(5); "
+    eager = _py("import torch; from lfp.core.seeding import seed_everything; seed_everything(5); " + SEEDED)
+    lazy = _py("import sys; from lfp.core.seeding import seed_everything; seed_everything(5); "
                "assert 'torch' not in sys.modules; " + SEEDED)
     assert lazy == eager and eager.startswith("5 True True")
 
 
 def test_looking_torch_up_does_not_use_up_the_seeding():
     """transformers asks `importlib.util.find_spec('torch')` before importing it."""
-    out = _py("import importlib.util, sys; from lfp.core.config import seed_everything; seed_everything(7); "
+    out = _py("import importlib.util, sys; from lfp.core.seeding import seed_everything; seed_everything(7); "
               "assert importlib.util.find_spec('torch') is not None and 'torch' not in sys.modules; "
               "import transformers.utils.import_utils; " + SEEDED +
               "; print(sum(type(f).__name__ == '_TorchSeeder' for f in sys.meta_path))")
@@ -54,7 +54,7 @@ def test_looking_torch_up_does_not_use_up_the_seeding():
 
 
 def test_the_last_seed_before_the_import_wins_and_one_hook_is_installed():
-    out = _py("import sys; from lfp.core.config import seed_everything; seed_everything(1); seed_everything(2); "
+    out = _py("import sys; from lfp.core.seeding import seed_everything; seed_everything(1); seed_everything(2); "
               "print(sum(type(f).__name__ == '_TorchSeeder' for f in sys.meta_path)); import torch; print(torch.initial_seed())")
     assert out.split() == ["1", "2"]
 

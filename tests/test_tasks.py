@@ -19,7 +19,8 @@ import yaml
 
 import lfp
 from lfp.core import io, paths
-from lfp.core.config import TASK_KINDS, load_params
+from lfp.core.params import TASK_KINDS
+from lfp.core.params_load import load_params
 from lfp.core.data import prepared_file
 from lfp.core.errors import DataError
 from lfp.stages import prepare
@@ -51,12 +52,6 @@ def params_with_task(tmp_path: Path, source: Path, name: str = "mypref"):
     path = tmp_path / "params-mypref.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return load_params(path)
-
-
-@pytest.fixture(scope="module")
-def shared_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One sqlite store for the module: creating a fresh store costs ~10 s on a loaded 2-core box."""
-    return f"sqlite:///{tmp_path_factory.mktemp('tasks_mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture()
@@ -109,16 +104,15 @@ def test_a_bad_line_in_the_local_source_names_file_and_line_and_writes_nothing(p
     assert not paths.PREPARED.exists() and not prepare.metrics_file("mypref").exists()
 
 
-def test_every_kind_has_a_module_and_every_method_an_implementation(micro_params) -> None:
-    from lfp.stages import finetune, validate
-
+def test_every_kind_implements_the_task_kind_protocol(micro_params) -> None:
     kinds = {micro_params.kind(t): kind_of(micro_params, t) for t in micro_params.tasks}
     assert set(kinds) == set(TASK_KINDS)
     for name, kind in kinds.items():
         assert kind.name == name
-        assert kind.finetune_method in finetune.METHODS
-        assert kind.ablation_metric in validate.SCORERS
-        assert kind.probe_method in ("ridge", "logistic")
+        for method in ("prepare", "activation_corpus", "finetune", "contrastive_backend", "contrastive_triples", "measure", "ablation"):
+            assert callable(getattr(kind, method)), (name, method)
+        form = kind.probe_form
+        assert set(form.tags) == {"probe", "rescale"} and form.predicted_note and form.predicted_kind
         assert len(kind.splits) == 2
 
 

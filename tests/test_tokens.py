@@ -7,9 +7,10 @@ import pytest
 from tokenizers import ByteLevelBPETokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from lfp.validation.ablation import encode_pair_side, imdb_prefixes
+from lfp.tasks.lexicon_rl.ablation import imdb_prefixes
+from lfp.tasks.preference_dpo.ablation import encode_pair_side
 from lfp.models.activation_cache import tokenize
-from lfp.stages.base import pack
+from lfp.models.heldout import pack
 from lfp.models.tokens import keep_last, leading_special_ids, with_lead
 from lfp.measure.triples import token_window
 

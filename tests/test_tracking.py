@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from lfp.core.errors import BackendError
-from lfp.core.tracking import flatten, is_secret_name, numeric_metrics, stage_run
+from lfp.core.tracking import stage_run
+from lfp.core.tracking_params import flatten, is_secret_name, numeric_metrics
 
 
 def _runs(uri: str, experiment: str = "lfp-test"):
@@ -265,7 +266,7 @@ ALIAS_STAGES = {"finetune": "finetune.json", "probe": "probe.json", "measure": "
 def test_committed_metrics_share_their_alias_names_across_tasks(stage):
     """The committed metrics of vader (lexicon) and hh / toxic (preference): every shared role is
     found in every task, so a cross-task compare of `shared.*` has no empty cell."""
-    from lfp.core.tracking import SHARED_METRICS, shared_metrics
+    from lfp.core.shared_metrics import SHARED_METRICS, shared_metrics
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     keys = {}
@@ -278,7 +279,7 @@ def test_committed_metrics_share_their_alias_names_across_tasks(stage):
 
 
 def test_alias_roles_are_the_same_for_both_task_kinds():
-    from lfp.core.tracking import SHARED_METRICS
+    from lfp.core.shared_metrics import SHARED_METRICS
 
     for stage in {s for s, _ in SHARED_METRICS}:
         assert set(SHARED_METRICS[(stage, "lexicon_rl")]) == set(SHARED_METRICS[(stage, "preference_dpo")]), stage
@@ -287,7 +288,7 @@ def test_alias_roles_are_the_same_for_both_task_kinds():
 def test_artifact_paths_are_stored_relative_to_the_store(tmp_path, monkeypatch):
     """A store made before paths were relative (absolute `file://.../mlartifacts`) is rewritten in
     place; artifacts land beside mlflow.db whatever the working directory."""
-    from lfp.core.tracking import resolve_location
+    from lfp.core.tracking_store import resolve_location
 
     proj = tmp_path / "proj"
     proj.mkdir()

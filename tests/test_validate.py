@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lfp.validation import ablation
+from lfp.tasks.lexicon_rl import ablation as vader_ablation
+from lfp.tasks.preference_dpo import ablation as dpo_ablation
+from lfp.validation import ablation, artifacts, mmcs, table7
 from lfp.core import io, paths
 from lfp.core.errors import ArtifactError
 from lfp.stages import validate
-from test_explain import LAYERS, build_fake_run, project, shared_mlflow_uri, stage_mlflow_run  # noqa: F401 (fixtures)
+from test_explain import LAYERS, build_fake_run, project, stage_mlflow_run  # noqa: F401 (fixtures)
 
 
 def write_probe_inputs(root, task: str, codes: np.ndarray, predicted: np.ndarray, widths: list[int],
@@ -52,10 +54,10 @@ def test_feature_frequency_on_synthetic_inputs(in_tmp_project):
     predicted = np.array([5, 4, 3.5, 10, 3.0, 1, 0, -2, 2, 2.9])
     write_probe_inputs(in_tmp_project, "vader", codes, predicted, [4, 4])
     write_features(in_tmp_project, "vader", {0: [1], 2: [0]}, 4)
-    tensors, index = validate.load_probe_inputs("tiny", "vader")
-    cols = validate.columns(index, validate.related_features("tiny", "vader"), "features.jsonl")
+    tensors, index = artifacts.load_probe_inputs("tiny", "vader")
+    cols = artifacts.columns(index, artifacts.related_features("tiny", "vader"), "features.jsonl")
     assert cols == [1, 4]
-    out = validate.feature_frequency(tensors["codes"], tensors["predicted"], cols, 3.0)
+    out = table7.feature_frequency(tensors["codes"], tensors["predicted"], cols, 3.0)
     assert out["n_high_delta_inputs"] == 4 and out["n_inputs"] == 10
     assert out["freq_related"] == pytest.approx((1.0 + 0.5) / 2)
     assert out["freq_all"] == pytest.approx((4 + 2) / (4 * 8))
@@ -63,7 +65,7 @@ def test_feature_frequency_on_synthetic_inputs(in_tmp_project):
 
 
 def test_feature_frequency_with_no_high_inputs_reports_null():
-    out = validate.feature_frequency(np.ones((5, 3)), np.zeros(5), [0], 3.0)
+    out = table7.feature_frequency(np.ones((5, 3)), np.zeros(5), [0], 3.0)
     assert out["n_high_delta_inputs"] == 0 and out["freq_related"] is None and out["freq_all"] is None
 
 
@@ -83,7 +85,7 @@ def synthetic_table7(p_related: tuple[float, float], p_unrelated: tuple[float, f
     codes[~is_test, :k_rel] = high[~is_test, None]  # training rows: related fire exactly on high rows
     codes = np.concatenate([codes, np.zeros((n, k_dead), np.float32)], axis=1)
     explained = [{"layer": 0, "feature": j, "related": j < k_rel} for j in range(k_rel + k_unrel)]
-    return validate.table7(codes, predicted, is_test, explained, list(range(k_rel + k_unrel)), threshold=1.0,
+    return table7.table7(codes, predicted, is_test, explained, list(range(k_rel + k_unrel)), threshold=1.0,
                            quantile=0.75, n_permutations=5000, seed=0)
 
 
@@ -112,23 +114,23 @@ def test_table7_real_association_passes():
 def test_table7_without_high_rows_or_related_labels_gives_reasons():
     codes = np.ones((10, 4), np.float32)
     explained = [{"layer": 0, "feature": j, "related": False} for j in range(4)]
-    out, rows = validate.table7(codes, np.zeros(10), np.ones(10, bool), explained, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
+    out, rows = table7.table7(codes, np.zeros(10), np.ones(10, bool), explained, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
     assert out["t7_n_high"] == 0 and out["t7_p"] is None and "0 high" in out["t7_reason"]
     assert out["t7_quantile_n_low"] == 0 and out["t7_quantile_p"] is None  # all predictions tie
     codes[:4] = 0  # active exactly on the rows with predicted > 3
-    out, _ = validate.table7(codes, np.arange(10.0), np.ones(10, bool), explained, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
+    out, _ = table7.table7(codes, np.arange(10.0), np.ones(10, bool), explained, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
     assert out["t7_unrelated_high"] == 1.0 and out["t7_unrelated_low"] == 0.0 and out["t7_related_high"] is None and out["t7_p"] is None
     assert "0 related" in out["t7_reason"]
     # unlabelled features (hh with the offline explainer): per-feature rows, but no side in the comparison
     unlabelled = [{**row, "related": None} for row in explained[:2]] + explained[2:]
-    out, rows = validate.table7(codes, np.arange(10.0), np.ones(10, bool), unlabelled, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
+    out, rows = table7.table7(codes, np.arange(10.0), np.ones(10, bool), unlabelled, [0, 1, 2, 3], 3.0, 0.75, 100, 0)
     assert out["t7_n_unlabelled"] == 2 and out["t7_n_unrelated"] == 2 and len(rows) == 4
     assert rows[0]["related"] is None and rows[0]["threshold_contrast"] == 1.0
 
 
 def test_label_permutation_p_is_exact_on_a_small_case():
     # 4 features, 1 related: the observed statistic is the largest of 4 equally likely relabellings
-    p = validate.label_permutation_p(np.array([1.0, 0.0, 0.0, 0.0]), np.array([True, False, False, False]), 20000,
+    p = table7.label_permutation_p(np.array([1.0, 0.0, 0.0, 0.0]), np.array([True, False, False, False]), 20000,
                                      np.random.default_rng(0))
     assert p == pytest.approx(0.25, abs=0.01)
 
@@ -138,7 +140,7 @@ def test_mmcs_null_separates_shared_from_random_dictionaries():
     large = torch.randn(64, 16, generator=rng)
     shared = large[:32] + 0.01 * torch.randn(32, 16, generator=rng)  # the small dictionary is in the large one
     unrelated = torch.randn(32, 16, generator=rng)
-    out = validate.mmcs_with_null({0: (shared, large), 1: (unrelated, large)}, {0: [0, 1], 1: [0, 1]}, 50, 0)
+    out = mmcs.mmcs_with_null({0: (shared, large), 1: (unrelated, large)}, {0: [0, 1], 1: [0, 1]}, 50, 0)
     assert out["layer0_mmcs"] > 0.99
     for layer in (0, 1):  # the null depends on shapes only, not on what the small dictionary shares
         assert out[f"layer{layer}_mmcs_random_dictionary"] == pytest.approx(out["layer1_mmcs"], abs=0.05)
@@ -150,9 +152,9 @@ def test_mmcs_null_separates_shared_from_random_dictionaries():
 def test_feature_outside_probe_layers_is_an_artifact_error():
     index = {"layers": [0, 2], "offsets": [0, 4], "widths": [4, 4]}
     with pytest.raises(ArtifactError, match="layer 5"):
-        validate.columns(index, {5: [0]}, "features.jsonl")
+        artifacts.columns(index, {5: [0]}, "features.jsonl")
     with pytest.raises(ArtifactError, match="feature 9"):
-        validate.columns(index, {2: [9]}, "features.jsonl")
+        artifacts.columns(index, {2: [9]}, "features.jsonl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,14 +314,14 @@ def test_dpo_margin_formula_and_logprobs(tiny_model_dir):
     from lfp.models.loading import load_model
 
     model, tok = load_model(tiny_model_dir)
-    seq, first = ablation.encode_pair_side(tok, "Human: hi\n\nAssistant:", " Hello there friend.", 64)
+    seq, first = dpo_ablation.encode_pair_side(tok, "Human: hi\n\nAssistant:", " Hello there friend.", 64)
     assert seq[first:] == tok(" Hello there friend.", add_special_tokens=False)["input_ids"]
-    short, first_short = ablation.encode_pair_side(tok, "Human: a long long long prompt here", " Hello", 4)
+    short, first_short = dpo_ablation.encode_pair_side(tok, "Human: a long long long prompt here", " Hello", 4)
     assert len(short) == 4 and first_short >= 1
-    lp = ablation.response_logprobs(model, [(seq, first), (short, first_short)], 2, tok.pad_token_id)
-    alone = ablation.response_logprobs(model, [(seq, first)], 1, tok.pad_token_id)
+    lp = dpo_ablation.response_logprobs(model, [(seq, first), (short, first_short)], 2, tok.pad_token_id)
+    alone = dpo_ablation.response_logprobs(model, [(seq, first)], 1, tok.pad_token_id)
     assert lp[0] == pytest.approx(alone[0], abs=1e-4) and np.all(lp < 0)  # padding does not leak in
-    m = ablation.dpo_margins(np.array([-1.0]), np.array([-3.0]), np.array([-2.0]), np.array([-2.0]), 0.1)
+    m = dpo_ablation.dpo_margins(np.array([-1.0]), np.array([-3.0]), np.array([-2.0]), np.array([-2.0]), 0.1)
     assert m[0] == pytest.approx(0.2)
 
 
@@ -327,12 +329,12 @@ def test_sampling_is_seeded_identically(tiny_model_dir):
     from lfp.models.loading import load_model
 
     model, tok = load_model(tiny_model_dir)
-    prefixes = ablation.imdb_prefixes(["This movie was wonderful and great fun to watch"] * 4, tok, 3, 4, np.random.default_rng(0))
+    prefixes = vader_ablation.imdb_prefixes(["This movie was wonderful and great fun to watch"] * 4, tok, 3, 4, np.random.default_rng(0))
     assert len(prefixes) == 3 and all(len(p) == 4 for p in prefixes)
-    a = ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
-    b = ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
+    a = vader_ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
+    b = vader_ablation.sample_rewards(model, tok, prefixes, max_new_tokens=5, batch_size=2, seed=1)
     assert np.array_equal(a.completion, b.completion) and np.array_equal(a.full, b.full) and len(a.full) == 3
-    prefix = ablation.prefix_rewards(tok, prefixes)
+    prefix = vader_ablation.prefix_rewards(tok, prefixes)
     from lfp.tasks.lexicon_rl.reward import vader_reward
 
     assert prefix.tolist() == vader_reward(tok.batch_decode(prefixes, skip_special_tokens=True))

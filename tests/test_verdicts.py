@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lfp.tasks import report_kinds
 from lfp.report import verdicts
-from lfp.stages import report
+from lfp.report.document import render_html, render_markdown
+from lfp.report.inputs import ReportInputs
+from lfp.report.sections import build_sections
 from lfp.report.verdicts import FAILED, NA, NOT_RUN, PASSED
 
 LEXICON, PREFERENCE = "lexicon_rl", "preference_dpo"
@@ -171,14 +174,13 @@ def test_report_opens_with_the_verdict_table_in_markdown_and_html(in_tmp_project
 
     write_project(in_tmp_project)
     params = fake_params()
-    runs = {(m, t): report.load_run(m, t) for m in params.models for t in params.tasks}
-    sections = report.build_sections(params, runs)
-    md = report.render_markdown(sections)
+    sections = build_sections(ReportInputs.load(params, report_kinds(params)))
+    md = render_markdown(sections)
     assert md.startswith("# Learned Feedback Patterns — report\n\n")
     # only the table of contents comes before the verdicts
     assert "\n## " not in md[: md.index("## Verdicts of the controls")]
     assert md.index("## Verdicts of the controls") < md.index("## What this run shows")
     table = md[: md.index("## What this run shows")]
     assert "| vader  | fine-tuning learned its reward" in table and "**passed**" in table and "**not run**" in table
-    html = report.render_html(sections)
+    html = render_html(sections)
     assert "<td><strong>passed</strong></td>" in html and "**" not in html

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.params:  # the pipeline id and the parent run's params read the same file
         os.environ["LFP_PARAMS"] = args.params
     try:
-        from lfp.core.config import load_params, seed_everything
+        from lfp.core.params_load import load_params
+        from lfp.core.seeding import seed_everything
 
         params = load_params(args.params)
         model = getattr(args, "model", None)

@@ -122,7 +122,7 @@ def test_enospc_in_save_tensors_keeps_the_previous_file(tmp_path, monkeypatch):
 @pytest.fixture()
 def prepared_project(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch):
     """A project whose prepare stage has run once per task (in-process, small raw data)."""
-    from lfp.core.config import load_params
+    from lfp.core.params_load import load_params
     from lfp.stages import prepare
 
     monkeypatch.chdir(tmp_path)
@@ -169,7 +169,7 @@ def test_enospc_during_prepare_keeps_every_previous_output(prepared_project, mon
 def test_enospc_via_cli_is_one_line_and_exit_2(prepared_project, monkeypatch, capsys):
     from lfp import cli
 
-    monkeypatch.setattr("lfp.core.config.seed_everything", lambda seed: None)  # skips a slow torch import
+    monkeypatch.setattr("lfp.core.seeding.seed_everything", lambda seed: None)  # skips a slow torch import
     fail_on_nth_jsonl(monkeypatch, 1)
     rc = cli.main(["--params", str(MICRO), "prepare", "--task", "hh"])
     err = capsys.readouterr().err.strip().splitlines()

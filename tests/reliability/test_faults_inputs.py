@@ -42,8 +42,8 @@ def test_contrastive_without_any_lexicon_word_exits_2_and_writes_nothing(project
 
 def test_contrastive_when_lexicon_words_only_occur_in_overlong_sentences():
     """Lexicon words are frequent, but only in sentences longer than max_sentence_chars."""
-    from lfp.core.config import load_params
-    from lfp.stages.contrastive import vader_triples
+    from lfp.core.params_load import load_params
+    from lfp.tasks.lexicon_rl.contrastive import vader_triples
 
     cfg = load_params(MICRO).contrastive.vader
     long = "This great and wonderful but awful and terrible film " + "goes on " * 60 + "forever."

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfp.core import tracking
+from lfp.core import tracking, tracking_params, tracking_store
 from lfp.core.errors import BackendError, LfpError
+from lfp.core.secrets import redact
+from lfp.core.shared_metrics import shared_metrics, shared_sources
 
 MAX_ARTIFACT_BYTES = 20 * 1024 * 1024  # plots and tables; models and caches stay in DVC
 MLFLOW_BATCH = 500  # metrics per log_batch call (MLflow accepts 1000)
@@ -138,9 +140,9 @@ def restored_metrics(inst: StageInstance) -> tuple[dict[str, float], list[str]]:
             problems.append(f"{path}: not a JSON object")
             continue
         prefix = metric_prefix(path, inst)
-        values.update({prefix + k: v for k, v in tracking.numeric_metrics(data).items()})
+        values.update({prefix + k: v for k, v in tracking_params.numeric_metrics(data).items()})
         if not prefix:
-            values.update(tracking.shared_metrics(inst.command, inst.task_kind, data))
+            values.update(shared_metrics(inst.command, inst.task_kind, data))
     return values, problems
 
 
@@ -203,21 +205,21 @@ def restore(client: Any, exp_id: str, parent: str, pid: str, inst: StageInstance
         tags["task_kind"] = inst.task_kind
     if inst.model_source:
         tags["model_source"] = inst.model_source
-    if shared := tracking.shared_sources(inst.command, inst.task_kind):
+    if shared := shared_sources(inst.command, inst.task_kind):
         tags["shared_from"] = shared
     run = client.create_run(exp_id, run_name=inst.name, tags=tags)
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
-        logged, full = tracking.clean_params(tracking.flatten(inst.params), secrets)
+        logged, full = tracking_params.clean_params(tracking_params.flatten(inst.params), secrets)
         for chunk in _batches([Param(k, v) for k, v in logged.items()], PARAMS_BATCH):
             client.log_batch(run_id, params=chunk)
         if full:
-            tracking._log_full_values(client, run_id, full)
+            tracking_params.log_full_values(client, run_id, full)
         for chunk in _batches([Metric(k, v, now, 0) for k, v in values.items()], MLFLOW_BATCH):
             client.log_batch(run_id, metrics=chunk)
         for path, folder in _artifact_files(inst):
-            tracking.log_artifact_to(client, run_id, path, folder, run.info.artifact_uri)
+            tracking_store.log_artifact_to(client, run_id, path, folder, run.info.artifact_uri)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -238,15 +240,15 @@ def sync(root: Path | None = None, dry_run: bool = False) -> SyncResult:
     """Restore a run for every stage instance this execution's parent lacks (see the module doc)."""
     import mlflow
 
-    root = (root or tracking.project_root()).resolve()
-    params_file = tracking.current_params_file()
-    params = tracking.read_params_file(params_file if params_file.is_absolute() else root / params_file)
+    root = (root or tracking_store.project_root()).resolve()
+    params_file = tracking_params.current_params_file()
+    params = tracking_params.read_params_file(params_file if params_file.is_absolute() else root / params_file)
     experiment = str(((params.get("tracking") or {}).get("experiment")) or "lfp")
     instances = stage_instances(root)
     for inst in instances:
         describe(inst, params)
-    uri = tracking.tracking_uri()
-    secrets = tracking.secret_values(tracking.flatten(params))
+    uri = tracking_store.tracking_uri()
+    secrets = tracking_params.secret_values(tracking_params.flatten(params))
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     result = SyncResult()
@@ -254,7 +256,7 @@ def sync(root: Path | None = None, dry_run: bool = False) -> SyncResult:
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
-        exp_id = tracking.experiment_id(client, experiment, uri, root)
+        exp_id = tracking_store.experiment_id(client, experiment, uri, root)
         result.experiment_id = exp_id
         pid = tracking.pipeline_id(params_file if params_file.is_absolute() else root / params_file)
         have, failed = _logged(client, exp_id, pid)
@@ -275,8 +277,8 @@ def sync(root: Path | None = None, dry_run: bool = False) -> SyncResult:
         if dry_run:
             result.restored = [inst.name for inst, _ in todo]
             return result
-        parent_params, parent_full = tracking.clean_params(tracking.flatten(params), secrets)
-        parent = tracking._parent_run_id(client, exp_id, pid, parent_params, parent_full)
+        parent_params, parent_full = tracking_params.clean_params(tracking_params.flatten(params), secrets)
+        parent = tracking.parent_run_id(client, exp_id, pid, parent_params, parent_full)
         for inst, values in todo:
             restore(client, exp_id, parent, pid, inst, values, secrets)
             result.restored.append(inst.name)
@@ -284,8 +286,8 @@ def sync(root: Path | None = None, dry_run: bool = False) -> SyncResult:
     except LfpError:
         raise
     except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
-        detail = tracking.redact(str(exc).splitlines()[0] if str(exc) else "", secrets)[:200]
-        raise BackendError(f"MLflow at {tracking.shown_uri()}: {type(exc).__name__}: {detail}") from None
+        detail = redact(str(exc).splitlines()[0] if str(exc) else "", secrets)[:200]
+        raise BackendError(f"MLflow at {tracking_store.shown_uri()}: {type(exc).__name__}: {detail}") from None
     return result
 
 
@@ -296,9 +298,9 @@ def check_store(timeout_s: float = 10.0) -> str:
     stage opens its MLflow run, and a failed workspace experiment leaves them there."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
-    uri = tracking.tracking_uri()
-    if tracking.sqlite_path(uri) is not None:
-        return f"MLflow store {tracking.shown_uri()}: local sqlite file"
+    uri = tracking_store.tracking_uri()
+    if tracking_store.sqlite_path(uri) is not None:
+        return f"MLflow store {tracking_store.shown_uri()}: local sqlite file"
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     import mlflow
 
@@ -306,18 +308,18 @@ def check_store(timeout_s: float = 10.0) -> str:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001
         detail = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise BackendError(f"MLflow at {tracking.shown_uri()} does not answer ({type(exc).__name__}: {detail}); "
+        raise BackendError(f"MLflow at {tracking_store.shown_uri()} does not answer ({type(exc).__name__}: {detail}); "
                            f"start it or unset MLFLOW_TRACKING_URI") from None
-    return f"MLflow at {tracking.shown_uri()}: answers"
+    return f"MLflow at {tracking_store.shown_uri()}: answers"
 
 
 def ui_hint(experiment_id: str) -> str:
     """How to open the experiment on its runs: MLflow 3.x's UI opens every experiment in its GenAI
     view unless the URL (or the sidebar's switch, remembered by the browser) asks for machine learning."""
-    uri = tracking.tracking_uri()
-    db = tracking.sqlite_path(uri)
+    uri = tracking_store.tracking_uri()
+    db = tracking_store.sqlite_path(uri)
     serve = (f"cd {db.parent} && {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri sqlite:///{db.name}" if db is not None
-             else f"the server at {tracking.shown_uri()}")
+             else f"the server at {tracking_store.shown_uri()}")
     return f"open: {serve}, then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lfp.core.config import Params
+from lfp.core.params import Params
 from lfp.core.tracking import StageRun, stage_run
 
 

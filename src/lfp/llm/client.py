@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from lfp.core.config import Llm
+from lfp.core.sections import Llm
 from lfp.core.errors import BackendError, ConfigError
 
 ENV_BASE_URL = "LFP_LLM_BASE_URL"

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lfp.core.config import Llm
+from lfp.core.sections import Llm
 from lfp.core.errors import ConfigError, ModelLoadError
 from lfp.llm.client import LlmClient
 

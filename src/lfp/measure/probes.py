@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lfp.measure import metrics
-from lfp.core.config import Params
+from lfp.core.params import Params
 from lfp.core.errors import DataError
 
 

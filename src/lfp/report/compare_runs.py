@@ -32,7 +32,9 @@ from typing import Any
 
 from lfp.core import io
 from lfp.core.errors import ArtifactError, BackendError, LfpError
-from lfp.core.tracking import numeric_metrics, redact, redact_url, sqlite_path, tracking_uri
+from lfp.core.secrets import redact, redact_url
+from lfp.core.tracking_params import numeric_metrics
+from lfp.core.tracking_store import sqlite_path, tracking_uri
 
 STAGES = ("finetune", "probe", "measure", "sae", "validate")
 MISSING = "—"

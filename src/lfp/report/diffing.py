@@ -3,16 +3,13 @@ and one table row per model, task and layer. Pure: reads the diffing.json dicts 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from lfp.report.format import dec
+
 COLUMNS = ["run", "layer", "latents", "FVU base / ft", "L0", "dead", "ν < cut (fine-tune-specific)", "median ν",
            "ν histogram", "tokens where the specific latents fire most"]
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "—"
 
 
 def rows(label: str, d: Mapping[str, Any]) -> list[list[str]]:
@@ -20,9 +17,9 @@ def rows(label: str, d: Mapping[str, Any]) -> list[list[str]]:
     for layer in d.get("layers") or []:
         k = f"layer{layer}_"
         hist = d.get(k + "nu_histogram") or {}
-        out.append([label, str(layer), str(d.get(k + "n_latents", "—")), f"{_f(d.get(k + 'fvu_base'))} / {_f(d.get(k + 'fvu_finetuned'))}",
-                    _f(d.get(k + "l0"), 1), f"{100 * d[k + 'dead_fraction']:.1f} %" if isinstance(d.get(k + "dead_fraction"), float) else "—",
-                    str(d.get(k + "n_specific", "—")), _f(d.get(k + "nu_median"), 2),
+        out.append([label, str(layer), str(d.get(k + "n_latents", "—")), f"{dec(d.get(k + 'fvu_base'))} / {dec(d.get(k + 'fvu_finetuned'))}",
+                    dec(d.get(k + "l0"), 1), f"{100 * d[k + 'dead_fraction']:.1f} %" if isinstance(d.get(k + "dead_fraction"), float) else "—",
+                    str(d.get(k + "n_specific", "—")), dec(d.get(k + "nu_median"), 2),
                     ", ".join(f"{b}: {c}" for b, c in hist.items()), ", ".join(d.get(k + "specific_top_tokens") or []) or "—"])
     return out
 

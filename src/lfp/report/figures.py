@@ -1,5 +1,6 @@
 """Figures of the probe stage: Figure 4 (error vs generation frequency) and Figure 5 (PCA), and the
-per-word CSV DVC plots. Atomic writes: a failed plot never leaves half a PNG."""
+per-word CSV DVC plots; the measure stage's learned-value plots; the diffing stage's ν histogram.
+Atomic writes: a failed plot never leaves half a PNG."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def _figure():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Any, dpi: int = 120) -> None:
+    """Write the PNG atomically (a failed plot never leaves half a file) and free the figure."""
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def plot_error_vs_frequency(path: Any, table: metrics.WordTable, generated: np.ndarray, title: str) -> None:
     """Figure 4: |predicted − true| per word against how often the fine-tuned model generates it."""
     plt = _figure()
@@ -32,9 +40,7 @@ def plot_error_vs_frequency(path: Any, table: metrics.WordTable, generated: np.n
     ax.set_ylabel("|predicted − VADER value|")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_pca(path: Any, codes: np.ndarray, label: np.ndarray, title: str) -> tuple[float, float]:
@@ -58,9 +64,7 @@ def plot_pca(path: Any, codes: np.ndarray, label: np.ndarray, title: str) -> tup
     ax.set_title(f"{title}: PC1 {100 * ev[0]:.1f}%, PC2 {100 * ev[1]:.1f}% explained", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
     return float(ev[0]), float(ev[1])
 
 
@@ -88,9 +92,7 @@ def plot_learned_values(path: Any, lexicon_value: np.ndarray, learned: np.ndarra
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_error_vs_learned(path: Any, learned: np.ndarray, abs_error: np.ndarray, title: str) -> None:
@@ -105,6 +107,18 @@ def plot_error_vs_learned(path: Any, learned: np.ndarray, abs_error: np.ndarray,
     ax.set_ylabel("|predicted − VADER value| (held-out word)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
+
+
+def plot_nu(path: Any, nus: dict[int, np.ndarray], title: str) -> None:
+    """The diffing stage's figure: ν histogram per layer (0: the base model lacks the latent; 1: shared)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(-0.5, 1.5, 41)
+    for layer, nu in nus.items():
+        ax.hist(np.clip(nu[np.isfinite(nu)], -0.5, 1.5), bins=bins, alpha=0.5, label=f"layer {layer}")
+    ax.set_xlabel("ν = β_base / β_fine-tuned (0: fine-tune-specific, 1: shared)")
+    ax.set_ylabel("latents")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    _save(plt, fig, path, dpi=100)

@@ -3,57 +3,29 @@ table with every τ beside its ceilings (from `reports/runs/{m}-{t}/lfp.json`, s
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from lfp.report.format import ci_after, covers_zero, dec, dec_ci, num, pval
+
 COLUMNS = ["quantity", "value", "95% CI", "beside it"]
-
-
-def _n(m: dict[str, Any], key: str) -> float | None:
-    v = m.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def _f(v: float | None, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def _ci(m: dict[str, Any], key: str) -> str:
-    lo, hi = _n(m, f"{key}_ci_low"), _n(m, f"{key}_ci_high")
-    return "—" if lo is None or hi is None else f"[{_f(lo)}, {_f(hi)}]"
-
-
-def _p(v: float | None) -> str:
-    return "—" if v is None else "< 0.001" if v < 0.001 else _f(v, 3)
-
-
-def _covers_zero(m: dict[str, Any], key: str) -> bool | None:
-    lo, hi = _n(m, f"{key}_ci_low"), _n(m, f"{key}_ci_high")
-    return None if lo is None or hi is None else lo <= 0 <= hi
-
-
-def _ci_after(m: dict[str, Any], key: str) -> str:
-    """' [lo, hi]' after a number, or nothing where the CI was not measured."""
-    c = _ci(m, key)
-    return "" if c == "—" else f" {c}"
 
 
 def _split_seeds(m: dict[str, Any], key: str) -> str:
     """'mean τ x [lo, hi] over n word splits' (the split varies, not the fine-tune)."""
     seeds = m.get("probe_split_seeds") or []
-    return f"mean {_f(_n(m, f'{key}_seed_mean'))} {_ci(m, f'{key}_seed')} over {len(seeds)} word splits"
+    return f"mean {dec(num(m, f'{key}_seed_mean'))} {dec_ci(m, f'{key}_seed')} over {len(seeds)} word splits"
 
 
 def _difference_verdict(m: dict[str, Any]) -> str:
     """Is the difference probe's τ a learned pattern? Not if its CI covers 0, and not if the
     shuffled-reward fine-tune (which learned no valence) reaches an overlapping τ on the same probe."""
     key, null = "probe_tau_word_heldout_difference", "shuffled_probe_tau_word_heldout_difference"
-    lo, null_hi = _n(m, f"{key}_ci_low"), _n(m, f"{null}_ci_high")
-    if _covers_zero(m, key):
+    lo, null_hi = num(m, f"{key}_ci_low"), num(m, f"{null}_ci_high")
+    if covers_zero(m, key):
         return " — the CI covers 0: the change fine-tuning made to the representations shows no learned pattern."
-    if _n(m, null) is None or lo is None or null_hi is None:
+    if num(m, null) is None or lo is None or null_hi is None:
         return " (no shuffled-reward control of this probe in this run, so it cannot tell a learned pattern from an artefact)."
-    null_text = f"the shuffled-reward fine-tune, which learned no valence, reaches τ {_f(_n(m, null))} {_ci(m, null)} on the same probe"
+    null_text = f"the shuffled-reward fine-tune, which learned no valence, reaches τ {dec(num(m, null))} {dec_ci(m, null)} on the same probe"
     if null_hi >= lo:
         return (f" — but {null_text}: the difference probe also reads something other than learned feedback, so this τ is "
                 "no evidence of a learned pattern.")
@@ -62,19 +34,19 @@ def _difference_verdict(m: dict[str, Any]) -> str:
 
 def _difference_sentence(m: dict[str, Any]) -> str:
     key = "probe_tau_word_heldout_difference"
-    planted = (f" (planted fine-tune: τ {_f(_n(m, f'planted_{key}'))} {_ci(m, f'planted_{key}')})"
-               if _n(m, f"planted_{key}") is not None else "")
+    planted = (f" (planted fine-tune: τ {dec(num(m, f'planted_{key}'))} {dec_ci(m, f'planted_{key}')})"
+               if num(m, f"planted_{key}") is not None else "")
     return (f"**Probe on what fine-tuning changed (same tokens, one dictionary):** the fine-tuned model's codes minus the base "
-            f"model's codes through the same (fine-tuned) SAEs predict held-out words' values with τ {_f(_n(m, key))} {_ci(m, key)} "
-            f"(p {_p(_n(m, f'{key}_p'))}; {_split_seeds(m, key)}){planted}" + _difference_verdict(m))
+            f"model's codes through the same (fine-tuned) SAEs predict held-out words' values with τ {dec(num(m, key))} {dec_ci(m, key)} "
+            f"(p {pval(num(m, f'{key}_p'))}; {_split_seeds(m, key)}){planted}" + _difference_verdict(m))
 
 
 def _direction(m: dict[str, Any]) -> str:
     """What the learned values did, in words, from the per-sign means (not from the sign of τ: a
     positive τ also arises when both signs fell, the negative words more)."""
-    pos, neg = _n(m, "learned_value_mean_positive_words"), _n(m, "learned_value_mean_negative_words")
+    pos, neg = num(m, "learned_value_mean_positive_words"), num(m, "learned_value_mean_negative_words")
     if pos is None or neg is None:
-        tau = _n(m, "learned_value_tau") or 0
+        tau = num(m, "learned_value_tau") or 0
         return "the model ranked positive above negative words" if tau > 0 else "the learned values did not follow the lexicon"
     moves = f"positive words {'rose' if pos > 0 else 'fell'} (mean {pos:+.3f}) and negative words {'rose' if neg > 0 else 'fell'} (mean {neg:+.3f})"
     gap = "positive above negative, as the reward asks" if pos > neg else "negative above positive, against the reward"
@@ -84,58 +56,58 @@ def _direction(m: dict[str, Any]) -> str:
 def _within_sign_sentence(m: dict[str, Any]) -> str | None:
     """The primary statistic: does the fine-tune order words *within* a sign as the lexicon does?"""
     key = "learned_value_tau_within_sign"
-    if _n(m, key) is None:
+    if num(m, key) is None:
         return None
-    clear = _covers_zero(m, key) is False and (_n(m, f"{key}_ci_low") or 0) > 0
+    clear = covers_zero(m, key) is False and (num(m, f"{key}_ci_low") or 0) > 0
     null = ""
-    if _n(m, f"{key}_null_mean") is not None:
+    if num(m, f"{key}_null_mean") is not None:
         outside = m.get(f"{key}_vs_null_outside") is True
         null = (f" Against {m.get(f'{key}_null_n', '—')} shuffled-reward fine-tunes (their within-sign τ "
-                f"{_f(_n(m, f'{key}_null_min'))} to {_f(_n(m, f'{key}_null_max'))}), the measured run is "
-                + (f"above every one (rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}, the smallest this many runs allow is "
-                   f"{_f(1 / (1 + int(m.get(f'{key}_null_n') or 0)), 2)})." if outside
-                   else f"inside their range (rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}): no evidence beyond the null."))
+                f"{dec(num(m, f'{key}_null_min'))} to {dec(num(m, f'{key}_null_max'))}), the measured run is "
+                + (f"above every one (rank p {dec(num(m, f'{key}_vs_null_rank_p'), 2)}, the smallest this many runs allow is "
+                   f"{dec(1 / (1 + int(m.get(f'{key}_null_n') or 0)), 2)})." if outside
+                   else f"inside their range (rank p {dec(num(m, f'{key}_vs_null_rank_p'), 2)}): no evidence beyond the null."))
     return (f"**Within sign (the primary statistic):** after removing each sign's mean, learned values track the lexicon with "
-            f"τ {_f(_n(m, key))} {_ci(m, key)} (positive words alone {_f(_n(m, 'learned_value_tau_positive_words'))}, negative alone "
-            f"{_f(_n(m, 'learned_value_tau_negative_words'))}; over fine-tuning seeds mean {_f(_n(m, f'{key}_seed_mean'))} "
-            f"{_ci(m, f'{key}_seed')}); the between-sign gap is {_f(_n(m, 'learned_value_sign_gap'))} {_ci(m, 'learned_value_sign_gap')}. "
+            f"τ {dec(num(m, key))} {dec_ci(m, key)} (positive words alone {dec(num(m, 'learned_value_tau_positive_words'))}, negative alone "
+            f"{dec(num(m, 'learned_value_tau_negative_words'))}; over fine-tuning seeds mean {dec(num(m, f'{key}_seed_mean'))} "
+            f"{dec_ci(m, f'{key}_seed')}); the between-sign gap is {dec(num(m, 'learned_value_sign_gap'))} {dec_ci(m, 'learned_value_sign_gap')}. "
             + ("The fine-tune learned which words within a sign are better, not only the sign." if clear
                else "So what the overall τ shows is the gap between the signs, which a predictor that knows only each word's sign "
                     "also reaches, and which any fine-tune may move.") + null)
 
 
 def _planted_paired_sentence(m: dict[str, Any]) -> str | None:
-    if _n(m, "planted_paired_auc") is None:
+    if num(m, "planted_paired_auc") is None:
         return None
     detected = m.get("planted_paired_detected") is True
     learned = m.get("planted_learned") is True
     return (f"**Planted control, paired — {'detected' if detected else 'NOT detected'}:** each word's learned value in the planted "
             f"run minus the same word's in the run with the true reward (same data, same seed) separates the "
             f"{m.get('planted_paired_n', '—')} planted words from {m.get('planted_paired_n_other', '—')} other positive words with AUC "
-            f"{_f(_n(m, 'planted_paired_auc'), 2)} (permutation p {_p(_n(m, 'planted_paired_p'))}; detected means AUC > 0.5 and p < "
+            f"{dec(num(m, 'planted_paired_auc'), 2)} (permutation p {pval(num(m, 'planted_paired_p'))}; detected means AUC > 0.5 and p < "
             f"{m.get('planted_paired_alpha', 0.01)}); the same test between two fine-tuning seeds of the true reward, where nothing "
-            f"was planted, gives AUC {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}. The plant "
-            + (f"was learned: the planted words' paired change is {_f(_n(m, 'planted_paired_mean_change'))} "
-               f"{_ci(m, 'planted_paired_mean_change')} (other positive words {_f(_n(m, 'planted_paired_mean_change_other'))})."
+            f"was planted, gives AUC {dec(num(m, 'planted_paired_auc_seed_null_mean'), 2)}. The plant "
+            + (f"was learned: the planted words' paired change is {dec(num(m, 'planted_paired_mean_change'))} "
+               f"{dec_ci(m, 'planted_paired_mean_change')} (other positive words {dec(num(m, 'planted_paired_mean_change_other'))})."
                if learned else
-               f"was NOT clearly learned (planted words' paired change {_f(_n(m, 'planted_paired_mean_change'))} "
-               f"{_ci(m, 'planted_paired_mean_change')}, a CI that does not lie below 0): this control cannot speak."))
+               f"was NOT clearly learned (planted words' paired change {dec(num(m, 'planted_paired_mean_change'))} "
+               f"{dec_ci(m, 'planted_paired_mean_change')}, a CI that does not lie below 0): this control cannot speak."))
 
 
 def _shuffled_null_sentence(m: dict[str, Any]) -> str | None:
-    if _n(m, "learned_value_tau_null_mean") is None:
+    if num(m, "learned_value_tau_null_mean") is None:
         return None
     centred = m.get("shuffled_null_centred") is True
     learned = m.get("shuffled_learned") is True
     return (f"**Shuffled-reward null over {m.get('shuffled_arms', '—')} fine-tunes"
             + (" (centred permutations)" if m.get("shuffle_centred") else "") + " — "
             + ("centred on 0, as it should be" if centred else "NOT centred on 0") + ":** their learned values track the real lexicon "
-            f"with mean τ {_f(_n(m, 'learned_value_tau_null_mean'))} {_ci(m, 'learned_value_tau_null')} (range "
-            f"{_f(_n(m, 'learned_value_tau_null_min'))} to {_f(_n(m, 'learned_value_tau_null_max'))}); the measured run's τ "
-            f"{_f(_n(m, 'learned_value_tau'))} is " + ("above all of them" if m.get("learned_value_tau_vs_null_outside") is True
+            f"with mean τ {dec(num(m, 'learned_value_tau_null_mean'))} {dec_ci(m, 'learned_value_tau_null')} (range "
+            f"{dec(num(m, 'learned_value_tau_null_min'))} to {dec(num(m, 'learned_value_tau_null_max'))}); the measured run's τ "
+            f"{dec(num(m, 'learned_value_tau'))} is " + ("above all of them" if m.get("learned_value_tau_vs_null_outside") is True
                                                         else "inside their range")
-            + f" (rank p {_f(_n(m, 'learned_value_tau_vs_null_rank_p'), 2)}). Did the shuffled fine-tunes learn their own reward? "
-            f"τ against it {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} {_ci(m, 'shuffled_arms_tau_reward')} over arms: "
+            + f" (rank p {dec(num(m, 'learned_value_tau_vs_null_rank_p'), 2)}). Did the shuffled fine-tunes learn their own reward? "
+            f"τ against it {dec(num(m, 'shuffled_arms_tau_reward_mean'))} {dec_ci(m, 'shuffled_arms_tau_reward')} over arms: "
             + ("yes, so their silence on the real lexicon means something." if learned
                else "not clearly, so this null says little (a control must learn before it can speak)."))
 
@@ -143,107 +115,107 @@ def _shuffled_null_sentence(m: dict[str, Any]) -> str | None:
 def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
     """One sentence per measurement and control, in the order a skeptic asks."""
     out = []
-    tau, p = _n(m, "learned_value_tau"), _n(m, "learned_value_tau_p")
+    tau, p = num(m, "learned_value_tau"), num(m, "learned_value_tau_p")
     direction = _direction(m)
     out.append(f"**Ground truth (behaviour):** fine-tuning changed each word's log-probability in its real review contexts; "
-               f"those learned values track the VADER lexicon with τ {_f(tau)} {_ci(m, 'learned_value_tau')} (p {_f(p, 3) if p is not None and p >= 0.001 else '< 0.001' if p is not None else '—'}): "
+               f"those learned values track the VADER lexicon with τ {dec(tau)} {dec_ci(m, 'learned_value_tau')} (p {dec(p, 3) if p is not None and p >= 0.001 else '< 0.001' if p is not None else '—'}): "
                f"{direction}. Across {len(m.get('seeds') or [])} fine-tuning seeds: "
-               f"mean τ {_f(_n(m, 'learned_value_tau_seed_mean'))} {_ci(m, 'learned_value_tau_seed')}.")
+               f"mean τ {dec(num(m, 'learned_value_tau_seed_mean'))} {dec_ci(m, 'learned_value_tau_seed')}.")
     out.extend(x for x in (_within_sign_sentence(m), _planted_paired_sentence(m), _shuffled_null_sentence(m)) if x)
     detected = m.get("planted_detected") is True
     planted_task = f" (reported as its own task `{m['planted_control_task']}`)" if m.get("planted_control_task") else ""
-    unpaired = " (unpaired: confounded by word frequency, see the paired test)" if _n(m, "planted_paired_auc") is not None else ""
+    unpaired = " (unpaired: confounded by word frequency, see the paired test)" if num(m, "planted_paired_auc") is not None else ""
     out.append(f"**Planted control{unpaired} — {'detected' if detected else 'NOT detected'}:** a fine-tune{planted_task} whose reward flips the sign of "
                f"{m.get('planted_n', '—')} positive words separates them from {m.get('planted_n_other', '—')} other positive words by "
-               f"their learned values with AUC {_f(_n(m, 'planted_auc'), 2)} (permutation p {_f(_n(m, 'planted_p'), 4)}; mean learned value "
-               f"{_f(_n(m, 'planted_mean_learned'))} vs {_f(_n(m, 'planted_mean_learned_other'))}); the same score on the "
-               f"un-planted fine-tune gives AUC {_f(_n(m, 'planted_auc_base'), 2)}. Through the probe (the paper-method ridge probe on "
-               f"the fine-tuned SAEs' codes of each word in context, planted model minus base): AUC {_f(_n(m, 'planted_probe_auc'), 2)} "
-               f"(p {_f(_n(m, 'planted_probe_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_probe_auc_base'), 2)}) — "
-               + ("the probe sees the plant too." if (_n(m, "planted_probe_p") or 1) < 0.05 and (_n(m, "planted_probe_auc") or 0) > 0.5
+               f"their learned values with AUC {dec(num(m, 'planted_auc'), 2)} (permutation p {dec(num(m, 'planted_p'), 4)}; mean learned value "
+               f"{dec(num(m, 'planted_mean_learned'))} vs {dec(num(m, 'planted_mean_learned_other'))}); the same score on the "
+               f"un-planted fine-tune gives AUC {dec(num(m, 'planted_auc_base'), 2)}. Through the probe (the paper-method ridge probe on "
+               f"the fine-tuned SAEs' codes of each word in context, planted model minus base): AUC {dec(num(m, 'planted_probe_auc'), 2)} "
+               f"(p {dec(num(m, 'planted_probe_p'), 4)}; un-planted fine-tune {dec(num(m, 'planted_probe_auc_base'), 2)}) — "
+               + ("the probe sees the plant too." if (num(m, "planted_probe_p") or 1) < 0.05 and (num(m, "planted_probe_auc") or 0) > 0.5
                   else "the probe does not see the plant."))
     shuffled = m.get("shuffled_detected") is True
     out.append(f"**Shuffled-reward control — {'a pattern WAS found (the instrument is fooled)' if shuffled else 'no pattern found, as it should'}:** "
                f"a fine-tune on the lexicon with values permuted across words"
                + (f" (its own task `{m['shuffled_control_task']}`)" if m.get("shuffled_control_task") else "")
                + f" gives learned values with τ "
-               f"{_f(_n(m, 'shuffled_learned_value_tau'))} {_ci(m, 'shuffled_learned_value_tau')} against the real lexicon "
-               f"(and {_f(_n(m, 'shuffled_learned_value_tau_reward'))} against the shuffled reward it was trained on)"
-               + (f"; through the probe its change tracks the lexicon with τ {_f(_n(m, 'shuffled_probe_shift_tau'))} "
-                  f"{_ci(m, 'shuffled_probe_shift_tau')}"
+               f"{dec(num(m, 'shuffled_learned_value_tau'))} {dec_ci(m, 'shuffled_learned_value_tau')} against the real lexicon "
+               f"(and {dec(num(m, 'shuffled_learned_value_tau_reward'))} against the shuffled reward it was trained on)"
+               + (f"; through the probe its change tracks the lexicon with τ {dec(num(m, 'shuffled_probe_shift_tau'))} "
+                  f"{dec_ci(m, 'shuffled_probe_shift_tau')}"
                   + (" (a CI clear of 0: the probe's view of a change is not free of artefacts)"
-                     if _covers_zero(m, "shuffled_probe_shift_tau") is False else "")
-                  if _n(m, "shuffled_probe_shift_tau") is not None else "") + ".")
-    ft, base, diff = _n(m, "probe_tau_word_heldout_finetuned"), _n(m, "probe_tau_word_heldout_base"), _n(m, "probe_tau_word_heldout_diff")
-    lo, hi = _n(m, "probe_tau_word_heldout_diff_ci_low"), _n(m, "probe_tau_word_heldout_diff_ci_high")
+                     if covers_zero(m, "shuffled_probe_shift_tau") is False else "")
+                  if num(m, "shuffled_probe_shift_tau") is not None else "") + ".")
+    ft, base, diff = num(m, "probe_tau_word_heldout_finetuned"), num(m, "probe_tau_word_heldout_base"), num(m, "probe_tau_word_heldout_diff")
+    lo, hi = num(m, "probe_tau_word_heldout_diff_ci_low"), num(m, "probe_tau_word_heldout_diff_ci_high")
     covers = lo is not None and hi is not None and lo <= 0 <= hi
-    out.append(f"**Probe on words it never saw ({m.get('n_words_test', '—')} test words):** τ {_f(ft)}"
-               f"{_ci_after(m, 'probe_tau_word_heldout_finetuned')} on the fine-tuned model's codes "
-               f"and {_f(base)}{_ci_after(m, 'probe_tau_word_heldout_base')} on the base model's; difference {_f(diff)} [{_f(lo)}, {_f(hi)}]"
+    out.append(f"**Probe on words it never saw ({m.get('n_words_test', '—')} test words):** τ {dec(ft)}"
+               f"{ci_after(m, 'probe_tau_word_heldout_finetuned')} on the fine-tuned model's codes "
+               f"and {dec(base)}{ci_after(m, 'probe_tau_word_heldout_base')} on the base model's; difference {dec(diff)} [{dec(lo)}, {dec(hi)}]"
                + (" — the CI covers 0: the probe reads no more from the fine-tuned model than from the base (no learned pattern shown)."
                   if covers else (" — the fine-tuned model encodes more." if (diff or 0) > 0 else " — the base model encodes more."))
-               + f" Ceilings on the same split: word identity {_f(_n(m, 'identity_ceiling_tau'))} (0 by construction: no test word "
-               f"is seen in training), sign only {_f(_n(m, 'sign_ceiling_tau'))} (an oracle that knows each test word's sign, not a "
+               + f" Ceilings on the same split: word identity {dec(num(m, 'identity_ceiling_tau'))} (0 by construction: no test word "
+               f"is seen in training), sign only {dec(num(m, 'sign_ceiling_tau'))} (an oracle that knows each test word's sign, not a "
                "trivial predictor). The CIs resample words within this one run and split; split seeds below add split-to-split "
                "variance, fine-tuning seeds run-to-run variance."
                + (f" Over other word splits (split seeds, same models): fine-tuned {_split_seeds(m, 'probe_tau_word_heldout_finetuned')}, "
                   f"base {_split_seeds(m, 'probe_tau_word_heldout_base')}, difference {_split_seeds(m, 'probe_tau_word_heldout_diff')}."
                   if m.get("probe_seed_kind") == "word_split" else ""))
-    if _n(m, "probe_tau_word_heldout_difference") is not None:
+    if num(m, "probe_tau_word_heldout_difference") is not None:
         out.append(_difference_sentence(m))
-    if _n(m, "error_learned_value_tau") is not None:
+    if num(m, "error_learned_value_tau") is not None:
         out.append(f"**Probe error vs what was learned (Fig. 4 with a full axis):** over {m.get('error_learned_value_n', '—')} held-out words, "
-                   f"τ(|probe error|, learned value) = {_f(_n(m, 'error_learned_value_tau'))} (p {_p(_n(m, 'error_learned_value_tau_p'))}); "
+                   f"τ(|probe error|, learned value) = {dec(num(m, 'error_learned_value_tau'))} (p {pval(num(m, 'error_learned_value_tau_p'))}); "
                    "the paper's axis (times generated) is 0 for almost every word.")
-    out.append(f"**What the paper's method says on this run:** Table 4's τ (split by triple) is {_f(paper_tau)}; on that split "
-               f"{_f(_n(m, 'paper_split_test_words_seen_in_training') and 100 * _n(m, 'paper_split_test_words_seen_in_training'), 0)} % "
+    out.append(f"**What the paper's method says on this run:** Table 4's τ (split by triple) is {dec(paper_tau)}; on that split "
+               f"{dec(num(m, 'paper_split_test_words_seen_in_training') and 100 * num(m, 'paper_split_test_words_seen_in_training'), 0)} % "
                f"of test words occur in training rows and a word-identity lookup with no model reaches τ "
-               f"{_f(_n(m, 'paper_split_identity_ceiling_tau'))} (sign only: {_f(_n(m, 'paper_split_sign_ceiling_tau'))}).")
+               f"{dec(num(m, 'paper_split_identity_ceiling_tau'))} (sign only: {dec(num(m, 'paper_split_sign_ceiling_tau'))}).")
     return out
 
 
 def table(m: dict[str, Any], paper_tau: float | None) -> list[list[str]]:
     return [
-        ["learned-value τ vs lexicon (seed of params)", _f(_n(m, "learned_value_tau")), _ci(m, "learned_value_tau"), f"p {_f(_n(m, 'learned_value_tau_p'), 4)}"],
-        ["learned-value τ, mean over seeds", _f(_n(m, "learned_value_tau_seed_mean")), _ci(m, "learned_value_tau_seed"), f"seeds {m.get('seeds')}"],
-        ["learned-value τ within sign (primary)", _f(_n(m, "learned_value_tau_within_sign")), _ci(m, "learned_value_tau_within_sign"),
-         f"seeds: mean {_f(_n(m, 'learned_value_tau_within_sign_seed_mean'))} {_ci(m, 'learned_value_tau_within_sign_seed')}; "
-         f"shuffled null {_f(_n(m, 'learned_value_tau_within_sign_null_min'))} to {_f(_n(m, 'learned_value_tau_within_sign_null_max'))}"],
-        ["learned-value gap, positive − negative words", _f(_n(m, "learned_value_sign_gap")), _ci(m, "learned_value_sign_gap"),
-         f"means +: {_f(_n(m, 'learned_value_mean_positive_words'))}, −: {_f(_n(m, 'learned_value_mean_negative_words'))}"],
-        ["learned-value τ, shuffled-reward null over arms", _f(_n(m, "learned_value_tau_null_mean")), _ci(m, "learned_value_tau_null"),
-         f"{m.get('shuffled_arms', '—')} arms; measured run rank p {_f(_n(m, 'learned_value_tau_vs_null_rank_p'), 2)}; "
-         f"arms' τ vs own reward {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} {_ci(m, 'shuffled_arms_tau_reward')}"],
-        ["planted control AUC, paired (planted − true-reward run)", _f(_n(m, "planted_paired_auc"), 2), "—",
-         f"p {_p(_n(m, 'planted_paired_p'))}; seed-vs-seed null {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
-         f"planted words' change {_f(_n(m, 'planted_paired_mean_change'))} {_ci(m, 'planted_paired_mean_change')}"],
-        ["probe τ, word-held-out, fine-tuned", _f(_n(m, "probe_tau_word_heldout_finetuned")), _ci(m, "probe_tau_word_heldout_finetuned"),
-         f"within sign +/−: {_f(_n(m, 'probe_tau_word_heldout_finetuned_positive_words'))} / {_f(_n(m, 'probe_tau_word_heldout_finetuned_negative_words'))}"],
-        ["probe τ, word-held-out, base", _f(_n(m, "probe_tau_word_heldout_base")), _ci(m, "probe_tau_word_heldout_base"),
-         f"within sign +/−: {_f(_n(m, 'probe_tau_word_heldout_base_positive_words'))} / {_f(_n(m, 'probe_tau_word_heldout_base_negative_words'))}"],
-        ["probe τ, fine-tuned − base (paired)", _f(_n(m, "probe_tau_word_heldout_diff")), _ci(m, "probe_tau_word_heldout_diff"), ""],
-        ["probe τ on the difference of representations (ft − base, ft SAEs)", _f(_n(m, "probe_tau_word_heldout_difference")),
-         _ci(m, "probe_tau_word_heldout_difference"), f"p {_p(_n(m, 'probe_tau_word_heldout_difference_p'))}; same tokens, one dictionary"],
-        ["  same probe, shuffled-reward fine-tune − base (null)", _f(_n(m, "shuffled_probe_tau_word_heldout_difference")),
-         _ci(m, "shuffled_probe_tau_word_heldout_difference"), "a learned pattern must beat this"],
-        ["  same probe, planted fine-tune − base", _f(_n(m, "planted_probe_tau_word_heldout_difference")),
-         _ci(m, "planted_probe_tau_word_heldout_difference"), ""],
-        *[[f"probe τ, {label}, mean over word splits", _f(_n(m, f"probe_tau_word_heldout_{key}_seed_mean")),
-           _ci(m, f"probe_tau_word_heldout_{key}_seed"), f"split seeds {m.get('probe_split_seeds')} (not fine-tuning seeds)"]
+        ["learned-value τ vs lexicon (seed of params)", dec(num(m, "learned_value_tau")), dec_ci(m, "learned_value_tau"), f"p {dec(num(m, 'learned_value_tau_p'), 4)}"],
+        ["learned-value τ, mean over seeds", dec(num(m, "learned_value_tau_seed_mean")), dec_ci(m, "learned_value_tau_seed"), f"seeds {m.get('seeds')}"],
+        ["learned-value τ within sign (primary)", dec(num(m, "learned_value_tau_within_sign")), dec_ci(m, "learned_value_tau_within_sign"),
+         f"seeds: mean {dec(num(m, 'learned_value_tau_within_sign_seed_mean'))} {dec_ci(m, 'learned_value_tau_within_sign_seed')}; "
+         f"shuffled null {dec(num(m, 'learned_value_tau_within_sign_null_min'))} to {dec(num(m, 'learned_value_tau_within_sign_null_max'))}"],
+        ["learned-value gap, positive − negative words", dec(num(m, "learned_value_sign_gap")), dec_ci(m, "learned_value_sign_gap"),
+         f"means +: {dec(num(m, 'learned_value_mean_positive_words'))}, −: {dec(num(m, 'learned_value_mean_negative_words'))}"],
+        ["learned-value τ, shuffled-reward null over arms", dec(num(m, "learned_value_tau_null_mean")), dec_ci(m, "learned_value_tau_null"),
+         f"{m.get('shuffled_arms', '—')} arms; measured run rank p {dec(num(m, 'learned_value_tau_vs_null_rank_p'), 2)}; "
+         f"arms' τ vs own reward {dec(num(m, 'shuffled_arms_tau_reward_mean'))} {dec_ci(m, 'shuffled_arms_tau_reward')}"],
+        ["planted control AUC, paired (planted − true-reward run)", dec(num(m, "planted_paired_auc"), 2), "—",
+         f"p {pval(num(m, 'planted_paired_p'))}; seed-vs-seed null {dec(num(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
+         f"planted words' change {dec(num(m, 'planted_paired_mean_change'))} {dec_ci(m, 'planted_paired_mean_change')}"],
+        ["probe τ, word-held-out, fine-tuned", dec(num(m, "probe_tau_word_heldout_finetuned")), dec_ci(m, "probe_tau_word_heldout_finetuned"),
+         f"within sign +/−: {dec(num(m, 'probe_tau_word_heldout_finetuned_positive_words'))} / {dec(num(m, 'probe_tau_word_heldout_finetuned_negative_words'))}"],
+        ["probe τ, word-held-out, base", dec(num(m, "probe_tau_word_heldout_base")), dec_ci(m, "probe_tau_word_heldout_base"),
+         f"within sign +/−: {dec(num(m, 'probe_tau_word_heldout_base_positive_words'))} / {dec(num(m, 'probe_tau_word_heldout_base_negative_words'))}"],
+        ["probe τ, fine-tuned − base (paired)", dec(num(m, "probe_tau_word_heldout_diff")), dec_ci(m, "probe_tau_word_heldout_diff"), ""],
+        ["probe τ on the difference of representations (ft − base, ft SAEs)", dec(num(m, "probe_tau_word_heldout_difference")),
+         dec_ci(m, "probe_tau_word_heldout_difference"), f"p {pval(num(m, 'probe_tau_word_heldout_difference_p'))}; same tokens, one dictionary"],
+        ["  same probe, shuffled-reward fine-tune − base (null)", dec(num(m, "shuffled_probe_tau_word_heldout_difference")),
+         dec_ci(m, "shuffled_probe_tau_word_heldout_difference"), "a learned pattern must beat this"],
+        ["  same probe, planted fine-tune − base", dec(num(m, "planted_probe_tau_word_heldout_difference")),
+         dec_ci(m, "planted_probe_tau_word_heldout_difference"), ""],
+        *[[f"probe τ, {label}, mean over word splits", dec(num(m, f"probe_tau_word_heldout_{key}_seed_mean")),
+           dec_ci(m, f"probe_tau_word_heldout_{key}_seed"), f"split seeds {m.get('probe_split_seeds')} (not fine-tuning seeds)"]
           for key, label in (("finetuned", "fine-tuned"), ("base", "base"), ("diff", "fine-tuned − base"), ("difference", "difference probe"))
           if m.get("probe_seed_kind") == "word_split"],
-        ["identity-only ceiling (same split)", _f(_n(m, "identity_ceiling_tau")), "—", "one-hot word lookup: 0 by construction on a word-held-out split"],
-        ["sign-only ceiling (same split)", _f(_n(m, "sign_ceiling_tau")), "—", "an oracle: true sign, random order within sign"],
-        ["planted control AUC (unpaired, frequency-confounded)", _f(_n(m, "planted_auc"), 2), "—", f"p {_f(_n(m, 'planted_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_auc_base'), 2)}"],
-        ["planted control AUC through the probe", _f(_n(m, "planted_probe_auc"), 2), "—",
-         f"p {_f(_n(m, 'planted_probe_p'), 4)}; un-planted fine-tune {_f(_n(m, 'planted_probe_auc_base'), 2)}"],
-        ["shuffled control τ vs lexicon (arm 0)", _f(_n(m, "shuffled_learned_value_tau")), _ci(m, "shuffled_learned_value_tau"), "one run: see the null over arms"],
-        ["probe's view of the change, τ vs lexicon (fine-tuned / shuffled)", _f(_n(m, "probe_shift_tau")), _ci(m, "probe_shift_tau"),
-         f"shuffled control {_f(_n(m, 'shuffled_probe_shift_tau'))} {_ci(m, 'shuffled_probe_shift_tau')}"],
-        ["τ(|probe error|, learned value), held-out words", _f(_n(m, "error_learned_value_tau")), "—",
-         f"p {_f(_n(m, 'error_learned_value_tau_p'), 4)}; n {m.get('error_learned_value_n', '—')}"],
-        ["paper method: Table 4 τ (split by triple)", _f(paper_tau), "—",
-         f"identity lookup on that split {_f(_n(m, 'paper_split_identity_ceiling_tau'))}; sign only {_f(_n(m, 'paper_split_sign_ceiling_tau'))}"],
+        ["identity-only ceiling (same split)", dec(num(m, "identity_ceiling_tau")), "—", "one-hot word lookup: 0 by construction on a word-held-out split"],
+        ["sign-only ceiling (same split)", dec(num(m, "sign_ceiling_tau")), "—", "an oracle: true sign, random order within sign"],
+        ["planted control AUC (unpaired, frequency-confounded)", dec(num(m, "planted_auc"), 2), "—", f"p {dec(num(m, 'planted_p'), 4)}; un-planted fine-tune {dec(num(m, 'planted_auc_base'), 2)}"],
+        ["planted control AUC through the probe", dec(num(m, "planted_probe_auc"), 2), "—",
+         f"p {dec(num(m, 'planted_probe_p'), 4)}; un-planted fine-tune {dec(num(m, 'planted_probe_auc_base'), 2)}"],
+        ["shuffled control τ vs lexicon (arm 0)", dec(num(m, "shuffled_learned_value_tau")), dec_ci(m, "shuffled_learned_value_tau"), "one run: see the null over arms"],
+        ["probe's view of the change, τ vs lexicon (fine-tuned / shuffled)", dec(num(m, "probe_shift_tau")), dec_ci(m, "probe_shift_tau"),
+         f"shuffled control {dec(num(m, 'shuffled_probe_shift_tau'))} {dec_ci(m, 'shuffled_probe_shift_tau')}"],
+        ["τ(|probe error|, learned value), held-out words", dec(num(m, "error_learned_value_tau")), "—",
+         f"p {dec(num(m, 'error_learned_value_tau_p'), 4)}; n {m.get('error_learned_value_n', '—')}"],
+        ["paper method: Table 4 τ (split by triple)", dec(paper_tau), "—",
+         f"identity lookup on that split {dec(num(m, 'paper_split_identity_ceiling_tau'))}; sign only {dec(num(m, 'paper_split_sign_ceiling_tau'))}"],
     ]
 
 
@@ -261,7 +233,7 @@ def _readout_sees_plant(m: dict[str, Any], r: str) -> bool:
 
 
 def _readout_beyond_null(m: dict[str, Any], r: str) -> bool:
-    lo = _n(m, f"readout_{r}_tau_within_sign_ci_low")
+    lo = num(m, f"readout_{r}_tau_within_sign_ci_low")
     return lo is not None and lo > 0 and m.get(f"readout_{r}_tau_within_sign_vs_null_outside") is True
 
 
@@ -271,12 +243,12 @@ def readout_table(m: dict[str, Any]) -> list[list[str]]:
     for r in m.get("readouts") or []:
         k = f"readout_{r}_"
         rows.append([READOUT_LABELS.get(r, r),
-                     f"{_f(_n(m, k + 'tau'))} {_ci(m, k + 'tau')}",
-                     f"{_f(_n(m, k + 'tau_within_sign'))} {_ci(m, k + 'tau_within_sign')}",
-                     f"{_f(_n(m, k + 'tau_within_sign_null_min'))} to {_f(_n(m, k + 'tau_within_sign_null_max'))} "
-                     f"(rank p {_f(_n(m, k + 'tau_within_sign_vs_null_rank_p'), 2)})",
-                     f"{_f(_n(m, k + 'planted_paired_auc'), 2)} (p {_p(_n(m, k + 'planted_paired_p'))}; seed null "
-                     f"{_f(_n(m, k + 'planted_paired_auc_seed_null_mean'), 2)})",
+                     f"{dec(num(m, k + 'tau'))} {dec_ci(m, k + 'tau')}",
+                     f"{dec(num(m, k + 'tau_within_sign'))} {dec_ci(m, k + 'tau_within_sign')}",
+                     f"{dec(num(m, k + 'tau_within_sign_null_min'))} to {dec(num(m, k + 'tau_within_sign_null_max'))} "
+                     f"(rank p {dec(num(m, k + 'tau_within_sign_vs_null_rank_p'), 2)})",
+                     f"{dec(num(m, k + 'planted_paired_auc'), 2)} (p {pval(num(m, k + 'planted_paired_p'))}; seed null "
+                     f"{dec(num(m, k + 'planted_paired_auc_seed_null_mean'), 2)})",
                      "yes" if _readout_sees_plant(m, r) else "no",
                      "yes" if _readout_beyond_null(m, r) else "no"])
     return rows

@@ -26,12 +26,10 @@ from typing import Any
 import pandas as pd
 
 from lfp.core import paths
-from lfp.report.measure import _ci, _covers_zero, _f, _n, _p
-from lfp.tasks.preference_dpo.report import _with_ci
+from lfp.report.format import CHANCE, covers_zero, dec, dec_ci, dec_with_ci, num, pval, with_ci
 
 PASSED, FAILED, NOT_RUN, NA = "passed", "failed", "not run", "n/a"
 COLUMNS = ["task", "control", "verdict", "evidence"]
-CHANCE = 0.5  # a preference accuracy by luck (chosen vs rejected reply)
 ALPHA = 0.05  # the significance level of the p-value tests (planted control, Table 7)
 LEXICON_KIND = "lexicon_rl"  # every other kind is judged as a preference (DPO) task, as in the report
 
@@ -70,14 +68,8 @@ def _missing(m: Metrics, file: str, *keys: str) -> Judged | None:
     """('not run', what is missing) if the file or any key is absent or not a number, else None."""
     if m is None:
         return NOT_RUN, f"no {file}"
-    absent = [k for k in keys if _n(m, k) is None]
+    absent = [k for k in keys if num(m, k) is None]
     return (NOT_RUN, f"`{'`, `'.join(absent)}` missing from {file}") if absent else None
-
-
-def _with_ci_num(m: Mapping[str, Any], key: str, digits: int = 3) -> str:
-    """'0.181 [0.095, 0.273]', or the number alone where it has no CI."""
-    c = _ci(m, key)
-    return _f(_n(m, key), digits) + ("" if c == "—" else f" {c}")
 
 
 # ------------------------------------------------------------------------- fine-tuning learned
@@ -89,26 +81,26 @@ def finetune_lexicon(f: Metrics) -> Judged:
     if miss := _missing(f, "finetune.json", "reward_base", "reward_finetuned"):
         return miss
     assert f is not None
-    rb, rf = _n(f, "reward_base"), _n(f, "reward_finetuned")
+    rb, rf = num(f, "reward_base"), num(f, "reward_finetuned")
     assert rb is not None and rf is not None
     beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else rf > rb
-    return (PASSED if beats else FAILED), f"held-out reward {_f(rb)} (base) → {_f(rf)} (fine-tuned), no CI recorded"
+    return (PASSED if beats else FAILED), f"held-out reward {dec(rb)} (base) → {dec(rf)} (fine-tuned), no CI recorded"
 
 
 def finetune_preference(measure: Metrics, f: Metrics) -> Judged:
     """DPO learned a preference that generalises only if DPO's implicit reward ranks the preferred
     reply higher on held-out pairs with a CI above 50% chance. Prefers the measure stage's larger
     held-out set (lfp.json), else the fine-tune stage's own held-out evaluation (finetune.json)."""
-    if measure is not None and _n(measure, "implicit_reward_acc_ci_low") is not None:
+    if measure is not None and num(measure, "implicit_reward_acc_ci_low") is not None:
         m, key, n, where = measure, "implicit_reward_acc", measure.get("n_pairs"), "lfp.json"
-    elif f is not None and _n(f, "implicit_reward_accuracy_ci_low") is not None:
+    elif f is not None and num(f, "implicit_reward_accuracy_ci_low") is not None:
         m, key, n, where = f, "implicit_reward_accuracy", f.get("eval_pairs"), "finetune.json"
     else:
         return NOT_RUN, "no implicit-reward accuracy with a CI in lfp.json or finetune.json"
-    lo = _n(m, f"{key}_ci_low")
+    lo = num(m, f"{key}_ci_low")
     assert lo is not None
     pairs = f" on {n} held-out pairs" if isinstance(n, int) else f" ({where})"
-    return (PASSED if lo > CHANCE else FAILED), f"implicit-reward accuracy {_with_ci(m, key)}{pairs} (chance 50%)"
+    return (PASSED if lo > CHANCE else FAILED), f"implicit-reward accuracy {with_ci(m, key)}{pairs} (chance 50%)"
 
 
 # ------------------------------------------------------------------------- the measure stage's controls
@@ -118,28 +110,28 @@ def planted(measure: Metrics, control: Metrics) -> Judged:
     """A fine-tune whose reward flips a few positive words must be found by the measurement: its
     planted words separate from the others by learned value (the stage's `planted_detected` flag:
     AUC > 0.5 with permutation p < 0.05). Read from the measured task's lfp.json, else the control's own."""
-    if measure is not None and _n(measure, "planted_paired_auc") is not None:
+    if measure is not None and num(measure, "planted_paired_auc") is not None:
         return planted_paired(measure)
-    m = measure if measure is not None and _n(measure, "planted_auc") is not None else control
+    m = measure if measure is not None and num(measure, "planted_auc") is not None else control
     if miss := _missing(m, "lfp.json", "planted_auc"):
         return miss
     assert m is not None
-    auc, p = _n(m, "planted_auc"), _n(m, "planted_p")
+    auc, p = num(m, "planted_auc"), num(m, "planted_p")
     assert auc is not None
     flag = m.get("planted_detected")
     detected = flag if isinstance(flag, bool) else p is not None and p < ALPHA and auc > 0.5
-    return (PASSED if detected else FAILED), f"planted words' AUC {_f(auc, 2)}, p {_p(p)}"
+    return (PASSED if detected else FAILED), f"planted words' AUC {dec(auc, 2)}, p {pval(p)}"
 
 
 def planted_paired(m: Mapping[str, Any]) -> Judged:
     """The paired planted test (planted run − true-reward run, same data and seed): AUC > 0.5 with
     permutation p below the stage's alpha (0.01), the unpaired AUC and the seed-vs-seed null beside it."""
-    auc, p = _n(m, "planted_paired_auc"), _n(m, "planted_paired_p")
+    auc, p = num(m, "planted_paired_auc"), num(m, "planted_paired_p")
     flag = m.get("planted_paired_detected")
     detected = flag if isinstance(flag, bool) else auc is not None and p is not None and auc > 0.5 and p < 0.01
     return ((PASSED if detected else FAILED),
-            f"paired AUC {_f(auc, 2)}, p {_p(p)} (seed-vs-seed null {_f(_n(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
-            f"unpaired AUC {_f(_n(m, 'planted_auc'), 2)})")
+            f"paired AUC {dec(auc, 2)}, p {pval(p)} (seed-vs-seed null {dec(num(m, 'planted_paired_auc_seed_null_mean'), 2)}; "
+            f"unpaired AUC {dec(num(m, 'planted_auc'), 2)})")
 
 
 def planted_learned(m: Metrics) -> Judged:
@@ -148,11 +140,11 @@ def planted_learned(m: Metrics) -> Judged:
     if miss := _missing(m, "lfp.json", "planted_paired_mean_change", "planted_paired_mean_change_ci_high"):
         return miss
     assert m is not None
-    hi = _n(m, "planted_paired_mean_change_ci_high")
+    hi = num(m, "planted_paired_mean_change_ci_high")
     assert hi is not None
     return ((PASSED if hi < 0 else FAILED),
-            f"planted words' change vs the true-reward run {_with_ci_num(m, 'planted_paired_mean_change')} "
-            f"(other positive words {_f(_n(m, 'planted_paired_mean_change_other'))})")
+            f"planted words' change vs the true-reward run {dec_with_ci(m, 'planted_paired_mean_change')} "
+            f"(other positive words {dec(num(m, 'planted_paired_mean_change_other'))})")
 
 
 def shuffled_null_centred(m: Metrics) -> Judged:
@@ -163,8 +155,8 @@ def shuffled_null_centred(m: Metrics) -> Judged:
     assert m is not None
     centred = m.get("shuffled_null_centred") is True
     return ((PASSED if centred else FAILED),
-            f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {_f(_n(m, 'learned_value_tau_null_mean'))} "
-            f"{_ci(m, 'learned_value_tau_null')} (range {_f(_n(m, 'learned_value_tau_null_min'))} to {_f(_n(m, 'learned_value_tau_null_max'))})")
+            f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {dec(num(m, 'learned_value_tau_null_mean'))} "
+            f"{dec_ci(m, 'learned_value_tau_null')} (range {dec(num(m, 'learned_value_tau_null_min'))} to {dec(num(m, 'learned_value_tau_null_max'))})")
 
 
 def shuffled_learned(m: Metrics) -> Judged:
@@ -173,8 +165,8 @@ def shuffled_learned(m: Metrics) -> Judged:
         return miss
     assert m is not None
     return ((PASSED if m.get("shuffled_learned") is True else FAILED),
-            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms: mean {_f(_n(m, 'shuffled_arms_tau_reward_mean'))} "
-            f"{_ci(m, 'shuffled_arms_tau_reward')}")
+            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms: mean {dec(num(m, 'shuffled_arms_tau_reward_mean'))} "
+            f"{dec_ci(m, 'shuffled_arms_tau_reward')}")
 
 
 def beyond_null(m: Metrics) -> Judged:
@@ -184,56 +176,56 @@ def beyond_null(m: Metrics) -> Judged:
     if miss := _missing(m, "lfp.json", key, f"{key}_ci_low", f"{key}_null_max"):
         return miss
     assert m is not None
-    lo = _n(m, f"{key}_ci_low")
+    lo = num(m, f"{key}_ci_low")
     assert lo is not None
     ok = lo > 0 and m.get(f"{key}_vs_null_outside") is True
     return ((PASSED if ok else FAILED),
-            f"within-sign τ {_with_ci_num(m, key)} vs null {_f(_n(m, f'{key}_null_min'))} to {_f(_n(m, f'{key}_null_max'))} "
-            f"(rank p {_f(_n(m, f'{key}_vs_null_rank_p'), 2)}); gap {_with_ci_num(m, 'learned_value_sign_gap')}")
+            f"within-sign τ {dec_with_ci(m, key)} vs null {dec(num(m, f'{key}_null_min'))} to {dec(num(m, f'{key}_null_max'))} "
+            f"(rank p {dec(num(m, f'{key}_vs_null_rank_p'), 2)}); gap {dec_with_ci(m, 'learned_value_sign_gap')}")
 
 
 def readout_plant(m: Mapping[str, Any], r: str) -> Judged:
     """A readout sees the plant: its per-word values, planted run − true-reward run, separate the
     planted words (paired AUC > 0.5, p < 0.01)."""
     k = f"readout_{r}_"
-    if _n(m, k + "planted_paired_auc") is None:
+    if num(m, k + "planted_paired_auc") is None:
         return NOT_RUN, f"`{k}planted_paired_auc` missing from lfp.json"
     return ((PASSED if m.get(k + "planted_paired_detected") is True else FAILED),
-            f"paired AUC {_f(_n(m, k + 'planted_paired_auc'), 2)}, p {_p(_n(m, k + 'planted_paired_p'))} "
-            f"(seed-vs-seed null {_f(_n(m, k + 'planted_paired_auc_seed_null_mean'), 2)})")
+            f"paired AUC {dec(num(m, k + 'planted_paired_auc'), 2)}, p {pval(num(m, k + 'planted_paired_p'))} "
+            f"(seed-vs-seed null {dec(num(m, k + 'planted_paired_auc_seed_null_mean'), 2)})")
 
 
 def readout_beyond_null(m: Mapping[str, Any], r: str) -> Judged:
     """A readout sees a learned pattern beyond the sign: within-sign τ CI above 0 and above every
     shuffled arm's."""
     k = f"readout_{r}_tau_within_sign"
-    if _n(m, k) is None or _n(m, k + "_null_max") is None:
+    if num(m, k) is None or num(m, k + "_null_max") is None:
         return NOT_RUN, f"`{k}` or its null missing from lfp.json"
-    lo = _n(m, k + "_ci_low")
+    lo = num(m, k + "_ci_low")
     ok = lo is not None and lo > 0 and m.get(k + "_vs_null_outside") is True
     return ((PASSED if ok else FAILED),
-            f"within-sign τ {_with_ci_num(m, k)} vs null {_f(_n(m, k + '_null_min'))} to {_f(_n(m, k + '_null_max'))}")
+            f"within-sign τ {dec_with_ci(m, k)} vs null {dec(num(m, k + '_null_min'))} to {dec(num(m, k + '_null_max'))}")
 
 
 def shuffled(measure: Metrics, control: Metrics) -> Judged:
     """A fine-tune on the lexicon with values permuted across words learned no valence, so its
     learned values must not track the real lexicon: τ CI covering 0 (the stage's `shuffled_detected`
     flag False). Read from the measured task's lfp.json, else the control's own."""
-    if measure is not None and _n(measure, "shuffled_learned_value_tau") is not None:
+    if measure is not None and num(measure, "shuffled_learned_value_tau") is not None:
         m, key = measure, "shuffled_learned_value_tau"
-    elif control is not None and _n(control, "learned_value_tau") is not None:
+    elif control is not None and num(control, "learned_value_tau") is not None:
         m, key = control, "learned_value_tau"
     else:
         return _missing(measure if measure is not None else control, "lfp.json", "shuffled_learned_value_tau") or (NOT_RUN, "no lfp.json")
     flag = m.get("shuffled_detected", m.get("detected"))
-    covers = _covers_zero(m, key)
+    covers = covers_zero(m, key)
     if isinstance(flag, bool):
         fooled = flag
     elif covers is not None:
         fooled = not covers
     else:
         return NOT_RUN, f"`{key}_ci_low`/`_ci_high` missing from lfp.json"
-    return (FAILED if fooled else PASSED), f"τ vs lexicon {_with_ci_num(m, key)}" + (" (clear of 0)" if fooled else " (covers 0)")
+    return (FAILED if fooled else PASSED), f"τ vs lexicon {dec_with_ci(m, key)}" + (" (clear of 0)" if fooled else " (covers 0)")
 
 
 def probe_vs_base_lexicon(m: Metrics) -> Judged:
@@ -243,10 +235,10 @@ def probe_vs_base_lexicon(m: Metrics) -> Judged:
                         "probe_tau_word_heldout_diff_ci_high"):
         return miss
     assert m is not None
-    lo = _n(m, "probe_tau_word_heldout_diff_ci_low")
+    lo = num(m, "probe_tau_word_heldout_diff_ci_low")
     assert lo is not None
     words = f", {m['n_words_test']} held-out words" if isinstance(m.get("n_words_test"), int) else ""
-    return (PASSED if lo > 0 else FAILED), f"τ fine-tuned − base {_with_ci_num(m, 'probe_tau_word_heldout_diff')}{words}"
+    return (PASSED if lo > 0 else FAILED), f"τ fine-tuned − base {dec_with_ci(m, 'probe_tau_word_heldout_diff')}{words}"
 
 
 def probe_vs_base_preference(m: Metrics) -> Judged:
@@ -255,9 +247,9 @@ def probe_vs_base_preference(m: Metrics) -> Judged:
     if miss := _missing(m, "lfp.json", "pairwise_accuracy_diff", "pairwise_accuracy_diff_ci_low", "pairwise_accuracy_diff_ci_high"):
         return miss
     assert m is not None
-    lo = _n(m, "pairwise_accuracy_diff_ci_low")
+    lo = num(m, "pairwise_accuracy_diff_ci_low")
     assert lo is not None
-    return (PASSED if lo > 0 else FAILED), f"pairwise accuracy fine-tuned − base {_with_ci(m, 'pairwise_accuracy_diff', pct=False)}"
+    return (PASSED if lo > 0 else FAILED), f"pairwise accuracy fine-tuned − base {with_ci(m, 'pairwise_accuracy_diff', pct=False)}"
 
 
 def probe_vs_trivial_lexicon(m: Metrics) -> Judged:
@@ -267,14 +259,14 @@ def probe_vs_trivial_lexicon(m: Metrics) -> Judged:
     if miss := _missing(m, "lfp.json", "probe_tau_word_heldout_finetuned", "probe_tau_word_heldout_finetuned_ci_low"):
         return miss
     assert m is not None
-    ceilings = {name: _n(m, key) for name, key in (("identity", "identity_ceiling_tau"), ("sign-only", "sign_ceiling_tau"))}
+    ceilings = {name: num(m, key) for name, key in (("identity", "identity_ceiling_tau"), ("sign-only", "sign_ceiling_tau"))}
     known = {name: v for name, v in ceilings.items() if v is not None}
     if not known:
         return NOT_RUN, "`identity_ceiling_tau`/`sign_ceiling_tau` missing from lfp.json"
-    lo = _n(m, "probe_tau_word_heldout_finetuned_ci_low")
+    lo = num(m, "probe_tau_word_heldout_finetuned_ci_low")
     assert lo is not None
-    versus = ", ".join(f"{name} {_f(v)}" for name, v in known.items())
-    return (PASSED if lo > max(known.values()) else FAILED), f"probe τ {_with_ci_num(m, 'probe_tau_word_heldout_finetuned')} vs {versus}"
+    versus = ", ".join(f"{name} {dec(v)}" for name, v in known.items())
+    return (PASSED if lo > max(known.values()) else FAILED), f"probe τ {dec_with_ci(m, 'probe_tau_word_heldout_finetuned')} vs {versus}"
 
 
 def probe_vs_bow(m: Metrics) -> Judged:
@@ -283,10 +275,10 @@ def probe_vs_bow(m: Metrics) -> Judged:
     if miss := _missing(m, "lfp.json", "pairwise_accuracy_finetuned_ci_low", "pairwise_accuracy_bow"):
         return miss
     assert m is not None
-    lo, bow = _n(m, "pairwise_accuracy_finetuned_ci_low"), _n(m, "pairwise_accuracy_bow")
+    lo, bow = num(m, "pairwise_accuracy_finetuned_ci_low"), num(m, "pairwise_accuracy_bow")
     assert lo is not None and bow is not None
     return ((PASSED if lo > bow else FAILED),
-            f"pairwise {_with_ci(m, 'pairwise_accuracy_finetuned')} vs bag-of-words {_with_ci(m, 'pairwise_accuracy_bow')}")
+            f"pairwise {with_ci(m, 'pairwise_accuracy_finetuned')} vs bag-of-words {with_ci(m, 'pairwise_accuracy_bow')}")
 
 
 def difference_vs_null(m: Metrics) -> Judged:
@@ -297,12 +289,12 @@ def difference_vs_null(m: Metrics) -> Judged:
     if miss := _missing(m, "lfp.json", key, f"{key}_ci_low", f"{key}_ci_high"):
         return miss
     assert m is not None
-    if _n(m, f"{null}_ci_high") is None:
-        return NOT_RUN, f"difference probe τ {_with_ci_num(m, key)}; its shuffled-reward null is missing"
-    lo, null_hi = _n(m, f"{key}_ci_low"), _n(m, f"{null}_ci_high")
+    if num(m, f"{null}_ci_high") is None:
+        return NOT_RUN, f"difference probe τ {dec_with_ci(m, key)}; its shuffled-reward null is missing"
+    lo, null_hi = num(m, f"{key}_ci_low"), num(m, f"{null}_ci_high")
     assert lo is not None and null_hi is not None
-    ok = _covers_zero(m, key) is False and null_hi < lo
-    return (PASSED if ok else FAILED), f"τ {_with_ci_num(m, key)} vs shuffled null {_with_ci_num(m, null)}"
+    ok = covers_zero(m, key) is False and null_hi < lo
+    return (PASSED if ok else FAILED), f"τ {dec_with_ci(m, key)} vs shuffled null {dec_with_ci(m, null)}"
 
 
 # ------------------------------------------------------------------------- Tables 7 and 6 (validate)
@@ -317,12 +309,12 @@ def table7(v: Metrics) -> Judged:
     held-out rows more than unrelated features' does (permutation p < 0.05)."""
     if v is None:
         return NOT_RUN, "no validate.json"
-    p = _n(v, "t7_p")
+    p = num(v, "t7_p")
     if p is None:
         reason = v.get("t7_reason") or v.get("t7_quantile_reason")
         return (NA, str(reason)) if reason else (NOT_RUN, "`t7_p` missing from validate.json")
-    contrast = f"related {_signed(_n(v, 't7_related_contrast'))} vs unrelated {_signed(_n(v, 't7_unrelated_contrast'))}"
-    return (PASSED if p < ALPHA else FAILED), f"p {_p(p)}; high − low frequency: {contrast}"
+    contrast = f"related {_signed(num(v, 't7_related_contrast'))} vs unrelated {_signed(num(v, 't7_unrelated_contrast'))}"
+    return (PASSED if p < ALPHA else FAILED), f"p {pval(p)}; high − low frequency: {contrast}"
 
 
 def table6(v: Metrics) -> Judged:
@@ -331,17 +323,17 @@ def table6(v: Metrics) -> Judged:
     features (related − random CI below 0)."""
     if v is None:
         return NOT_RUN, "no validate.json"
-    if _n(v, "t6_related_ci_high") is None:
+    if num(v, "t6_related_ci_high") is None:
         reason = v.get("ablation_reason")
         return (NA, str(reason)) if reason else (NOT_RUN, "`t6_related_*` missing from validate.json")
-    hi = _n(v, "t6_related_ci_high")
+    hi = num(v, "t6_related_ci_high")
     assert hi is not None
-    related = f"related zeroed − reconstruction {_f(_n(v, 't6_related_delta'))} {_ci(v, 't6_related')}"
-    vs_hi = _n(v, "t6_related_vs_random_ci_high")
+    related = f"related zeroed − reconstruction {dec(num(v, 't6_related_delta'))} {dec_ci(v, 't6_related')}"
+    vs_hi = num(v, "t6_related_vs_random_ci_high")
     if vs_hi is None:
         return (FAILED if hi >= 0 else NOT_RUN), f"{related}; random-feature control missing"
     return ((PASSED if hi < 0 and vs_hi < 0 else FAILED),
-            f"{related}; related − random {_f(_n(v, 't6_related_vs_random_delta'))} {_ci(v, 't6_related_vs_random')}")
+            f"{related}; related − random {dec(num(v, 't6_related_vs_random_delta'))} {dec_ci(v, 't6_related_vs_random')}")
 
 
 # ------------------------------------------------------------------------- rows and table
@@ -356,14 +348,14 @@ def run_verdicts(runs_dir: Path, model: str, task: str, kind: str, label: str | 
     name = label or task
     if kind == LEXICON_KIND:
         control = {c: read_metrics(runs_dir / paths.run_id(model, paths.control_task(task, c)) / "lfp.json") for c in paths.CONTROLS}
-        paired = m is not None and _n(m, "planted_paired_auc") is not None
+        paired = m is not None and num(m, "planted_paired_auc") is not None
         judged = [("fine-tuning learned its reward", finetune_lexicon(f)),
                   *([("learned values beyond the sign and the shuffled null (within sign)", beyond_null(m)),
                      ("planted fine-tune learned its plant", planted_learned(m))] if paired else []),
                   ("planted control detected" + (" (paired)" if paired else ""), planted(m, control["planted"])),
                   *([("shuffled fine-tunes learned their own reward", shuffled_learned(m)),
                      ("shuffled-reward null centred on 0 (over arms)", shuffled_null_centred(m))]
-                    if m is not None and _n(m, "learned_value_tau_null_mean") is not None
+                    if m is not None and num(m, "learned_value_tau_null_mean") is not None
                     else [("shuffled-reward control not detected", shuffled(m, control["shuffled"]))]),
                   ("probe beats the base model", probe_vs_base_lexicon(m)),
                   ("probe beats trivial predictors", probe_vs_trivial_lexicon(m)),

@@ -3,11 +3,14 @@ quality and dictionary matching, one module per job.
 
   model     SparseAutoencoder: `architecture` "relu_l1" (tied ReLU + l1, the paper method, the
             default) or "topk" (Gao et al. 2024: k largest codes, AuxK loss), normalize_rows_
-  step      the hand-derived training step: relu_l1 on two GEMM backends (MKL, oneDNN), topk
+  gemm      the GEMM paths available here (MKL, oneDNN)
+  gradients HandGradients: the hand-derived training step on a given path (relu_l1 on either, topk)
+  step      GradientStep: HandGradients on the path `backend` chose
   backend   choose_backend: the GEMM path measured per machine for large SAEs, cached
   optim     FusedAdam: torch's fused Adam kernel without torch.optim's per-step overhead
   rows      select_rows / as_float_tensor: activation rows -> float32 CPU tensors
-  train     train_sae, train_saes (one single-threaded job per core), train_sae_reference
+  train     SaeTraining (the settings), train_sae, train_saes (one single-threaded job per core),
+            train_sae_reference
   files     save_sae / load_sae / read_sae_config: SAELens-style SAE directories, checked on load
   quality   reconstruction_metrics (mse, fvu, l0, dead_fraction, dead_count, l0_histogram)
   matching  dictionary_matching (max cosine, MMCS, Hungarian), max_cosines, random_dictionary_mmcs (its null)
@@ -32,13 +35,14 @@ from lfp.sae.model import (
 )
 from lfp.sae.quality import reconstruction_metrics
 from lfp.sae.rows import select_rows
-from lfp.sae.train import train_sae, train_sae_reference, train_saes, usable_cores
+from lfp.sae.train import SaeTraining, train_sae, train_sae_reference, train_saes, usable_cores
 
 __all__ = [
     "ARCHITECTURE_NAMES",
     "CFG_FILENAME",
     "PAPER_METHOD",
     "WEIGHTS_FILENAME",
+    "SaeTraining",
     "SparseAutoencoder",
     "dictionary_matching",
     "load_sae",

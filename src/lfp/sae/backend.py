@@ -1,4 +1,4 @@
-"""Which GEMM path `GradientStep` runs: measured on the machine, not guessed from the CPU family.
+"""Which GEMM path `GradientStep` (lfp.sae.step) runs: measured on the machine, not guessed from the CPU family.
 
 Why: oneDNN runs the large SAEs' batch-32 GEMMs ~2x faster than MKL on an AMD EPYC but ~0.9x (and
 once 0.5x) on an Intel CPU, so a size threshold tuned on one CPU picked the slow path on the other.
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from lfp.sae import step as step_module
+import lfp.sae.gemm as gemm
+from lfp.sae.gradients import HandGradients
 from lfp.sae.model import SparseAutoencoder
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,9 @@ def shape_key(sae: SparseAutoencoder, batch_size: int, threads: int) -> str:
 def choose_backend(sae: SparseAutoencoder, batch_size: int = MEASURE_BATCH) -> str:
     """The GEMM path for training `sae` at `batch_size` on the calling thread's torch threads
     (the module docstring's rule). Thread-safe; measures at most once per shape per machine."""
-    available = step_module.backends_for(sae)
+    available = gemm.backends_for(sae)
     forced = os.environ.get(ENV, "auto").strip().lower()
-    if forced in step_module.BACKENDS:
+    if forced in gemm.BACKENDS:
         if forced in available:
             return forced
         log.warning("sae: %s=%s is not available here for %s SAEs; using %s", ENV, forced, sae.architecture, available[0])
@@ -86,7 +87,7 @@ def choose_backend(sae: SparseAutoencoder, batch_size: int = MEASURE_BATCH) -> s
         log.warning("sae: ignoring %s=%r (expected mkl, onednn or auto)", ENV, forced)
     if len(available) == 1:
         return available[0]
-    if sae.d_in * sae.d_hidden <= step_module.ONEDNN_MIN_WEIGHTS:
+    if sae.d_in * sae.d_hidden <= gemm.ONEDNN_MIN_WEIGHTS:
         return "mkl"
     threads = torch.get_num_threads()
     key = shape_key(sae, batch_size, threads)
@@ -107,10 +108,10 @@ def choose_backend(sae: SparseAutoencoder, batch_size: int = MEASURE_BATCH) -> s
 
 
 def _fmt(result: dict[str, Any]) -> str:
-    return ", ".join(f"{b} {result[f'{b}_us']:.1f} µs/step" for b in step_module.BACKENDS if f"{b}_us" in result)
+    return ", ".join(f"{b} {result[f'{b}_us']:.1f} µs/step" for b in gemm.BACKENDS if f"{b}_us" in result)
 
 
-def measure(sae: SparseAutoencoder, batch_size: int, backends: tuple[str, ...] = step_module.BACKENDS,
+def measure(sae: SparseAutoencoder, batch_size: int, backends: tuple[str, ...] = gemm.BACKENDS,
             seconds: float = MEASURE_SECONDS) -> dict[str, Any]:
     """Time one training step (gradients, no update) of each backend on `sae`'s shape: a warm-up,
     then interleaved blocks (so a busy neighbour slows both alike), each path scored by its median
@@ -119,7 +120,7 @@ def measure(sae: SparseAutoencoder, batch_size: int, backends: tuple[str, ...] =
     probe = SparseAutoencoder(sae.d_in, sae.d_hidden, tied=sae.tied, architecture=sae.architecture, k=sae.k)
     probe.reset_parameters(gen)
     x = torch.randn(batch_size, sae.d_in, generator=gen)
-    steps = {b: step_module.GradientStep(probe, 0.0, backend=b) for b in backends}
+    steps = {b: HandGradients(probe, 0.0, backend=b) for b in backends}
     # warm-up, and a first timing to size the blocks
     per_step = {}
     for b, step in steps.items():

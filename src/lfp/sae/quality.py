@@ -1,4 +1,6 @@
-"""Held-out reconstruction quality of an SAE (the numbers in reports/runs/{m}-{t}/sae.json).
+"""Held-out reconstruction quality of an SAE (the numbers in reports/runs/{m}-{t}/sae.json):
+on activations (mse, fvu, l0, dead latents) and through the LM (its next-token cross-entropy with
+a layer's MLP output replaced by the reconstruction, and the share of the loss it recovers).
 
 Why separate: scoring reads activations in bounded chunks and needs only `encode`/`decode`, so
 it works unchanged for every architecture.
@@ -66,3 +68,41 @@ def reconstruction_metrics(sae: SparseAutoencoder, acts: np.ndarray | torch.Tens
         "dead_count": int((~fired).sum()),
         "l0_histogram": {"edges": edges, "counts": counts.tolist()},
     }
+
+
+CE_BATCH = 8  # texts per forward pass when scoring cross-entropy
+
+
+@torch.inference_mode()
+def cross_entropy(model: Any, sequences: list[np.ndarray], pad_id: int, device: torch.device | str) -> float:
+    """Mean next-token cross-entropy over all real (non-padding) target tokens."""
+    total, count = 0.0, 0
+    for lo in range(0, len(sequences), CE_BATCH):
+        seqs = sequences[lo : lo + CE_BATCH]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.from_numpy(s)
+            mask[i, : len(s)] = True
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits[:, :-1].float()
+        target_mask = mask[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[target_mask], ids[:, 1:][target_mask], reduction="sum")
+        total += float(losses)
+        count += int(target_mask.sum())
+    if count == 0:
+        raise ArtifactError("sae: the cross-entropy texts have no next-token targets (all one token long)")
+    return total / count
+
+
+def reconstruction_hook(sae: SparseAutoencoder):
+    def replace(out: torch.Tensor) -> torch.Tensor:
+        return sae(out.float())[0].to(out.dtype)
+
+    return replace
+
+
+def ce_recovered(clean: float, recon: float, zero: float) -> float:
+    denom = zero - clean
+    return (zero - recon) / denom if abs(denom) > 1e-12 else float("nan")

@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,9 @@ from lfp.core.errors import ArtifactError
 from lfp.sae.backend import choose_backend
 from lfp.sae.model import PAPER_METHOD, DeadLatents, SparseAutoencoder
 from lfp.sae.optim import FusedAdam
+from lfp.sae.gradients import normalize_columns_with_, normalize_rows_with_
 from lfp.sae.rows import as_float_tensor, select_rows
-from lfp.sae.step import GradientStep, normalize_columns_with_, normalize_rows_with_
+from lfp.sae.step import GradientStep
 
 Loader = Callable[[], np.ndarray | torch.Tensor]  # loads one SAE's training activations
 
@@ -92,6 +94,37 @@ def _arch_kw(architecture: str, k: int | None, tied: bool | None) -> dict[str, A
     return {"architecture": architecture, "k": None, "tied": True if tied is None else bool(tied)}
 
 
+@dataclass(frozen=True)
+class SaeTraining:
+    """How an SAE is trained: the one set of settings `train_sae`, `train_saes` and
+    `train_sae_reference` share (so the fast loop, the pool and the reference cannot drift apart).
+
+    `architecture` "relu_l1" (the paper method; `tied` defaults to True; `k` is ignored) or "topk"
+    (`k` codes per row, default DEFAULT_K; `tied` defaults to False; `l1` is ignored: a TopK SAE
+    is sparse by construction, so no penalty is trained or reported; the auxiliary loss weighs
+    `aux_coeff` (0 = off) over the top `aux_k` (0: d_in // 2) latents dead for `dead_window`
+    rows). At most `max_rows` rows (a seeded subset) are used; each of `epochs` visits them in a
+    fresh order seeded by `seed`, in contiguous batches of `batch_size`.
+    """
+
+    l1: float
+    lr: float
+    batch_size: int
+    epochs: int
+    seed: int
+    tied: bool | None = None
+    max_rows: int | None = None
+    architecture: str = PAPER_METHOD
+    k: int | None = None
+    aux_k: int = 0
+    aux_coeff: float = AUX_COEFF
+    dead_window: int = DEAD_WINDOW_ROWS
+
+    def arch(self) -> dict[str, Any]:
+        """The SparseAutoencoder's `architecture`, `k`, `tied` with their defaults filled in."""
+        return _arch_kw(self.architecture, self.k, self.tied)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -124,81 +157,46 @@ def _check_acts(acts: np.ndarray | torch.Tensor, who: str) -> None:
 def train_sae(
     acts: np.ndarray | torch.Tensor,
     d_hidden: int,
+    settings: SaeTraining,
     *,
-    l1: float,
-    lr: float,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    tied: bool | None = None,
-    max_rows: int | None = None,
     threads: int | None = None,
-    architecture: str = PAPER_METHOD,
-    k: int | None = None,
-    aux_k: int = 0,
-    aux_coeff: float = AUX_COEFF,
-    dead_window: int = DEAD_WINDOW_ROWS,
     backend: str | None = None,
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """Train one SAE on the rows of `acts` [n_rows, d_in] (array, memmap or tensor).
 
-    At most `max_rows` rows (a seeded subset) are used; each epoch visits them in a fresh seeded
-    order in contiguous batches of `batch_size` (the last one may be smaller). Runs on `threads`
+    How: `settings` (SaeTraining; the last batch of an epoch may be smaller). Runs on `threads`
     torch threads (default 1: batch-32 GEMMs gain ≤ 1.5x from a second core on an idle machine and
     collapse ~10x on a busy one; to use several cores train several SAEs with `train_saes`).
-    `architecture` "relu_l1" (the paper method; `tied` defaults to True; `k` is ignored) or "topk"
-    (`k` codes per row, default DEFAULT_K; `tied` defaults to False; `l1` is ignored: a TopK SAE
-    is sparse by construction, so no penalty is trained or reported; the auxiliary loss weighs
-    `aux_coeff` (0 = off) over the top `aux_k` (0: d_in // 2) latents dead for `dead_window`
-    rows). `backend` forces the GEMM path ("mkl"/"onednn"; default: `choose_backend`).
+    `backend` forces the GEMM path ("mkl"/"onednn"; default: `choose_backend`).
     Deterministic: the same arguments and backend give bit-identical weights.
     Returns the trained module (on CPU, eval mode) and stats: rows, steps, seconds, cpu_seconds (of
     the calling thread: robust to a shared CPU when threads=1), rows_per_s, first/final loss, mean
     loss per epoch, backend, and for topk dead_fraction_train (latents dead at the end).
     """
     _check_acts(acts, "train_sae")
-    arch = _arch_kw(architecture, k, tied)
     with torch_threads(threads or 1):
-        return _train(acts, d_hidden, l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, max_rows=max_rows,
-                      aux_k=aux_k, aux_coeff=aux_coeff, dead_window=dead_window, backend=backend, **arch)
+        return _train(acts, d_hidden, settings, backend)
 
 
 def train_saes(
-    jobs: Sequence[tuple[Loader, int]],
-    *,
-    l1: float,
-    lr: float,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    tied: bool | None = None,
-    max_rows: int | None = None,
-    workers: int | None = None,
-    architecture: str = PAPER_METHOD,
-    k: int | None = None,
-    aux_k: int = 0,
-    aux_coeff: float = AUX_COEFF,
-    dead_window: int = DEAD_WINDOW_ROWS,
+    jobs: Sequence[tuple[Loader, int]], settings: SaeTraining, *, workers: int | None = None,
 ) -> list[tuple[SparseAutoencoder, dict[str, Any]]]:
     """Train independent SAEs — `jobs` = [(load activations, d_hidden)] — one per core at a time.
 
     Why: batch-32 GEMMs scale poorly over threads (and collapse on a busy machine), while
     independent single-threaded trainings scale with cores. Each result is identical to
-    `train_sae(load(), d_hidden, ..., threads=1)`; loaders run inside the workers, so at most
+    `train_sae(load(), d_hidden, settings, threads=1)`; loaders run inside the workers, so at most
     `workers` activation sets are in memory at once. Largest dictionaries start first. A shape's
     GEMM path is chosen in the first worker that needs it (`choose_backend`: measured once per
     machine for large SAEs, under a lock, so the other jobs of that shape wait for the choice).
     """
     workers = max(1, min(workers or usable_cores(), len(jobs) or 1))
-    arch = _arch_kw(architecture, k, tied)
-    kw = dict(l1=l1, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, max_rows=max_rows, aux_k=aux_k,
-              aux_coeff=aux_coeff, dead_window=dead_window, **arch)
 
     def one(job: tuple[Loader, int]) -> tuple[SparseAutoencoder, dict[str, Any]]:
         torch.set_num_threads(1)  # per OS thread: MKL/OpenMP thread counts are thread-local
         acts = job[0]()
         _check_acts(acts, "train_saes")
-        return _train(acts, job[1], backend=None, **kw)
+        return _train(acts, job[1], settings, None)
 
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
     # a pool even for one worker: in the main thread glibc hands the 2 MB of each step's fresh
@@ -212,21 +210,22 @@ def train_saes(
 
 
 def _train(
-    acts: np.ndarray | torch.Tensor, d_hidden: int, *, l1: float, lr: float, batch_size: int, epochs: int,
-    seed: int, tied: bool, max_rows: int | None, architecture: str, k: int | None, aux_k: int, aux_coeff: float,
-    dead_window: int, backend: str | None,
+    acts: np.ndarray | torch.Tensor, d_hidden: int, settings: SaeTraining, backend: str | None,
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """The training loop of `train_sae` under the caller's thread setting."""
-    data = as_float_tensor(acts, select_rows(int(acts.shape[0]), max_rows, seed))
+    s = settings
+    seed, batch_size, epochs, l1, lr = s.seed, s.batch_size, s.epochs, s.l1, s.lr
+    data = as_float_tensor(acts, select_rows(int(acts.shape[0]), s.max_rows, seed))
     n_rows, d_in = data.shape
     gen = init_generator(seed, d_in, d_hidden)
-    sae = SparseAutoencoder(d_in, d_hidden, tied=tied, architecture=architecture, k=k)
+    sae = SparseAutoencoder(d_in, d_hidden, **s.arch())
     sae.reset_parameters(gen)
     if sae.is_topk:
         center_init_(sae, data)
     if backend is None:
         backend = choose_backend(sae, batch_size)
-    step = GradientStep(sae, 0.0 if sae.is_topk else l1, backend=backend, aux_k=aux_k, aux_coeff=aux_coeff, dead_window=dead_window)
+    step = GradientStep(sae, 0.0 if sae.is_topk else l1, backend=backend, aux_k=s.aux_k, aux_coeff=s.aux_coeff,
+                        dead_window=s.dead_window)
     opt = _Adams(sae, lr, FusedAdam)
     if sae.is_topk and not sae.tied:  # unit-norm decoder directions (columns of decoder_weight)
         weight, squares = sae.decoder_weight.detach(), torch.empty(d_in, d_hidden)
@@ -269,10 +268,7 @@ def _train(
 
 
 def train_sae_reference(
-    acts: np.ndarray | torch.Tensor, d_hidden: int, *, l1: float, lr: float, batch_size: int, epochs: int,
-    seed: int, tied: bool | None = None, max_rows: int | None = None, threads: int | None = None,
-    architecture: str = PAPER_METHOD, k: int | None = None, aux_k: int = 0, aux_coeff: float = AUX_COEFF,
-    dead_window: int = DEAD_WINDOW_ROWS,
+    acts: np.ndarray | torch.Tensor, d_hidden: int, settings: SaeTraining, *, threads: int | None = None,
 ) -> SparseAutoencoder:
     """The same algorithm written the plain way (autograd + torch.optim.Adam, batch by batch).
 
@@ -280,15 +276,16 @@ def train_sae_reference(
     baseline (same thread policy). Same seed ⇒ same init, same batches, so results agree to float
     rounding.
     """
-    arch = _arch_kw(architecture, k, tied)
-    data = as_float_tensor(acts, select_rows(int(acts.shape[0]), max_rows, seed))
+    s = settings
+    seed, batch_size, epochs, l1, aux_k, aux_coeff = s.seed, s.batch_size, s.epochs, s.l1, s.aux_k, s.aux_coeff
+    data = as_float_tensor(acts, select_rows(int(acts.shape[0]), s.max_rows, seed))
     gen = init_generator(seed, data.shape[1], d_hidden)
-    sae = SparseAutoencoder(data.shape[1], d_hidden, **arch)
+    sae = SparseAutoencoder(data.shape[1], d_hidden, **s.arch())
     sae.reset_parameters(gen)
     if sae.is_topk:
         center_init_(sae, data)
-    opt = _Adams(sae, lr, lambda params, lr: torch.optim.Adam(params, lr=lr))
-    dead = DeadLatents(d_hidden, dead_window) if sae.is_topk and aux_coeff > 0 else None
+    opt = _Adams(sae, s.lr, lambda params, lr: torch.optim.Adam(params, lr=lr))
+    dead = DeadLatents(d_hidden, s.dead_window) if sae.is_topk and aux_coeff > 0 else None
     with torch_threads(threads or 1):
         for _ in range(epochs):
             data = data[torch.randperm(data.shape[0], generator=gen)]

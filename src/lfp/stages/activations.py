@@ -14,7 +14,7 @@ import logging
 
 from lfp.core import io, paths
 from lfp.models.activation_cache import cache_activations
-from lfp.core.config import Params, section_dict
+from lfp.core.params import Params, section_dict
 from lfp.core.errors import ArtifactError
 from lfp.core.layers import chosen_layers
 from lfp.models.loading import n_layers

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from lfp.core import io, paths
+from lfp.core import paths
 from lfp.models.activation_cache import load_layer, read_index
-from lfp.core.config import Params, section_dict
+from lfp.core.params import Params, section_dict
 from lfp.core.errors import ArtifactError
 from lfp.core.layers import chosen_layers
 from lfp.readouts.crosscoder import (
@@ -97,24 +97,9 @@ def run(params: Params, model: str, task: str) -> None:
                      q["fvu_base"], q["fvu_finetuned"], q["l0"], len(specific), settings.n_latents, cfg.specific_nu)
         out["n_specific_total"] = int(sum(out[f"layer{L}_n_specific"] for L in layers))
         plot = paths.report_dir(model, task) / "diffing_nu.png"
+        from lfp.report.figures import plot_nu
+
         plot_nu(plot, nus, f"{paths.run_id(model, task)}: Latent Scaling ν per crosscoder latent")
         stage.run.write_metrics(paths.report_dir(model, task) / "diffing.json", out)
         stage.run.log_artifact(plot)
 
-
-def plot_nu(path: Any, nus: dict[int, np.ndarray], title: str) -> None:
-    """ν histogram per layer (0: the base model lacks the latent; 1: shared)."""
-    from lfp.report.figures import _figure
-
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(-0.5, 1.5, 41)
-    for layer, nu in nus.items():
-        ax.hist(np.clip(nu[np.isfinite(nu)], -0.5, 1.5), bins=bins, alpha=0.5, label=f"layer {layer}")
-    ax.set_xlabel("ν = β_base / β_fine-tuned (0: fine-tune-specific, 1: shared)")
-    ax.set_ylabel("latents")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

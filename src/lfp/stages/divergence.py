@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lfp.core import io, paths
-from lfp.core.config import Params, section_dict
+from lfp.core.params import Params, section_dict
 from lfp.core.errors import ArtifactError, ConfigError
 from lfp.models.loading import block_prefix, load_model, n_layers
 from lfp.core.tracking import stage_run

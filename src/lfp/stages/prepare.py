@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from lfp.core import io, paths
-from lfp.core.config import Params, section_dict
+from lfp.core.params import Params, section_dict
 from lfp.core.data import prepared_file
 from lfp.core.errors import LfpError
 from lfp.tasks import kind_of

@@ -30,50 +30,14 @@ import torch
 
 from lfp.core import io, paths
 from lfp.models.activation_cache import heldout_texts, load_layer, read_index, split_rows, subset
-from lfp.core.config import Params, section_dict
-from lfp.core.errors import ArtifactError, ConfigError
+from lfp.core.params import Params, section_dict
+from lfp.core.errors import ConfigError
 from lfp.models.loading import replace_mlp_outputs
-from lfp.sae import SparseAutoencoder, dictionary_matching, reconstruction_metrics, save_sae, train_saes
+from lfp.sae import SaeTraining, dictionary_matching, reconstruction_metrics, save_sae, train_saes
+from lfp.sae.quality import ce_recovered, cross_entropy, reconstruction_hook
 from lfp.core.stage_context import open_stage
 
 log = logging.getLogger(__name__)
-
-CE_BATCH = 8  # texts per forward pass when scoring cross-entropy
-
-
-@torch.inference_mode()
-def cross_entropy(model: Any, sequences: list[np.ndarray], pad_id: int, device: torch.device | str) -> float:
-    """Mean next-token cross-entropy over all real (non-padding) target tokens."""
-    total, count = 0.0, 0
-    for lo in range(0, len(sequences), CE_BATCH):
-        seqs = sequences[lo : lo + CE_BATCH]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.from_numpy(s)
-            mask[i, : len(s)] = True
-        ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits[:, :-1].float()
-        target_mask = mask[:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[target_mask], ids[:, 1:][target_mask], reduction="sum")
-        total += float(losses)
-        count += int(target_mask.sum())
-    if count == 0:
-        raise ArtifactError("sae: the cross-entropy texts have no next-token targets (all one token long)")
-    return total / count
-
-
-def reconstruction_hook(sae: SparseAutoencoder):
-    def replace(out: torch.Tensor) -> torch.Tensor:
-        return sae(out.float())[0].to(out.dtype)
-
-    return replace
-
-
-def ce_recovered(clean: float, recon: float, zero: float) -> float:
-    denom = zero - clean
-    return (zero - recon) / denom if abs(denom) > 1e-12 else float("nan")
 
 
 def run(params: Params, model: str, task: str, source: str = "finetuned") -> None:
@@ -108,10 +72,9 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
         start = time.perf_counter()
         keys = [(layer, ratio) for layer in layers for ratio in cfg.ratios]
         jobs = [(lambda L=layer: load_layer(act_dir, L, index)[train_rows], ratio * index["d_model"]) for layer, ratio in keys]
-        trained = dict(zip(keys, train_saes(
-            jobs, l1=l1, lr=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=params.seed, tied=cfg.tied,
-            architecture=cfg.architecture, k=cfg.k, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff,
-        )))
+        settings = SaeTraining(l1=l1, lr=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=params.seed,
+                               tied=cfg.tied, architecture=cfg.architecture, k=cfg.k, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff)
+        trained = dict(zip(keys, train_saes(jobs, settings)))
         metrics["train_seconds"] = time.perf_counter() - start
         with io.atomic_dir(paths.sae_dir(model, task, source)) as out:
             for layer in layers:

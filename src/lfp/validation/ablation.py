@@ -1,4 +1,7 @@
-"""Zero-ablation of SAE features inside a running model (Table 6), and the scores it is judged by.
+"""Zero-ablation of SAE features inside a running model (Table 6): the hooks, the per-condition
+scores and KLs, the frequency-matched random control and the paired bootstrap. Kind-agnostic: what
+a condition is judged by (VADER reward, DPO margin) is the task kind's ablation objective
+(`tasks/<kind>/ablation.py`, lfp.validation.objective).
 
 Why a module: the paper's ablation loaded the wrong class and ablated nothing. Here the MLP output
 of each chosen layer is replaced by the SAE reconstruction with the listed features zeroed, the
@@ -11,7 +14,6 @@ control of random features matched to the related ones in activation frequency.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +21,6 @@ import numpy as np
 import torch
 
 from lfp.models.loading import capture_mlp_outputs, replace_mlp_outputs
-from lfp.models.tokens import keep_last, leading_special_ids, with_lead
 
 
 def sae_replacement(sae: Any, zeroed: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -147,6 +148,14 @@ def frequency_matched_features(
     return out
 
 
+def random_conditions(
+    related: dict[int, list[int]], frequencies: dict[int, np.ndarray], n_random: int, seed: int, pool: int,
+) -> list[tuple[str, dict[int, list[int]]]]:
+    """`random{i}`: as many unrelated features per layer as are related, matched in frequency."""
+    return [(f"random{i}", frequency_matched_features(related, frequencies, np.random.default_rng([seed, i]), pool))
+            for i in range(n_random)]
+
+
 @torch.no_grad()
 def token_frequencies(
     model: Any, saes: Mapping[int, Any], sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int,
@@ -201,102 +210,3 @@ def paired_delta(
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float((a.mean(axis=0) - b.mean(axis=0)).mean()), float(low), float(high)
-
-
-# --------------------------------------------------------------------------------------------
-# vader: mean reward of sampled completions
-# --------------------------------------------------------------------------------------------
-
-
-def imdb_prefixes(texts: Sequence[str], tokenizer: Any, n: int, prefix_tokens: int, rng: np.random.Generator) -> list[list[int]]:
-    """`n` prefixes of exactly `prefix_tokens` tokens (texts that are shorter are skipped)."""
-    order = rng.permutation(len(texts))
-    lead = leading_special_ids(tokenizer)
-    out: list[list[int]] = []
-    for i in order:
-        ids = tokenizer(texts[int(i)], add_special_tokens=False, verbose=False)["input_ids"]
-        if len(ids) >= prefix_tokens:
-            out.append([*lead, *ids[:prefix_tokens]])
-            if len(out) == n:
-                break
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class SampledRewards:
-    """VADER rewards of one condition's samples, one entry per prefix.
-
-    `completion`: the sampled tokens only (what the condition changed); `full`: prefix +
-    completion, the paper's Table 6 quantity, where the prefix's reward — the same in every
-    condition — dilutes the effect."""
-
-    completion: np.ndarray
-    full: np.ndarray
-
-
-def prefix_rewards(tokenizer: Any, prefixes: list[list[int]]) -> np.ndarray:
-    """VADER reward of each prefix alone (the part of the paper's reward no ablation can move)."""
-    from lfp.tasks.lexicon_rl.reward import vader_reward
-
-    return np.asarray(vader_reward(tokenizer.batch_decode(prefixes, skip_special_tokens=True)))
-
-
-@torch.no_grad()
-def sample_rewards(
-    model: Any, tokenizer: Any, prefixes: list[list[int]], *, max_new_tokens: int, batch_size: int, seed: int
-) -> SampledRewards:
-    """VADER reward of the sampled completion and of prefix + completion (pure sampling: top_k=0,
-    top_p=1), seeded so that every condition draws the same random numbers. Prefixes of one
-    batch have the same length (imdb_prefixes), so the completion starts at the same column."""
-    from lfp.tasks.lexicon_rl.reward import vader_reward
-
-    device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    full, completion = [], []
-    for start in range(0, len(prefixes), batch_size):
-        ids = torch.tensor(prefixes[start : start + batch_size], device=device)
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
-            temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        )
-        full += tokenizer.batch_decode(out, skip_special_tokens=True)
-        completion += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-    return SampledRewards(completion=np.asarray(vader_reward(completion)), full=np.asarray(vader_reward(full)))
-
-
-# --------------------------------------------------------------------------------------------
-# hh / toxic: DPO implicit reward margin on held-out pairs
-# --------------------------------------------------------------------------------------------
-
-
-def encode_pair_side(tokenizer: Any, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """(prompt + response ids, index of the first response token); the prompt is cut from the left
-    (keeping a leading `<bos>`)."""
-    lead = leading_special_ids(tokenizer)
-    p = with_lead(tokenizer, prompt, lead)
-    r = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"][: max_length - 1 - len(lead)]
-    p = keep_last(p, max_length - len(r), lead)
-    if not p:  # the first response token needs a context
-        p = [tokenizer.eos_token_id]
-        r = r[: max_length - 1]
-    return p + r, len(p)
-
-
-def response_logprobs(model: Any, sequences: list[tuple[list[int], int]], batch_size: int, pad_id: int) -> np.ndarray:
-    """Sum of log p(response tokens | prompt) per (ids, first response index) (padding masked out)."""
-    logps, _ = condition_scores(model, {}, [("model", None)], [seq for seq, _ in sequences], batch_size, pad_id,
-                                response_starts=[first for _, first in sequences], kl=False)
-    return logps["model"]
-
-
-def pair_sequences(tokenizer: Any, pairs: Sequence[Mapping[str, str]], max_length: int) -> tuple[list, list]:
-    chosen = [encode_pair_side(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
-    rejected = [encode_pair_side(tokenizer, p["prompt"], p["rejected"], max_length) for p in pairs]
-    return chosen, rejected
-
-
-def dpo_margins(
-    policy_chosen: np.ndarray, policy_rejected: np.ndarray, base_chosen: np.ndarray, base_rejected: np.ndarray, beta: float
-) -> np.ndarray:
-    """beta * [(log pi(c) - log pi_base(c)) - (log pi(r) - log pi_base(r))] per pair."""
-    return beta * ((policy_chosen - base_chosen) - (policy_rejected - base_rejected))

@@ -126,3 +126,49 @@ class LlmDetector:
         if not isinstance(fires, list) or len(fires) != n or not all(a in ("yes", "no") for a in fires):
             return None
         return [a == "yes" for a in fires]
+
+
+# --------------------------------------------------------------------------------------------
+# a run's features: per-feature scores and their summary (explain.json)
+# --------------------------------------------------------------------------------------------
+
+
+def _usable(row: dict[str, Any]) -> bool:
+    """A feature whose explanation can be scored: it activates, and the LLM's reply was usable."""
+    return bool(row["top_tokens"]) and not str(row["explanation"]).startswith(UNUSABLE)
+
+
+def detection_scores(rows: list[dict[str, Any]], held: list[HeldOut], explainer: Any, seed: int) -> None:
+    """Add `detection_score` (this explainer), `detection_score_shuffled` (another feature's
+    explanation, a seeded derangement) and, for the LLM, `detection_score_offline` (the lexicon
+    explainer's words on the same contexts) to every row."""
+    if explainer.name == "openai":
+        detector, text = LlmDetector(explainer.client), (lambda r: r["explanation"])
+    else:
+        detector, text = lexicon_detect, (lambda r: explanation_words(r["top_tokens"]))
+    live = [i for i, r in enumerate(rows) if _usable(r) and held[i].contexts]
+    donor = derangement(len(live), np.random.default_rng([seed, 17]))
+    shuffled = {live[k]: live[donor[k]] for k in range(len(live))} if len(live) >= 2 else {}
+    for i, (row, h) in enumerate(zip(rows, held)):
+        row["detection_n_active"], row["detection_n_inactive"] = sum(h.active), len(h.active) - sum(h.active)
+        row["detection_score"] = score(detector, text(row), h) if i in live else None
+        row["detection_score_shuffled"] = score(detector, text(rows[shuffled[i]]), h) if i in shuffled else None
+        if explainer.name == "openai":
+            row["detection_score_offline"] = score(lexicon_detect, explanation_words(row["top_tokens"]), h) if h.contexts else None
+
+
+def detection_summary(rows: list[dict[str, Any]], explainer: Any, n_resamples: int, seed: int) -> dict[str, Any]:
+    """explain.json: mean detection score with a bootstrap CI over features, for this explainer
+    (`explanation_score_*` and `explanation_score_{name}_*`), the shuffled baseline and, for the
+    LLM, the lexicon explainer on the same contexts."""
+    def col(key: str) -> list[float | None]:
+        return [r.get(key) for r in rows]
+
+    out = {"explainer": explainer.name, "detection_detector": "llm" if explainer.name == "openai" else "lexicon"}
+    out |= summarize(col("detection_score"), "explanation_score", n_resamples, seed)
+    out |= summarize(col("detection_score"), f"explanation_score_{explainer.name}", n_resamples, seed)
+    out |= summarize(col("detection_score_shuffled"), "explanation_score_shuffled", n_resamples, seed)
+    if explainer.name == "openai":
+        out |= summarize(col("detection_score_offline"), "explanation_score_offline", n_resamples, seed)
+    return out
+

@@ -9,7 +9,7 @@ import torch
 
 from lfp.core import io
 from lfp.tasks.lexicon_rl import reward
-from lfp.core.config import Params
+from lfp.core.params import Params
 from lfp.core.data import prepared_file, subsample
 
 

@@ -12,18 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from lfp.core import corpora, io
-from lfp.core.config import Params
+from lfp.core.params import Params
 from lfp.core.data import prepared_file, subsample
+from lfp.tasks import ContrastiveBackend
 from lfp.core.errors import ConfigError
 
 
 class LexiconRl:
     name = "lexicon_rl"
     splits = ("train", "test")
-    finetune_method = "grpo"
-    probe_method = "ridge"
-    ablation_metric = "vader_reward"
-    measure_method = "lexicon"
 
     def prepare(self, params: Params, task: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, Any]]:
         spec, cfg = params.task(task), params.prepare
@@ -44,6 +41,47 @@ class LexiconRl:
         return [r["id"] for r in rows], [r["text"] for r in rows], source
 
     default_related_words = "valenced"  # the lexicon the reward is built from
+
+    def ablation(self) -> Any:
+        """validate's Table 6 objective: the VADER reward of sampled completions (lfp.validation.objective.AblationObjective)."""
+        from lfp.tasks.lexicon_rl.ablation import OBJECTIVE
+
+        return OBJECTIVE
+
+    @property
+    def probe_form(self) -> Any:
+        """Ridge on the signed delta, Kendall τ per word (lfp.tasks.lexicon_rl.probe)."""
+        from lfp.tasks.lexicon_rl.probe import FORM
+
+        return FORM
+
+    def finetune(self, params: Params, model: str, task: str) -> None:
+        """GRPO on the lexicon reward (lfp.tasks.lexicon_rl.finetune)."""
+        from lfp.tasks.lexicon_rl.finetune import finetune
+
+        finetune(params, model, task)
+
+    def contrastive_backend(self, params: Params, task: str) -> ContrastiveBackend:
+        return ContrastiveBackend("lexicon")
+
+    def contrastive_triples(self, params: Params, task: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Lexicon-word substitutions in held-out review sentences (lfp.tasks.lexicon_rl.contrastive)."""
+        from lfp.tasks.lexicon_rl.contrastive import vader_triples
+
+        rows = io.read_jsonl(prepared_file(task, "test"), {"id": str, "text": str})
+        return vader_triples(rows, getattr(params.contrastive, task), params.seed, task)
+
+    def measure(self, params: Params, model: str, task: str) -> None:
+        """Learned values per word with planted / shuffled / seed controls (lfp.tasks.lexicon_rl.measure)."""
+        from lfp.tasks.lexicon_rl.measure import measure
+
+        measure(params, model, task)
+
+    def report_sections(self) -> Any:
+        """Its sentences, rows and sections in the report (lfp.tasks.lexicon_rl.report)."""
+        from lfp.tasks.lexicon_rl.report import REPORT
+
+        return REPORT
 
 
 KIND = LexiconRl()

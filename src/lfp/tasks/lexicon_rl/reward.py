@@ -8,37 +8,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from lfp.core.errors import DataError
+from lfp.core.vader_lexicon import lexicon, lexicon_path
 
 SCALE = 5.0
 CLIP = 10.0
-
-
-def lexicon_path() -> Path:
-    import vaderSentiment
-
-    return Path(vaderSentiment.__file__).with_name("vader_lexicon.txt")
-
-
-@functools.lru_cache(maxsize=1)
-def lexicon() -> dict[str, float]:
-    """word -> mean human valence in [-4, 4], from vaderSentiment's vader_lexicon.txt."""
-    path = lexicon_path()
-    out: dict[str, float] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.rstrip("\r\n").split("\t")
-            if len(parts) < 2 or not parts[0]:
-                continue
-            try:
-                out[parts[0]] = float(parts[1])
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: valence '{parts[1]}' is not a number") from None
-    if not out:
-        raise DataError(f"{path}: empty VADER lexicon")
-    return out
 
 
 @functools.lru_cache(maxsize=1)

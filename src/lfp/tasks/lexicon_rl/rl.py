@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lfp.tasks.lexicon_rl import reward
-from lfp.core.config import GrpoFinetune
+from lfp.core.sections import GrpoFinetune
 from lfp.core.errors import ConfigError, DataError
 
 VADER_FIELDS = {"id": str, "text": str}

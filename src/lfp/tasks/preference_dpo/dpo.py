@@ -27,7 +27,7 @@ import torch
 
 from lfp.core import io
 from lfp.measure import metrics
-from lfp.core.config import DpoFinetune
+from lfp.core.sections import DpoFinetune
 from lfp.core.errors import ConfigError, DataError
 
 PAIR_FIELDS = {"id": str, "prompt": str, "chosen": str, "rejected": str}

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lfp.core import corpora, io
-from lfp.core.config import Params
+from lfp.core.params import Params
 from lfp.core.data import prepared_file, split_heldout, subsample
+from lfp.tasks import ContrastiveBackend
 from lfp.core.errors import DataError
 
 HH_SOURCE = "hh-rlhf"
@@ -23,10 +24,6 @@ HH_SOURCE = "hh-rlhf"
 class PreferenceDpo:
     name = "preference_dpo"
     splits = ("finetune", "heldout")
-    finetune_method = "dpo"
-    probe_method = "logistic"
-    ablation_metric = "dpo_implicit_reward_margin"
-    measure_method = "preference"
 
     def prepare(self, params: Params, task: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, Any]]:
         spec, seed = params.task(task), params.seed
@@ -61,6 +58,48 @@ class PreferenceDpo:
         return ids, texts, source
 
     default_related_words = "none"  # helpfulness has no lexicon rule: a label is never invented
+
+    def ablation(self) -> Any:
+        """validate's Table 6 objective: the DPO implicit reward margin on held-out pairs (lfp.validation.objective.AblationObjective)."""
+        from lfp.tasks.preference_dpo.ablation import OBJECTIVE
+
+        return OBJECTIVE
+
+    @property
+    def probe_form(self) -> Any:
+        """Logistic positive vs negative element, with the bag-of-words baseline (lfp.tasks.preference_dpo.probe)."""
+        from lfp.tasks.preference_dpo.probe import FORM
+
+        return FORM
+
+    def finetune(self, params: Params, model: str, task: str) -> None:
+        """DPO on the fine-tuning pairs (lfp.tasks.preference_dpo.finetune)."""
+        from lfp.tasks.preference_dpo.finetune import finetune
+
+        finetune(params, model, task)
+
+    def contrastive_backend(self, params: Params, task: str) -> ContrastiveBackend:
+        from lfp.tasks.preference_dpo.contrastive import backend
+
+        return backend(params, task)
+
+    def contrastive_triples(self, params: Params, task: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Triples from held-out pairs with the configured backend (lfp.tasks.preference_dpo.contrastive)."""
+        from lfp.tasks.preference_dpo.contrastive import pair_triples
+
+        return pair_triples(task, params)
+
+    def measure(self, params: Params, model: str, task: str) -> None:
+        """DPO's implicit reward per held-out pair and the probes that read it (lfp.tasks.preference_dpo.measure)."""
+        from lfp.tasks.preference_dpo.measure import run_preference
+
+        run_preference(params, model, task)
+
+    def report_sections(self) -> Any:
+        """Its sentences, rows and sections in the report (lfp.tasks.preference_dpo.report)."""
+        from lfp.tasks.preference_dpo.report import REPORT
+
+        return REPORT
 
 
 KIND = PreferenceDpo()

@@ -34,7 +34,7 @@ import numpy as np
 from lfp.tasks.preference_dpo import dpo
 from lfp.core import io, paths
 from lfp.measure import metrics
-from lfp.core.config import Params, section_dict
+from lfp.core.params import Params, section_dict
 from lfp.core.data import prepared_file
 from lfp.core.errors import DataError
 from lfp.core.layers import chosen_layers

@@ -1,0 +1,178 @@
+"""The lexicon measurement's probes split by word (lfp.tasks.lexicon_rl.word_probes) on the probe
+stage's rows: fine-tuned codes, base codes and their difference through ONE dictionary, with CIs,
+split-seed intervals and the identity / sign ceilings; and the probe's view of what a fine-tune
+changed per word (`probe_divergence`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lfp.core import io, paths
+from lfp.core.params import Params
+from lfp.core.errors import DataError
+from lfp.core.stage_context import StageContext
+from lfp.measure import metrics
+from lfp.measure.triples import windows_for
+from lfp.tasks.lexicon_rl.word_probes import (
+    HeldoutProbe,
+    heldout_probe,
+    identity_predictions,
+    layer_scales,
+    paired_tau_difference,
+    score_words,
+    sign_ceiling,
+    split_seed_taus,
+    tau_ci,
+    word_means,
+    word_split,
+)
+
+
+def seed_summary(taus: list[float]) -> dict[str, float]:
+    """Mean and 95 % t-interval across seeds (fine-tuning seeds or word-split seeds)."""
+    mean, lo, hi = metrics.mean_t_interval(taus)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi}
+
+
+@dataclass
+class ProbeInputs:
+    """The probe stage's rows (positive then negative element of each triple) as the measure reads
+    them: words, lexicon values, layer layout, and per probe source its codes and target."""
+
+    words: np.ndarray
+    values: np.ndarray
+    offsets: list[int]
+    widths: list[int]
+    sources: dict[str, tuple[np.ndarray, np.ndarray]]
+    paper_test: np.ndarray
+
+
+def load_probe_inputs(model: str, task: str, lexicon: dict[str, float], base_through_ft: np.ndarray | None) -> ProbeInputs:
+    """data/probe/{m}-{t}/inputs.*; with `base_through_ft` (the base model's codes of the same rows
+    through the fine-tuned SAEs) the difference source, fine-tuned codes − those, fitted on the
+    fine-tuned rows' target (the signal the paper's probe regresses)."""
+    directory = paths.probe_data_dir(model, task)
+    tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")
+    if "base_codes" not in tensors or "words" not in index:
+        raise DataError(f"{directory}: probe inputs lack base_codes / words (re-run the probe with probe.base_control: true)")
+    words = np.asarray(index["words"], dtype=object)
+    codes, target = tensors["codes"].numpy().astype(np.float64), tensors["target"].numpy().astype(float)
+    sources = {"finetuned": (codes, target), "base": (tensors["base_codes"].numpy().astype(np.float64), tensors["base_target"].numpy().astype(float))}
+    if base_through_ft is not None:
+        if base_through_ft.shape != codes.shape:
+            raise DataError(f"{directory}: base codes through the fine-tuned SAEs have shape {base_through_ft.shape}, "
+                            f"the probe's codes {tuple(codes.shape)} (re-run the probe stage)")
+        sources["difference"] = (codes - base_through_ft, target)
+    return ProbeInputs(words, np.array([lexicon[w] for w in words]), index["offsets"], index["widths"], sources,
+                       tensors["is_test"].numpy().astype(bool))
+
+
+def word_heldout_probes(inputs: ProbeInputs, params: Params) -> tuple[dict[str, Any], dict[str, HeldoutProbe], np.ndarray]:
+    """Probe τ on words never seen in training for every source, with CIs, split-seed intervals and
+    the ceilings; also the identity ceiling on the paper's split (by triple). Returns metrics, the
+    probes on the `seed` split and that split."""
+    cfg, alpha, words, values = params.measure, params.probe.ridge_alpha, inputs.words, inputs.values
+    is_test = word_split(words, cfg.word_test_fraction, params.seed)
+    out: dict[str, Any] = {"n_words_test": int(len(set(words[is_test]))), "n_words_train": int(len(set(words[~is_test])))}
+    probes = {name: heldout_probe(c, t, words, values, is_test, inputs.offsets, inputs.widths, alpha) for name, (c, t) in inputs.sources.items()}
+    for name, probe in probes.items():
+        out.update(probe_keys(name, probe, cfg.bootstrap, params.seed))
+    diff, lo, hi = paired_tau_difference(probes["finetuned"].scores, probes["base"].scores, cfg.bootstrap, params.seed)
+    out.update({"probe_tau_word_heldout_diff": diff, "probe_tau_word_heldout_diff_ci_low": lo, "probe_tau_word_heldout_diff_ci_high": hi})
+    out.update(split_seed_metrics(inputs.sources, inputs, params))
+    target = inputs.sources["finetuned"][1]
+    ident = score_words(words[is_test], identity_predictions(words, target, is_test, alpha), values[is_test])
+    # a constant prediction (no test word was seen in training) ranks nothing: τ counted as 0
+    out["identity_ceiling_tau"] = ident.tau if np.isfinite(ident.tau) else 0.0
+    out["sign_ceiling_tau"] = sign_ceiling(probes["finetuned"].scores.value, params.seed)
+    paper_test = inputs.paper_test
+    ident_paper = score_words(words[paper_test], identity_predictions(words, target, paper_test, alpha), values[paper_test])
+    out["paper_split_identity_ceiling_tau"] = ident_paper.tau
+    out["paper_split_sign_ceiling_tau"] = sign_ceiling(ident_paper.value, params.seed)
+    out["paper_split_test_words_seen_in_training"] = float(np.mean([w in set(words[~paper_test]) for w in set(words[paper_test])]))
+    return out, probes, is_test
+
+
+def probe_keys(name: str, probe: HeldoutProbe, n_boot: int, seed: int) -> dict[str, float]:
+    """`probe_tau_word_heldout_{name}` with its p, CI (resampling test words) and τ within each sign."""
+    s, key = probe.scores, f"probe_tau_word_heldout_{name}"
+    lo, hi = tau_ci(s, n_boot, seed)
+    return {key: s.tau, f"{key}_p": s.tau_p, f"{key}_ci_low": lo, f"{key}_ci_high": hi,
+            f"{key}_positive_words": s.tau_positive, f"{key}_negative_words": s.tau_negative}
+
+
+def split_seed_metrics(sources: dict[str, tuple[np.ndarray, np.ndarray]], inputs: ProbeInputs, params: Params) -> dict[str, Any]:
+    """Every word-held-out τ of `sources` over the word splits of `seed` and `measure.seeds`: mean
+    and 95 % t-interval across splits. Named for what varies: the split, not the fine-tune."""
+    seeds = sorted({params.seed, *params.measure.seeds})
+    taus = split_seed_taus(sources, inputs.words, inputs.values, inputs.offsets, inputs.widths,
+                           params.measure.word_test_fraction, seeds, params.probe.ridge_alpha)
+    out: dict[str, Any] = {"probe_seed_kind": "word_split", "probe_split_seeds": seeds}
+    for name, values in taus.items():
+        s, key = seed_summary(values), f"probe_tau_word_heldout_{name}"
+        out.update({f"{key}_per_split_seed": values, f"{key}_seed_mean": s["mean"],
+                    f"{key}_seed_ci_low": s["ci_low"], f"{key}_seed_ci_high": s["ci_high"]})
+    return out
+
+
+def control_difference_probe(inputs: ProbeInputs, control_through_ft: np.ndarray, base_through_ft: np.ndarray, params: Params) -> dict[str, Any]:
+    """The difference probe's null / positive control: (control fine-tune − base) codes through the
+    fine-tuned SAEs, same rows, split, target and seeds as the measured fine-tune's. A shuffled
+    reward taught no valence, so whatever τ it reaches is what the difference probe reads without
+    a learned pattern (e.g. the SAE's nonlinearity on shifted activations)."""
+    sources = {"difference": (control_through_ft - base_through_ft, inputs.sources["finetuned"][1])}
+    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    probe = heldout_probe(*sources["difference"], inputs.words, inputs.values, is_test, inputs.offsets, inputs.widths, params.probe.ridge_alpha)
+    out = probe_keys("difference", probe, params.measure.bootstrap, params.seed)
+    out.update(split_seed_metrics(sources, inputs, params))
+    return out
+
+
+def finetuned_saes(stage: StageContext, params: Params, model: str, task: str) -> dict[int, Any]:
+    """The fine-tuned model's small SAEs of the probe's layers (inputs.json), on the stage's device."""
+    from lfp.sae import load_sae
+
+    layers = io.read_json(paths.probe_data_dir(model, task) / "inputs.json")["layers"]
+    return {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in layers}
+
+
+def codes_through_saes(lm: Any, saes: dict[int, Any], triples: Any, tok: Any, pad: int, params: Params, desc: str) -> np.ndarray:
+    """The probe's rows (positive then negative element of each triple, file order) read by `lm`
+    through `saes` (the fine-tuned model's): two models' codes in ONE dictionary can be subtracted,
+    so (fine-tuned − base) is what fine-tuning changed on the same tokens."""
+    from lfp.measure.probe_codes import element_codes
+
+    codes = [element_codes(lm, saes, windows_for(triples, role, tok, params.probe.max_length), params.probe.batch_size, pad,
+                           f"{desc} through fine-tuned SAEs, {role}") for role in ("positive", "negative")]
+    return np.stack(codes, axis=1).reshape(-1, codes[0].shape[1]).astype(np.float64)
+
+
+def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any], windows: list, ctx_words: list[str],
+                     pad: int, base: Any) -> Callable[[Any], dict[str, float]]:
+    """The probe's view of what a fine-tune changed, per word: the ridge probe (fitted on all the
+    fine-tuned model's contrastive rows, per-layer normalised) applied to the fine-tuned SAEs' codes
+    of each word in its real contexts, under `policy` minus under the base model. A plant that
+    taught the model to disprefer a word should push its predicted feedback down."""
+    from sklearn.linear_model import Ridge
+
+    from lfp.measure.probe_codes import element_codes
+
+    directory = paths.probe_data_dir(model, task)
+    tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")
+    train = tensors["codes"].numpy().astype(float)
+    scales = layer_scales(train, index["offsets"], index["widths"])
+    probe = Ridge(alpha=params.probe.ridge_alpha).fit(train / scales, tensors["target"].numpy().astype(float))
+    keep = [i for i, (_, pos) in enumerate(windows) if pos]
+    kept_windows, kept_words = [windows[i] for i in keep], [ctx_words[i] for i in keep]
+    bs = params.measure.batch_size
+
+    def predicted(policy: Any) -> np.ndarray:
+        return probe.predict(element_codes(policy, saes, kept_windows, bs, pad, "measure codes") / scales)
+
+    base_pred = predicted(base)
+    return lambda policy: word_means(kept_words, predicted(policy) - base_pred)
