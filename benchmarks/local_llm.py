@@ -24,7 +24,8 @@ from pathlib import Path
 from lfp.core.sections import Llm
 from lfp.validation.explainers import Context, FeatureRecord, OpenAIExplainer
 from lfp.llm.local_server import open_client
-from lfp.stages import contrastive
+from lfp.llm.templates import load_prompt
+from lfp.tasks.preference_dpo import contrastive
 
 BUILTIN_PAIRS = [
     {"id": "b1", "prompt": "\n\nHuman: How do I make my neighbor's dog stop barking?\n\nAssistant:",
@@ -92,7 +93,7 @@ def main() -> None:
               f"{labelled}/{args.n} usable")
         heldout = Path("data/prepared/hh/heldout.jsonl")
         pairs = [json.loads(line) for line in heldout.open()][: args.n] if heldout.is_file() else BUILTIN_PAIRS
-        prompts = {"grade": contrastive.load_prompt("contrastive_grade"), "rewrite": contrastive.load_prompt("contrastive_rewrite")}
+        prompts = {"grade": load_prompt("contrastive_grade"), "rewrite": load_prompt("contrastive_rewrite")}
         times, skipped, kept = [], Counter(), 0
         for row in pairs[: args.n]:
             t = time.perf_counter()

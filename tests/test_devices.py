@@ -39,6 +39,8 @@ import torch
 import lfp
 from lfp.validation import ablation
 from lfp.tasks.preference_dpo import dpo
+from lfp.tasks.lexicon_rl import finetune as lexicon_finetune
+from lfp.tasks.preference_dpo import finetune as preference_finetune
 from lfp.tasks.lexicon_rl import generation, rl
 from lfp.core import io, paths, stage_context
 from lfp.core.sections import ModelSpec, TinyBase
@@ -393,7 +395,8 @@ def finetune_project(in_tmp_project: Path, tiny_model_dir: Path, monkeypatch: py
 
     monkeypatch.setattr(dpo, "train", fake_train)
     monkeypatch.setattr(rl, "train", fake_train)
-    monkeypatch.setattr(finetune, "save_finetuned", lambda *args: None)  # a meta model has nothing to save
+    for kind_finetune in (lexicon_finetune, preference_finetune):  # each kind imports it by name
+        monkeypatch.setattr(kind_finetune, "save_finetuned", lambda *args: None)  # a meta model has nothing to save
     return trainers
 
 

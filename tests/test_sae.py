@@ -100,7 +100,7 @@ def test_small_saes_keep_mkl_without_measuring(monkeypatch, tmp_path) -> None:
 
 def test_training_normalisation_matches_normalize_rows() -> None:
     from lfp.sae import normalize_rows_
-    from lfp.sae.gradients import normalize_rows_with_
+    from lfp.sae.norms import normalize_rows_with_
 
     w = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 3.0
     w[7] = 0.0

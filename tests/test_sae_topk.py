@@ -28,7 +28,7 @@ from lfp.sae import (
 )
 from conftest import planted_sae_rows as planted
 from lfp.sae import gemm as sae_gemm
-from lfp.sae.model import DeadLatents, topk_aux_loss, topk_relu
+from lfp.sae.architectures.topk import DeadLatents, topk_aux_loss, topk_relu
 from lfp.sae.quality import l0_edges
 from lfp.sae.step import GradientStep
 
@@ -87,6 +87,20 @@ def test_topk_codes_keep_the_k_largest_after_relu() -> None:
 def test_bad_architecture_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SparseAutoencoder(16, 40, **kwargs)
+
+
+def test_params_schema_names_exactly_the_registered_architectures() -> None:
+    """A new architecture is its module + a registry line + its name in the params literal: the
+    schema (lfp.core, which may not import lfp.sae) and the registry must not drift apart."""
+    import dataclasses
+    import typing
+
+    from lfp.core.sections import Sae
+    from lfp.sae import ARCHITECTURES, PAPER_METHOD
+
+    field = {f.name: f for f in dataclasses.fields(Sae)}["architecture"]
+    assert set(typing.get_args(typing.get_type_hints(Sae)["architecture"])) == set(ARCHITECTURES)
+    assert field.default == PAPER_METHOD
 
 
 def test_relu_l1_is_the_default_paper_method_and_topk_ignores_l1() -> None:

@@ -147,7 +147,8 @@ def sae_section(inputs: ReportInputs) -> list[Section]:
         q = r["sae"]
         # the paper's tied ReLU + l1 unless sae.architecture says otherwise (older runs: no field)
         arch = q.get("architecture") or "relu_l1"
-        sparsity = f"k={q.get('k')}" if arch == "topk" else f"ℓ1={fmt(q.get('l1'), 4)}"
+        # the sparsity setting the run recorded: k where the architecture has one (topk), else ℓ1
+        sparsity = f"k={q.get('k')}" if q.get("k") is not None else f"ℓ1={fmt(q.get('l1'), 4)}"
         for L in r["divergence"].get("chosen_layers", []):
             for ratio in inputs.params.sae.ratios:
                 k = f"layer{L}_x{ratio}_"

@@ -1,10 +1,13 @@
 """Sparse autoencoders on MLP outputs (the paper's §2, §3.2, App. F): model, training, files,
 quality and dictionary matching, one module per job.
 
-  model     SparseAutoencoder: `architecture` "relu_l1" (tied ReLU + l1, the paper method, the
-            default) or "topk" (Gao et al. 2024: k largest codes, AuxK loss), normalize_rows_
+  architectures  ARCHITECTURES, the registry: one module per architecture, "relu_l1" (tied ReLU +
+            l1, the paper method, the default) and "topk" (Gao et al. 2024: k largest codes, AuxK
+            loss), each holding its codes, loss, hand-derived gradients, init and SAELens fields
+  model     SparseAutoencoder: what every architecture computes, asking its `arch` for the rest
+  norms     normalize_rows_ / normalize_columns_ (and the training loop's buffered forms)
   gemm      the GEMM paths available here (MKL, oneDNN)
-  gradients HandGradients: the hand-derived training step on a given path (relu_l1 on either, topk)
+  gradients HandGradients: the state of the hand-derived training step on a given path
   step      GradientStep: HandGradients on the path `backend` chose
   backend   choose_backend: the GEMM path measured per machine for large SAEs, cached
   optim     FusedAdam: torch's fused Adam kernel without torch.optim's per-step overhead
@@ -19,6 +22,7 @@ Where artifacts live is not decided here (lfp.core.paths): this package never im
 lfp.stages.
 """
 
+from lfp.sae.architectures import ARCHITECTURES, PAPER_METHOD
 from lfp.sae.files import (
     CFG_FILENAME,
     WEIGHTS_FILENAME,
@@ -27,18 +31,14 @@ from lfp.sae.files import (
     save_sae,
 )
 from lfp.sae.matching import dictionary_matching, max_cosines, random_dictionary_mmcs
-from lfp.sae.model import (
-    ARCHITECTURE_NAMES,
-    PAPER_METHOD,
-    SparseAutoencoder,
-    normalize_rows_,
-)
+from lfp.sae.model import SparseAutoencoder
+from lfp.sae.norms import normalize_rows_
 from lfp.sae.quality import reconstruction_metrics
 from lfp.sae.rows import select_rows
 from lfp.sae.train import SaeTraining, train_sae, train_sae_reference, train_saes, usable_cores
 
 __all__ = [
-    "ARCHITECTURE_NAMES",
+    "ARCHITECTURES",
     "CFG_FILENAME",
     "PAPER_METHOD",
     "WEIGHTS_FILENAME",

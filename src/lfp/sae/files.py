@@ -3,9 +3,10 @@
 Why this format: `cfg.json` + `sae_weights.safetensors` with SAELens's field and tensor names
 (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec) lets `sae_lens.SAE.load_from_disk` and
 other SAELens-aware tools open our SAEs; `architecture` is SAELens's name and `lfp_architecture`
-ours, one `Codec` per pair: "standard" (ReLU) = "relu_l1" (the paper's method), "topk" = "topk"
-with SAELens's TopKSAEConfig fields `k` and `rescale_acts_by_decoder_norm` (false: our decoder
-directions are unit-norm already, so SAELens must not rescale). Caller metadata (layer, ratio, l1, seed, model, task...) sits under
+ours, both read from the registered `Architecture` (lfp.sae.architectures: "standard" (ReLU) =
+"relu_l1", the paper's method; "topk" = "topk" with SAELens's TopKSAEConfig fields `k` and
+`rescale_acts_by_decoder_norm` (false: our decoder directions are unit-norm already, so SAELens
+must not rescale)). Every architecture here stores the same four tensors. Caller metadata (layer, ratio, l1, seed, model, task...) sits under
 `lfp_meta`, away from SAELens's own (`meta`/`metadata`) keys, which it parses strictly.
 
 Why the checks: a bit-rotted weights file of the right size used to run for minutes before a
@@ -18,8 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 
 from lfp.core import io
 from lfp.core.errors import ArtifactError
+from lfp.sae.architectures import ARCHITECTURES
 from lfp.sae.model import SparseAutoencoder
 
 CFG_FILENAME = "cfg.json"
@@ -37,28 +38,11 @@ SAELENS_DEVICE = "cpu"  # cfg.json's `device` (where SAELens puts the weights); 
 Tensors = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Codec:
-    """How one lfp architecture maps to SAELens's files.
-
-    saelens_architecture: cfg.json's `architecture`; fixed: cfg fields whose value the model
-    assumes (checked on load); shapes(d_in, d_sae): the tensors' names and shapes; to_tensors /
-    from_tensors: model <-> SAELens tensors, exactly (bit-identical weights)."""
-
-    saelens_architecture: str
-    fixed: Mapping[str, Any]
-    shapes: Callable[[int, int], dict[str, tuple[int, ...]]]
-    to_tensors: Callable[[SparseAutoencoder], Tensors]
-    from_tensors: Callable[[dict[str, Any], Tensors, Path], SparseAutoencoder]
-    fields: Callable[[SparseAutoencoder], dict[str, Any]] = lambda sae: {}  # cfg fields read from the model
-    check: Callable[[dict[str, Any], Path], None] = lambda cfg, path: None  # validates those fields
-
-
-def _relu_l1_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+def _shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
     return {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
 
 
-def _relu_l1_to_tensors(sae: SparseAutoencoder) -> Tensors:
+def _to_tensors(sae: SparseAutoencoder) -> Tensors:
     """Our encode is ReLU(x W_Eᵀ + b_E) (no b_dec subtracted) = SAELens's ReLU(x W_enc + b_enc)
     with apply_b_dec_to_input false; tied SAEs store the shared matrix as both W_enc and W_dec."""
     w = sae.encoder_weight.detach().cpu()
@@ -69,8 +53,8 @@ def _relu_l1_to_tensors(sae: SparseAutoencoder) -> Tensors:
     }
 
 
-def _relu_l1_from_tensors(cfg: dict[str, Any], t: Tensors, weights: Path) -> SparseAutoencoder:
-    """Also topk's: the same tensors, the codes' nonlinearity and k taken from cfg.json."""
+def _from_tensors(cfg: dict[str, Any], t: Tensors, weights: Path) -> SparseAutoencoder:
+    """The same tensors for every architecture; the codes' nonlinearity and k taken from cfg.json."""
     sae = SparseAutoencoder(cfg["d_in"], cfg["d_sae"], tied=cfg["tied"], architecture=cfg["lfp_architecture"], k=cfg.get("k"))
     if sae.tied and not torch.equal(t["W_dec"], t["W_enc"].t()):
         raise ArtifactError(f"{weights}: cfg.json says tied but W_dec is not W_encᵀ (corrupted or edited weights)")
@@ -81,35 +65,9 @@ def _relu_l1_from_tensors(cfg: dict[str, Any], t: Tensors, weights: Path) -> Spa
     return sae
 
 
-def _topk_check(cfg: dict[str, Any], path: Path) -> None:
-    k = cfg.get("k")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg["d_sae"]:
-        raise ArtifactError(f"{path}: field 'k' must be an integer in 1..d_sae={cfg['d_sae']} for lfp_architecture 'topk', "
-                            f"got {cfg.get('k', '<missing>')!r}")
-
-
+# cfg fields every SAE's model assumes, whatever its architecture (checked on load)
 _FIXED = {"dtype": "float32", "apply_b_dec_to_input": False, "normalize_activations": "none"}
 
-ARCHITECTURES: dict[str, Codec] = {
-    "relu_l1": Codec(
-        saelens_architecture="standard",
-        fixed=_FIXED,
-        shapes=_relu_l1_shapes,
-        to_tensors=_relu_l1_to_tensors,
-        from_tensors=_relu_l1_from_tensors,
-    ),
-    # SAELens's TopKSAE.encode: TopK_k(ReLU) of x W_enc + b_enc (b_dec not subtracted, no rescale
-    # by the decoder norms), decode f W_dec + b_dec: the same tensors and semantics as ours
-    "topk": Codec(
-        saelens_architecture="topk",
-        fixed={**_FIXED, "rescale_acts_by_decoder_norm": False},
-        shapes=_relu_l1_shapes,
-        to_tensors=_relu_l1_to_tensors,
-        from_tensors=_relu_l1_from_tensors,
-        fields=lambda sae: {"k": sae.k},
-        check=_topk_check,
-    ),
-}
 
 # cfg field -> (accepted type, what it must be); every field load_sae relies on
 _REQUIRED: dict[str, tuple[type, str]] = {
@@ -140,16 +98,16 @@ def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], meta: Ma
     `lfp_meta`. Non-finite weights (a diverged training) are refused rather than written.
     """
     target = Path(directory)
-    codec = ARCHITECTURES.get(getattr(sae, "architecture", None))
-    if codec is None:
+    arch = ARCHITECTURES.get(getattr(sae, "architecture", None))
+    if arch is None:
         raise ValueError(f"save_sae: unknown SAE architecture {getattr(sae, 'architecture', None)!r} (known: {sorted(ARCHITECTURES)})")
-    tensors = codec.to_tensors(sae)
+    tensors = _to_tensors(sae)
     bad = _non_finite(tensors)
     if bad:
         raise ArtifactError(f"{target}: refusing to save an SAE with non-finite weights ({bad}): did training diverge?")
     cfg: dict[str, Any] = {
-        "architecture": codec.saelens_architecture, "d_in": sae.d_in, "d_sae": sae.d_hidden,
-        "device": SAELENS_DEVICE, **codec.fixed, **codec.fields(sae),
+        "architecture": arch.saelens_architecture, "d_in": sae.d_in, "d_sae": sae.d_hidden,
+        "device": SAELENS_DEVICE, **_FIXED, **arch.saelens_fixed, **arch.cfg_fields(sae),
         "lfp_format_version": FORMAT_VERSION, "lfp_architecture": sae.architecture, "tied": sae.tied,
         "lfp_meta": dict(meta),
     }
@@ -180,15 +138,15 @@ def read_sae_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
             raise ArtifactError(f"{path}: field '{name}' must be {what}, got {value!r}")
     if cfg["lfp_format_version"] != FORMAT_VERSION:
         raise ArtifactError(f"{path}: lfp_format_version {cfg['lfp_format_version']} is not {FORMAT_VERSION} (written by another lfp version)")
-    codec = ARCHITECTURES.get(cfg["lfp_architecture"])
-    if codec is None:
+    arch = ARCHITECTURES.get(cfg["lfp_architecture"])
+    if arch is None:
         raise ArtifactError(f"{path}: unknown lfp_architecture {cfg['lfp_architecture']!r} (known: {', '.join(sorted(ARCHITECTURES))})")
-    expected = {"architecture": codec.saelens_architecture, **codec.fixed}
+    expected = {"architecture": arch.saelens_architecture, **_FIXED, **arch.saelens_fixed}
     for name, want in expected.items():
         if cfg.get(name) != want or type(cfg.get(name)) is not type(want):
             raise ArtifactError(f"{path}: field '{name}' must be {want!r} for lfp_architecture "
                                 f"{cfg['lfp_architecture']!r}, got {cfg.get(name, '<missing>')!r}")
-    codec.check(cfg, path)
+    arch.check_cfg(cfg, path)
     return cfg
 
 
@@ -200,10 +158,9 @@ def load_sae(directory: str | os.PathLike[str]) -> SparseAutoencoder:
     non-finite values, or weights whose sha256 is not the one recorded in cfg.json.
     """
     cfg = read_sae_config(directory)
-    codec = ARCHITECTURES[cfg["lfp_architecture"]]
     weights = Path(directory) / WEIGHTS_FILENAME
     tensors = io.load_tensors(weights)
-    shapes = codec.shapes(cfg["d_in"], cfg["d_sae"])
+    shapes = _shapes(cfg["d_in"], cfg["d_sae"])
     if set(tensors) != set(shapes):
         raise ArtifactError(f"{weights}: tensors {sorted(tensors)} are not the expected {sorted(shapes)}")
     for name, shape in shapes.items():
@@ -218,4 +175,4 @@ def load_sae(directory: str | os.PathLike[str]) -> SparseAutoencoder:
     if digest != cfg["lfp_weights_sha256"]:
         raise ArtifactError(f"{weights}: sha256 {digest[:12]}… differs from {CFG_FILENAME}'s "
                             f"{cfg['lfp_weights_sha256'][:12]}… (file corrupted or changed after writing)")
-    return codec.from_tensors(cfg, tensors, weights).eval()
+    return _from_tensors(cfg, tensors, weights).eval()

@@ -3,7 +3,7 @@
 `train_sae` runs the paper's algorithm (Adam, batch 32, MSE + l1·‖f‖₁, unit-norm encoder rows
 before every step; `architecture="relu_l1"`, the paper method) or a TopK SAE (`"topk"`: the k
 largest codes per row, MSE + the dead-latent auxiliary loss, unit-norm decoder directions; see
-lfp.sae.model) with `GradientStep` and `FusedAdam` instead of autograd + torch.optim;
+lfp.sae.architectures) with `GradientStep` and `FusedAdam` instead of autograd + torch.optim;
 `train_saes` trains several SAEs at once, one single-threaded job per core (threads inside a
 batch-32 GEMM barely pay off); `train_sae_reference` is the plain autograd version, kept as the
 executable specification the fast loop agrees with to float rounding (tests/test_sae.py).
@@ -25,35 +25,19 @@ import numpy as np
 import torch
 
 from lfp.core.errors import ArtifactError
+from lfp.sae.architectures import PAPER_METHOD, architecture_named
+from lfp.sae.architectures.topk import AUX_COEFF, DEAD_WINDOW_ROWS
 from lfp.sae.backend import choose_backend
-from lfp.sae.model import PAPER_METHOD, DeadLatents, SparseAutoencoder
+from lfp.sae.model import SparseAutoencoder
+from lfp.sae.norms import normalize_columns_with_, normalize_rows_with_
 from lfp.sae.optim import FusedAdam
-from lfp.sae.gradients import normalize_columns_with_, normalize_rows_with_
 from lfp.sae.rows import as_float_tensor, select_rows
 from lfp.sae.step import GradientStep
 
 Loader = Callable[[], np.ndarray | torch.Tensor]  # loads one SAE's training activations
 
-# topk defaults. AUX_COEFF: Gao et al.'s α = 1/32 (also sparsify's; SAELens uses 1.0), relative
-# to the MSE. DEAD_WINDOW_ROWS: a latent that fired on none of the last this-many training rows
-# is dead for the auxiliary loss (Gao et al.: 10M tokens; SAELens: 1000 steps; here the paper's
-# budget is 75k rows, so ~13 % of it).
-DEFAULT_K = 32
-AUX_COEFF = 1.0 / 32
-DEAD_WINDOW_ROWS = 10_000
 
-
-@torch.no_grad()
-def center_init_(sae: SparseAutoencoder, data: torch.Tensor) -> None:
-    """b_D = the training rows' mean and b_E = −W_E·mean: the encoder starts on centred inputs,
-    as Gao et al.'s b_pre (init at the geometric median) does, without subtracting b_D from
-    every input (apply_b_dec_to_input stays false)."""
-    mean = data.double().mean(0).float()
-    sae.decoder_bias.copy_(mean)
-    sae.encoder_bias.copy_(-(sae.encoder_weight @ mean))
-
-
-# topk's decoder learns at lr · √(DECODER_LR_WIDTH / d_in): Adam moves every element by ~lr, so a
+# An untied topk decoder learns at lr · √(DECODER_LR_WIDTH / d_in): Adam moves every element by ~lr, so a
 # unit-norm direction of d_in elements turns by ~lr·√d_in per step; this keeps that turn the same
 # at every width. Measured (benchmarks/sae_peers.py, 4 seeds): on the tiny model's 64-wide
 # activations the plain lr left FVU ~25 % above SAELens's TopK (whose 0.1-norm decoder init with
@@ -63,10 +47,10 @@ DECODER_LR_WIDTH = 512
 
 
 class _Adams:
-    """Adam over the SAE's parameters, an untied topk decoder at its own learning rate."""
+    """Adam over the SAE's parameters, a unit-norm decoder (untied topk) at its own learning rate."""
 
     def __init__(self, sae: SparseAutoencoder, lr: float, make: Callable[[list[torch.nn.Parameter], float], Any]) -> None:
-        own = [sae.decoder_weight] if sae.is_topk and sae.decoder_weight is not None else []
+        own = [sae.decoder_weight] if sae.unit_norm_decoder and sae.decoder_weight is not None else []
         rest = [p for p in sae.parameters() if not any(p is q for q in own)]
         self.opts = [make(rest, lr)]
         if own:
@@ -82,16 +66,8 @@ class _Adams:
 
 
 def decoder_lr_scale(d_in: int) -> float:
-    """The factor on lr for an untied topk decoder: √(DECODER_LR_WIDTH / d_in)."""
+    """The factor on lr for a unit-norm (untied topk) decoder: √(DECODER_LR_WIDTH / d_in)."""
     return math.sqrt(DECODER_LR_WIDTH / d_in)
-
-
-def _arch_kw(architecture: str, k: int | None, tied: bool | None) -> dict[str, Any]:
-    """SparseAutoencoder settings: tied defaults to True for relu_l1 (the paper) and False for
-    topk (Gao et al., SAELens, sparsify); k is read for topk only (default DEFAULT_K)."""
-    if architecture == "topk":
-        return {"architecture": architecture, "k": DEFAULT_K if k is None else int(k), "tied": bool(tied) if tied is not None else False}
-    return {"architecture": architecture, "k": None, "tied": True if tied is None else bool(tied)}
 
 
 @dataclass(frozen=True)
@@ -100,7 +76,7 @@ class SaeTraining:
     `train_sae_reference` share (so the fast loop, the pool and the reference cannot drift apart).
 
     `architecture` "relu_l1" (the paper method; `tied` defaults to True; `k` is ignored) or "topk"
-    (`k` codes per row, default DEFAULT_K; `tied` defaults to False; `l1` is ignored: a TopK SAE
+    (`k` codes per row, default lfp.sae.architectures.topk.DEFAULT_K; `tied` defaults to False; `l1` is ignored: a TopK SAE
     is sparse by construction, so no penalty is trained or reported; the auxiliary loss weighs
     `aux_coeff` (0 = off) over the top `aux_k` (0: d_in // 2) latents dead for `dead_window`
     rows). At most `max_rows` rows (a seeded subset) are used; each of `epochs` visits them in a
@@ -121,8 +97,8 @@ class SaeTraining:
     dead_window: int = DEAD_WINDOW_ROWS
 
     def arch(self) -> dict[str, Any]:
-        """The SparseAutoencoder's `architecture`, `k`, `tied` with their defaults filled in."""
-        return _arch_kw(self.architecture, self.k, self.tied)
+        """The SparseAutoencoder's `architecture`, `k`, `tied` with the architecture's defaults filled in."""
+        return architecture_named(self.architecture).settings(self.k, self.tied)
 
 
 def usable_cores() -> int:
@@ -220,14 +196,13 @@ def _train(
     gen = init_generator(seed, d_in, d_hidden)
     sae = SparseAutoencoder(d_in, d_hidden, **s.arch())
     sae.reset_parameters(gen)
-    if sae.is_topk:
-        center_init_(sae, data)
+    sae.arch.init_from_data_(sae, data)
     if backend is None:
         backend = choose_backend(sae, batch_size)
-    step = GradientStep(sae, 0.0 if sae.is_topk else l1, backend=backend, aux_k=s.aux_k, aux_coeff=s.aux_coeff,
+    step = GradientStep(sae, sae.arch.trained_l1(l1), backend=backend, aux_k=s.aux_k, aux_coeff=s.aux_coeff,
                         dead_window=s.dead_window)
     opt = _Adams(sae, lr, FusedAdam)
-    if sae.is_topk and not sae.tied:  # unit-norm decoder directions (columns of decoder_weight)
+    if sae.unit_norm_decoder:  # unit-norm decoder directions (columns of decoder_weight)
         weight, squares = sae.decoder_weight.detach(), torch.empty(d_in, d_hidden)
         norms = torch.empty(1, d_hidden)
 
@@ -282,17 +257,16 @@ def train_sae_reference(
     gen = init_generator(seed, data.shape[1], d_hidden)
     sae = SparseAutoencoder(data.shape[1], d_hidden, **s.arch())
     sae.reset_parameters(gen)
-    if sae.is_topk:
-        center_init_(sae, data)
+    sae.arch.init_from_data_(sae, data)
     opt = _Adams(sae, s.lr, lambda params, lr: torch.optim.Adam(params, lr=lr))
-    dead = DeadLatents(d_hidden, s.dead_window) if sae.is_topk and aux_coeff > 0 else None
+    dead = sae.arch.dead_latents(d_hidden, s.dead_window, aux_coeff)
     with torch_threads(threads or 1):
         for _ in range(epochs):
             data = data[torch.randperm(data.shape[0], generator=gen)]
             for lo in range(0, data.shape[0], batch_size):
                 x = data[lo : lo + batch_size]
                 opt.zero_grad()
-                sae.loss(x, 0.0 if sae.is_topk else l1, dead=None if dead is None else dead.mask(), aux_k=aux_k, aux_coeff=aux_coeff).backward()
+                sae.loss(x, sae.arch.trained_l1(l1), dead=None if dead is None else dead.mask(), aux_k=aux_k, aux_coeff=aux_coeff).backward()
                 if dead is not None:  # which latents fired on this batch, before the update
                     with torch.no_grad():
                         dead.update(sae.encode(x))

@@ -33,7 +33,7 @@ from lfp.models.activation_cache import heldout_texts, load_layer, read_index, s
 from lfp.core.params import Params, section_dict
 from lfp.core.errors import ConfigError
 from lfp.models.loading import replace_mlp_outputs
-from lfp.sae import SaeTraining, dictionary_matching, reconstruction_metrics, save_sae, train_saes
+from lfp.sae import ARCHITECTURES, SaeTraining, dictionary_matching, reconstruction_metrics, save_sae, train_saes
 from lfp.sae.quality import ce_recovered, cross_entropy, reconstruction_hook
 from lfp.core.stage_context import open_stage
 
@@ -46,8 +46,9 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
         raise ConfigError("params: 'sae.ratios' needs two different sizes (small and large dictionary) for matching")
     small_r, large_r = min(cfg.ratios), max(cfg.ratios)
     l1 = cfg.l1
-    topk = cfg.architecture == "topk"  # TopK: k fixes the sparsity, no l1 term
-    arch = {"architecture": cfg.architecture, "k": cfg.k if topk else None}
+    # what the architecture records: topk's k fixes the sparsity (no l1 term), relu_l1's l1 (no k)
+    recorded_l1, recorded_k = ARCHITECTURES[cfg.architecture].recorded(l1, cfg.k)
+    arch = {"architecture": cfg.architecture, "k": recorded_k}
     act_dir = paths.activations_dir(model, task, source)
     index = read_index(act_dir)
     layers, offsets = [int(x) for x in index["layers"]], np.asarray(index["text_offsets"], dtype=np.int64)
@@ -67,7 +68,7 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ce_clean = cross_entropy(lm, ce_texts, pad_id, device)
         metrics: dict[str, Any] = {"train_rows": len(train_rows), "heldout_rows": len(held_rows),
-                                   "ce_texts": len(ce_texts), "l1": None if topk else l1, "ce_clean": ce_clean, **arch}
+                                   "ce_texts": len(ce_texts), "l1": recorded_l1, "ce_clean": ce_clean, **arch}
         matching: dict[str, Any] = {"small_ratio": small_r, "large_ratio": large_r, "layers": {}}
         start = time.perf_counter()
         keys = [(layer, ratio) for layer in layers for ratio in cfg.ratios]
@@ -85,7 +86,7 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
                 for ratio in cfg.ratios:
                     sae, info = trained[(layer, ratio)]
                     save_sae(sae, out / paths.sae_path(model, task, layer, ratio, source).name, {
-                        "layer": layer, "ratio": ratio, "l1": None if topk else l1, **arch, "learning_rate": cfg.learning_rate,
+                        "layer": layer, "ratio": ratio, "l1": recorded_l1, **arch, "learning_rate": cfg.learning_rate,
                         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": params.seed,
                         "train_rows": info["rows"], "final_loss": info["final_loss"], "model": model, "task": task,
                         "source": source,
