@@ -58,3 +58,32 @@ def test_readout_controls_score_any_per_word_readout() -> None:
     assert out["readout_toy_tau_vs_null_outside"] is True
     assert out["readout_toy_shuffled_learned"] is False  # these arms learned nothing: the null cannot speak
     assert "readout_toy_sign_gap" in out and out["readout_toy_n_words"] == len(lex)
+
+
+def test_difference_probe_readout_reproduces_the_held_out_probe_and_reads_a_planted_shift() -> None:
+    """Frozen after its fit, the readout gives the measure's difference-probe predictions on the run it
+    was fitted on, and on another run it reads that run's change: a run whose codes move along the
+    probe's direction for some words shows those words' predictions moved."""
+    from lfp.readouts.difference_probe import DifferenceProbe
+    from lfp.tasks.lexicon_rl.word_probes import heldout_probe, word_split
+
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i}" for i in range(40)], dtype=object)
+    value = {w: float(v) for w, v in zip(vocab, rng.uniform(-3, 3, len(vocab)))}
+    words = np.repeat(vocab, 4)
+    direction = rng.normal(size=12)
+    codes = rng.normal(size=(len(words), 12)) * 0.3 + np.outer([value[w] for w in words], direction)
+    target = np.array([value[w] for w in words]) + rng.normal(scale=0.1, size=len(words))
+    values = np.array([value[w] for w in words])
+    is_test = word_split(words, 0.3, 0)
+    offsets, widths = [0, 6], [6, 6]
+    reference = heldout_probe(codes, target, words, values, is_test, offsets, widths, 1.0).scores
+    readout = DifferenceProbe(codes, target, words, is_test, offsets, widths, 1.0, base_codes=np.zeros_like(codes))
+    main = readout.from_difference(codes)
+    assert sorted(main) == sorted(reference.words)
+    assert np.allclose([main[w] for w in reference.words], reference.predicted)
+    moved_word = reference.words[0]
+    shifted = codes - np.outer(words == moved_word, direction) * 5.0  # this run pushed one word's codes down
+    after = readout.from_difference(shifted)
+    assert after[moved_word] < main[moved_word] - 1.0
+    assert all(np.isclose(after[w], main[w]) for w in main if w != moved_word)

@@ -10,7 +10,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from lfp.tasks import report_kinds
+from lfp.tasks.reports import report_kinds
 from lfp.core import io, paths
 from lfp.report import document, format, headline, inputs, sentences
 from lfp.report.inputs import ReportInputs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfp.tasks import report_kinds
+from lfp.tasks.reports import report_kinds
 from lfp.report import verdicts
 from lfp.report.document import render_html, render_markdown
 from lfp.report.inputs import ReportInputs

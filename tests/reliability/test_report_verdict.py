@@ -20,7 +20,8 @@ from lfp.report.document import render_markdown
 from lfp.report.format import MISSING, fmt, pr
 from lfp.report.headline import HEADLINE, headline_metrics
 from lfp.report.inputs import ReportInputs
-from lfp.tasks import kind_of, report_kinds
+from lfp.tasks import kind_of
+from lfp.tasks.reports import report_kinds
 from lfp.report.inputs import label as run_label
 from lfp.report.sections import build_sections
 

@@ -222,6 +222,7 @@ def table(m: dict[str, Any], paper_tau: float | None) -> list[list[str]]:
 READOUT_LABELS = {
     "learned_value": "learned value (behaviour: log-prob change in real contexts; the ground truth)",
     "probe_view": "paper's probe on each word's SAE codes in context (policy − base)",
+    "difference_probe": "word-held-out probe on (policy − base) SAE codes, one dictionary (held-out words only)",
     "logit_diff_lens": "logit-difference lens (mean final-state change on first tokens, through the unembedding)",
 }
 READOUT_COLUMNS = ["readout", "τ vs lexicon", "τ within sign", "shuffled null (within sign)", "planted, paired AUC",

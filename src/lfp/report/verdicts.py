@@ -192,7 +192,8 @@ def readout_plant(m: Mapping[str, Any], r: str) -> Judged:
         return NOT_RUN, f"`{k}planted_paired_auc` missing from lfp.json"
     return ((PASSED if m.get(k + "planted_paired_detected") is True else FAILED),
             f"paired AUC {dec(num(m, k + 'planted_paired_auc'), 2)}, p {pval(num(m, k + 'planted_paired_p'))} "
-            f"(seed-vs-seed null {dec(num(m, k + 'planted_paired_auc_seed_null_mean'), 2)})")
+            f"(seed-vs-seed null {dec(num(m, k + 'planted_paired_auc_seed_null_mean'), 2)}; "
+            f"{m.get(k + 'planted_paired_n', '?')} planted words read)")
 
 
 def readout_beyond_null(m: Mapping[str, Any], r: str) -> Judged:

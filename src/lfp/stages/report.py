@@ -20,7 +20,7 @@ from lfp.report.document import render_html, render_markdown
 from lfp.report.headline import HEADLINE, headline_metrics
 from lfp.report.inputs import FIGURES, ReportInputs
 from lfp.report.sections import build_sections
-from lfp.tasks import report_kinds
+from lfp.tasks.reports import report_kinds
 
 
 def run(params: Params, model: str | None = None, task: str | None = None) -> None:

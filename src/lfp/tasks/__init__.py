@@ -118,12 +118,6 @@ def kind_of(params: Params, task: str) -> TaskKind:
     return KINDS[name]
 
 
-def report_kinds(params: Params) -> dict[str, Any]:
-    """Each task's report contribution (`kind.report_sections()`), for lfp.report.inputs.ReportInputs:
-    the report package reads kinds through this map and never imports lfp.tasks."""
-    return {task: kind_of(params, task).report_sections() for task in params.tasks}
-
-
 def related_rule(params: Params, task: str) -> str:
     """The offline explainer's relatedness rule: `task_specs.<t>.related_words` or the kind's default."""
     return params.task(task).related_words or kind_of(params, task).default_related_words

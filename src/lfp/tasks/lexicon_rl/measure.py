@@ -56,6 +56,7 @@ from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned
 from lfp.tasks.lexicon_rl.measure_probes import (
     codes_through_saes,
     control_difference_probe,
+    difference_probe_readout,
     finetuned_saes,
     load_probe_inputs,
     probe_divergence,
@@ -111,12 +112,23 @@ def measure(params: Params, model: str, task: str) -> None:
         saes = finetuned_saes(stage, params, model, task)
         probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
         lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
-        observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}}
+        base_through_ft = codes_through_saes(base, saes, triples, tok, pad, params, "base")
+        inputs = load_probe_inputs(model, task, lexicon, base_through_ft)
+        diff_probe = difference_probe_readout(inputs, base_through_ft, params)
+        observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}, diff_probe.name: {}}
+        run_codes: dict[Any, np.ndarray] = {}  # each control run's codes of the probe's rows through the fine-tuned SAEs
 
         def observe(key: Any, policy: Any) -> LearnedValues:
             """Every readout of one run (the learned values returned whole: rows need their CIs)."""
             policy = policy.to(stage.device)
             observed["probe_view"][key], observed[lens.name][key] = probe_view(policy), lens.per_word(policy)
+            if key == "main":  # the probe stage's cached codes: the readout reproduces the difference probe exactly
+                observed[diff_probe.name][key] = diff_probe.from_difference(inputs.sources["difference"][0])
+            else:
+                codes = codes_through_saes(policy, saes, triples, tok, pad, params, str(key))
+                observed[diff_probe.name][key] = diff_probe.from_difference(codes - base_through_ft)
+                if key in paths.CONTROLS:
+                    run_codes[key] = codes
             return learned(policy)
 
         main = observe("main", finetuned)
@@ -129,7 +141,7 @@ def measure(params: Params, model: str, task: str) -> None:
         extra_arms = [observe(("arm", k), rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, r)[0])
                       for k, r in enumerate(arm_rewards[1:], start=1)]
         shifts = {"finetuned": observed["probe_view"]["main"], **{c: observed["probe_view"][c] for c in paths.CONTROLS}}
-        through_ft = {name: codes_through_saes(lm, saes, triples, tok, pad, params, name) for name, lm in (("base", base), *controls.items())}
+        through_ft = {"base": base_through_ft, **{c: run_codes[c] for c in controls}}
         del controls
         readout_values = {"learned_value": {"main": main.by_word(), **{("seed", s): lv.by_word() for s, lv in by_seed.items() if s != params.seed},
                                             **{c: lv.by_word() for c, lv in control_lv.items()},
@@ -162,7 +174,6 @@ def measure(params: Params, model: str, task: str) -> None:
         control_m["shuffled"].update({k: v for k, v in out.items() if k.startswith("shuffled_arms") or k in ("shuffled_learned", "shuffled_null_centred")})
         out.update(control_summary(task, control_m["planted"], control_m["shuffled"]))
 
-        inputs = load_probe_inputs(model, task, lexicon, through_ft["base"])
         probe_metrics, probes, is_test = word_heldout_probes(inputs, params)
         out.update(probe_metrics)
         for c in paths.CONTROLS:

@@ -133,6 +133,16 @@ def control_difference_probe(inputs: ProbeInputs, control_through_ft: np.ndarray
     return out
 
 
+def difference_probe_readout(inputs: ProbeInputs, base_through_ft: np.ndarray, params: Params) -> Any:
+    """The difference probe (this run's word split, ridge, per-layer scales) frozen as a readout of
+    any run's (run − base) codes of the same rows (lfp.readouts.difference_probe)."""
+    from lfp.readouts.difference_probe import DifferenceProbe
+
+    diff, target = inputs.sources["difference"]
+    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    return DifferenceProbe(diff, target, inputs.words, is_test, inputs.offsets, inputs.widths, params.probe.ridge_alpha, base_through_ft)
+
+
 def finetuned_saes(stage: StageContext, params: Params, model: str, task: str) -> dict[int, Any]:
     """The fine-tuned model's small SAEs of the probe's layers (inputs.json), on the stage's device."""
     from lfp.sae import load_sae
