@@ -29,8 +29,11 @@ repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/lfp mlflow-sync
 
 ## Run the test suite (unit + one end-to-end dvc repro on the micro profile).
+# One BLAS/OpenMP thread: the tests' tensors are tiny, and two threads on 2 cores cost more in
+# synchronisation than they gain (the suite: 12 min 12 s with the default, see README). Stages in
+# the end-to-end `dvc repro` inherit it; `make repro` keeps the machine's default.
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 # The peer benchmark's own venv: sae-lens (and its transformer-lens, plotly, ...) never enters
 # .venv or requirements.txt. torch is pinned to the project's CPU build so pip does not pull CUDA.

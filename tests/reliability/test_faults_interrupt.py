@@ -21,9 +21,12 @@ from rel_helpers import BIN, CHEAP_TARGETS, LFP, ROOT, clean_env, run_lfp, sh, s
 from rel_helpers import dvc_projects, mlflow_uri, project  # noqa: F401 - fixtures
 
 WRITER = r'''
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from lfp.core import io
+
+# a test started from a background job inherits SIGINT ignored; a user's Ctrl-C is not
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 mode, target, version, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "slow"
 
