@@ -1,6 +1,9 @@
 """The preference measurement on synthetic cases with known answers: a planted direction is found,
 the bag-of-words baseline separates a lexically separable set and not a shuffled one, no pair
-crosses the split, substitution triples differ only in their marked span, pairs fit the context."""
+crosses the split, substitution triples differ only in their marked span, pairs fit the context;
+over dialogue splits and per subset: opposite subsets transfer below chance and pool to chance,
+the mean over splits is stable and its interval holds the truth, a small subset is skipped with
+its reason."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from lfp.tasks.preference_dpo import dpo, measure as pair_measure
+from lfp.tasks.preference_dpo import dpo, measure as pair_measure, measure_splits, report as pair_report
 from lfp.measure.probes import split_by_group
 from lfp.tasks.preference_dpo.substitution import cut_reply, substitution_triple
 
@@ -121,3 +124,91 @@ def test_fit_to_context_keeps_the_prompt_end_and_drops_nothing_needlessly() -> N
     a = fitted[0]
     assert a["prompt"].endswith("w99") and len(a["prompt"].split()) + 2 + 2 <= 16
     assert fitted[1] == rows[1]
+
+
+# ---------------------------------------------------------------------------- over dialogue splits and subsets
+
+
+def _opposite_subsets(n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two subsets whose preferred reply lies on opposite sides of the same feature direction."""
+    helpful, harmless = planted(n, signal=2.0, seed=1)[0], planted(n, signal=-2.0, seed=2)[0]
+    ids = np.array([f"p{i}" for i in range(2 * n)], dtype=object)
+    return np.concatenate([helpful, harmless]), ids, np.array(["helpful-base"] * n + ["harmless-base"] * n, dtype=object)
+
+
+def test_opposite_subsets_transfer_below_chance_and_pool_to_chance() -> None:
+    x, ids, subsets = _opposite_subsets()
+    m = measure_splits.split_probe_metrics({"finetuned": lambda train: x}, ids, subsets, 0.3, list(range(10)), 1.0, 0)
+    assert m["pair_subsets"] == ["harmless_base", "helpful_base"] and m["pair_subsets_skipped"] == {}
+    for name in ("helpful_base", "harmless_base"):
+        assert m[f"subset_{name}_pairwise_accuracy_finetuned_split_mean"] > 0.8
+        assert m[f"subset_{name}_pairwise_accuracy_finetuned_split_ci_low"] > 0.5
+    for a, b in (("helpful_base", "harmless_base"), ("harmless_base", "helpful_base")):
+        assert m[f"transfer_{a}_to_{b}_pairwise_accuracy_finetuned_split_mean"] < 0.3
+        assert m[f"transfer_{a}_to_{b}_pairwise_accuracy_finetuned_split_ci_high"] < 0.5
+    assert 0.4 < m["pairwise_accuracy_finetuned_split_mean"] < 0.6
+    assert len(m["pairwise_accuracy_finetuned_per_split_seed"]) == 10 and 1 <= m["pairwise_accuracy_finetuned_reported_split_rank"] <= 10
+    # the report facet: a row per scope, and the sentence says the subsets point opposite ways
+    rows = pair_report.split_table(m)
+    assert [r[0] for r in rows] == ["pooled (all subsets)", "within harmless-base", "within helpful-base",
+                                    "harmless-base → helpful-base", "helpful-base → harmless-base"]
+    assert pair_report.transfer_direction(m) == "opposite" and "point opposite ways" in pair_report.split_sentence(m)
+
+
+def test_agreeing_subsets_transfer_above_chance() -> None:
+    x = np.concatenate([planted(150, signal=2.0, seed=1)[0], planted(150, signal=2.0, seed=2)[0]])
+    ids, subsets = np.arange(300).astype(object), np.array(["a"] * 150 + ["b"] * 150, dtype=object)
+    m = measure_splits.split_probe_metrics({"finetuned": lambda train: x}, ids, subsets, 0.3, list(range(5)), 1.0, 0)
+    assert m["transfer_a_to_b_pairwise_accuracy_finetuned_split_ci_low"] > 0.65
+    assert pair_report.transfer_direction(m) == "same" and "point the same way" in pair_report.split_sentence(m)
+
+
+def test_over_split_seeds_the_mean_is_stable_and_its_interval_holds_the_truth() -> None:
+    """A planted margin of 1 on one of 5 dimensions, unit noise per reply: the best pairwise rule is right
+    with probability Φ(1/√2) = 0.760. The t-interval over 10 splits holds it and the mean over 60 splits
+    (what the interval estimates); another 10 seeds give nearly the same mean."""
+    from scipy.stats import norm
+
+    x = planted(400, d=5, signal=1.0, seed=3)[0]
+    ids, subsets = np.arange(400).astype(object), np.array(["only"] * 400, dtype=object)
+    noise = np.random.default_rng(0).normal(size=x.shape)
+    feats = {"finetuned": lambda train: x, "base": lambda train: noise}
+
+    def run(seeds: list[int]) -> dict:
+        return measure_splits.split_probe_metrics(feats, ids, subsets, 0.3, seeds, 1.0, 0)
+
+    m, other, long = run(list(range(10))), run(list(range(100, 110))), run(list(range(60)))
+    key, truth = "pairwise_accuracy_finetuned", float(norm.cdf(1 / np.sqrt(2)))
+    lo, hi = m[f"{key}_split_ci_low"], m[f"{key}_split_ci_high"]
+    assert lo < truth < hi and lo < long[f"{key}_split_mean"] < hi
+    assert abs(m[f"{key}_split_mean"] - other[f"{key}_split_mean"]) < 0.02 and 0 < m[f"{key}_split_sd"] < 0.06
+    assert abs(m["pairwise_accuracy_base_split_mean"] - 0.5) < 0.08  # noise features: chance
+    assert m["pairwise_accuracy_diff_split_ci_low"] > 0.1  # fine-tuned − base, paired per split
+    # the reported split (the first seed) is the split of run_probes: same probes, same numbers
+    train = ~split_by_group(ids, 0.3, 0)
+    r = pair_measure.run_probes(x, x[:, :, 0].copy(), train, PARAMS)
+    assert m[f"{key}_per_split_seed"][0] == pytest.approx(r.pairwise.mean())
+    assert m["probe_accuracy_finetuned_per_split_seed"][0] == pytest.approx(r.pointwise.mean())
+    assert m["pair_subsets"] == [] and "the only subset" in m["pair_subsets_skipped"]["only"]
+
+
+def test_a_subset_with_too_few_pairs_is_skipped_with_its_reason() -> None:
+    x, ids, subsets = _opposite_subsets(150)
+    x = np.concatenate([x, planted(10, seed=4)[0]])
+    ids = np.concatenate([ids, np.array([f"t{i}" for i in range(10)], dtype=object)])
+    subsets = np.concatenate([subsets, np.array(["tiny-c"] * 10, dtype=object)])
+    m = measure_splits.split_probe_metrics({"finetuned": lambda train: x}, ids, subsets, 0.3, [0, 1, 2], 1.0, 0)
+    assert m["pair_subsets"] == ["harmless_base", "helpful_base"]
+    assert "below the minimum of 8" in m["pair_subsets_skipped"]["tiny_c"] and m["subset_tiny_c_n_pairs"] == 10
+    assert not any(k.startswith("subset_tiny_c_pairwise") or "tiny_c_to" in k or "to_tiny_c" in k for k in m)
+    assert np.isfinite(m["pairwise_accuracy_finetuned_split_mean"])
+
+
+def test_a_split_that_leaves_a_subset_without_pairs_gives_nan_not_a_crash() -> None:
+    x = planted(40, seed=5)[0]
+    probes = measure_splits.fit_pair_probes(x, np.zeros(40, dtype=bool), measure_splits.orientation(40, 0), 1.0, 0)
+    assert probes.pointwise is None and probes.pairwise is None
+    scores = measure_splits.score_pair_probes(probes, x, np.ones(40, dtype=bool))
+    assert np.isnan(scores["pairwise"]) and np.isnan(scores["pointwise"])
+    assert measure_splits.reported_rank([0.4, 0.5, 0.6], 0.4) == 1 and measure_splits.reported_rank([0.5, 0.5], 0.5) == 1.5
+    assert measure_splits.subset_key("helpful-base") == "helpful_base"

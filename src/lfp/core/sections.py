@@ -182,6 +182,8 @@ class Sae:
     k: int = _num(32, 1)  # topk: codes kept per row (L0 <= k)
     aux_k: int = _num(0, 0)  # topk: dead latents in the auxiliary loss (0 = d_in // 2)
     aux_coeff: float = _num(1.0 / 32, 0.0)  # topk: weight of the dead-latent auxiliary loss (0 = off)
+    # the small dictionary trained again with seed + 1: the reference an MMCS / shared fraction needs
+    seed_reference: bool = True
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,9 @@ class Measure:
     # preference tasks: held-out pairs measured (0 = all), cut to finetune.<t>.max_length, split by dialogue
     pairs: int = _num(1000, 0)
     pair_test_fraction: float = _num(0.3, 0.0, 1.0, lo_open=True, hi_open=True)
+    # dialogue splits (seeds seed, seed+1, ...) over which every preference probe is refitted: mean, sd, t-interval,
+    # the rank of the reported split (seed), per subset and across subsets (lfp.tasks.preference_dpo.measure_splits)
+    pair_split_seeds: int = _num(10, 1)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ module here with a `per_word` method; nothing else changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,6 +74,25 @@ def readout_controls(name: str, runs: ReadoutRuns, lexicon: Mapping[str, float],
     if runs.arms:
         out.update(_renamed(shuffled_null(runs.main, runs.arms, lexicon), prefix))
     return out
+
+
+class ReadoutClock:
+    """Seconds spent per readout in one measure run (lfp.json `readout_{name}_seconds`): what each
+    readout adds to the stage, measured where it runs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def keys(self) -> dict[str, float]:
+        return {f"readout_{name}_seconds": round(v, 3) for name, v in sorted(self.seconds.items())}
 
 
 def words_column(readouts: Sequence[Readout], values: Mapping[str, PerWord], word: str) -> dict[str, float]:

@@ -20,10 +20,13 @@ a seeded init with encoder = decoderᵀ. Small on purpose: a CPU trains it in se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+CROSSCODER_DIR = Path("data/diffing")
 
 
 @dataclass(frozen=True)
@@ -152,3 +155,38 @@ def nu_histogram(nu: np.ndarray, edges: tuple[float, ...] = (-np.inf, 0.2, 0.4, 
     counts, _ = np.histogram(live, bins=np.array(edges))
     labels = [f"{'-inf' if lo == -np.inf else f'{lo:g}'}..{'inf' if hi == np.inf else f'{hi:g}'}" for lo, hi in zip(edges[:-1], edges[1:])]
     return dict(zip(labels, (int(c) for c in counts)))
+
+
+def crosscoder_path(model: str, task: str, layer: int) -> Any:
+    """One layer's crosscoder (stage diffing writes it, the measure reads it)."""
+    from lfp.core import paths
+
+    return CROSSCODER_DIR / paths.run_id(model, task) / f"crosscoder-layer{layer}.safetensors"
+
+
+def save_crosscoder(path: Any, cc: Crosscoder, scales: np.ndarray, nu: np.ndarray, layer: int) -> None:
+    """One layer's crosscoder as safetensors (weights, the two norm scales, ν per latent), atomically:
+    the measure reads it back to score every run (lfp.readouts.crosscoder_probe)."""
+    from lfp.core import io
+
+    tensors = {name: p.detach().contiguous() for name, p in cc.state_dict().items()}
+    tensors.update(scales=torch.from_numpy(np.asarray(scales, dtype=np.float64)), nu=torch.from_numpy(np.asarray(nu, dtype=np.float64)))
+    io.save_tensors(path, tensors, {"k": str(cc.k), "layer": str(layer), "format": "lfp-crosscoder-1"})
+
+
+def load_crosscoder(path: Any) -> tuple[Crosscoder, np.ndarray, np.ndarray]:
+    """(crosscoder, norm scales, ν per latent) saved by `save_crosscoder`."""
+    from safetensors import safe_open
+
+    from lfp.core import io
+    from lfp.core.errors import ArtifactError
+
+    tensors = io.load_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("format") != "lfp-crosscoder-1" or "decoder" not in tensors:
+        raise ArtifactError(f"{path}: not an lfp crosscoder file (re-run the diffing stage)")
+    _, n_latents, d_model = tensors["decoder"].shape
+    cc = Crosscoder(d_model, n_latents, int(meta["k"]), torch.Generator().manual_seed(0))
+    cc.load_state_dict({k: v for k, v in tensors.items() if k not in ("scales", "nu")})
+    return cc.eval(), tensors["scales"].numpy(), tensors["nu"].numpy()

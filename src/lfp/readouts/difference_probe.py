@@ -27,11 +27,12 @@ class DifferenceProbe:
 
     def __init__(self, diff_codes: np.ndarray, target: np.ndarray, words: np.ndarray, is_test: np.ndarray,
                  offsets: list[int], widths: list[int], alpha: float, base_codes: np.ndarray,
-                 codes_of: Callable[[Any], np.ndarray] | None = None):
+                 codes_of: Callable[[Any], np.ndarray] | None = None, name: str | None = None, description: str | None = None):
         from sklearn.linear_model import Ridge
 
         from lfp.tasks.lexicon_rl.word_probes import layer_scales
 
+        self.name, self.description = name or self.name, description or self.description  # the recipe through another dictionary
         self.is_test, self.test_words = is_test, [str(w) for w in words[is_test]]
         self.base_codes, self.codes_of = base_codes, codes_of
         train = ~is_test

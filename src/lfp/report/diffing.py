@@ -29,5 +29,6 @@ def sentence(label: str, d: Mapping[str, Any]) -> str:
     cut = d.get("specific_nu", 0.2)
     return (f"**{label}:** the crosscoder finds {total if total is not None else '—'} latents with Latent Scaling ν < {cut} "
             f"across {len(d.get('layers') or [])} layers, i.e. directions the fine-tuned model uses and the base model lacks. "
-            "These latents are not yet held to the planted/shuffled controls (they need the control fine-tunes' activations), so "
-            "this is a description of what changed, not a validated readout.")
+            "ν describes what changed, it validates nothing: the crosscoder is held to the planted and shuffled controls as the "
+            "readout `crosscoder_probe` (the readouts × controls table of the measured task), where the control fine-tunes' "
+            "activations are coded by the same crosscoder.")

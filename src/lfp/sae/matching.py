@@ -38,6 +38,20 @@ def dictionary_matching(small: torch.Tensor, large: torch.Tensor) -> dict[str, A
     }
 
 
+SHARED_COSINE = 0.7  # a Hungarian-matched pair with cosine above this counts as one feature found twice (Paulo & Belrose 2025)
+
+
+def shared_fraction(matching: dict[str, Any], small: torch.Tensor, other: torch.Tensor) -> float:
+    """The fraction of the small dictionary's features whose one-to-one (Hungarian) match in `other`
+    has cosine > SHARED_COSINE."""
+    pairs = np.asarray(matching["hungarian"], dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return float("nan")
+    a = F.normalize(small.detach().double(), dim=1)[pairs[:, 0]]
+    b = F.normalize(other.detach().double(), dim=1)[pairs[:, 1]]
+    return float(((a * b).sum(dim=1) > SHARED_COSINE).double().sum() / len(small))
+
+
 def max_cosines(small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
     """Per small feature, its max cosine to any large feature (float64)."""
     return (F.normalize(small.double(), dim=1) @ F.normalize(large.double(), dim=1).t()).max(dim=1).values

@@ -6,7 +6,8 @@ same texts, same layers, rows aligned token for token), trains one TopK crosscod
 reports, per layer: FVU of each model, L0, dead latents, the relative decoder norm and Latent
 Scaling's ν per latent (histogram, and how many latents the base model lacks: ν < diffing.specific_nu),
 and the tokens on which the fine-tune-specific latents fire most (what they are about, for a reader).
-Outputs: reports/runs/{m}-{t}/diffing.json (DVC metrics + MLflow) and diffing_nu.png.
+Outputs: reports/runs/{m}-{t}/diffing.json (DVC metrics + MLflow), diffing_nu.png, and each layer's
+crosscoder in data/diffing/{m}-{t}/ (the measure reads it back: readout `crosscoder_probe`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from lfp.core import paths
+from lfp.core import io, paths
 from lfp.models.activation_cache import load_layer, read_index
 from lfp.core.params import Params, section_dict
 from lfp.core.errors import ArtifactError
 from lfp.core.layers import chosen_layers
 from lfp.readouts.crosscoder import (
+    CROSSCODER_DIR,
     CrosscoderSettings,
+    crosscoder_path,
     crosscoder_codes,
     latent_scaling,
     nu_histogram,
     quality,
     relative_decoder_norm,
+    save_crosscoder,
     train_crosscoder,
 )
 from lfp.core.stage_context import open_stage
@@ -74,27 +78,29 @@ def run(params: Params, model: str, task: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(model), trust_remote_code=False)
         out: dict[str, Any] = {"layers": layers, "specific_nu": cfg.specific_nu}
         nus = {}
-        for layer in layers:
-            base, ft, ids = paired_rows(model, task, layer, cfg.max_rows, params.seed)
-            settings = CrosscoderSettings(n_latents=cfg.latent_ratio * base.shape[1], k=cfg.k, steps=cfg.steps,
-                                          batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=params.seed)
-            cc, scales = train_crosscoder(base, ft, settings)
-            q = quality(cc, base, ft, scales)
-            ls = latent_scaling(cc, base, ft, scales)
-            rel = relative_decoder_norm(cc)
-            nu = ls["nu"]
-            specific = np.flatnonzero(np.isfinite(nu) & (nu < cfg.specific_nu))
-            codes = crosscoder_codes(cc, base, ft, scales)
-            key = f"layer{layer}_"
-            out.update({key + k: v for k, v in q.items()})
-            out.update({key + "n_latents": settings.n_latents, key + "n_rows": len(base),
-                        key + "n_specific": int(len(specific)), key + "nu_median": float(np.nanmedian(nu)),
-                        key + "relative_norm_median": float(np.median(rel)),
-                        key + "nu_histogram": nu_histogram(nu),
-                        key + "specific_top_tokens": top_tokens(codes, ids, specific, tokenizer)})
-            nus[layer] = nu
-            log.info("diffing %s layer %d: FVU %.3f/%.3f, L0 %.1f, %d of %d latents with nu < %.2f", paths.run_id(model, task), layer,
-                     q["fvu_base"], q["fvu_finetuned"], q["l0"], len(specific), settings.n_latents, cfg.specific_nu)
+        with io.atomic_dir(CROSSCODER_DIR / paths.run_id(model, task)) as out_dir:
+            for layer in layers:
+                base, ft, ids = paired_rows(model, task, layer, cfg.max_rows, params.seed)
+                settings = CrosscoderSettings(n_latents=cfg.latent_ratio * base.shape[1], k=cfg.k, steps=cfg.steps,
+                                              batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=params.seed)
+                cc, scales = train_crosscoder(base, ft, settings)
+                q = quality(cc, base, ft, scales)
+                ls = latent_scaling(cc, base, ft, scales)
+                rel = relative_decoder_norm(cc)
+                nu = ls["nu"]
+                specific = np.flatnonzero(np.isfinite(nu) & (nu < cfg.specific_nu))
+                codes = crosscoder_codes(cc, base, ft, scales)
+                key = f"layer{layer}_"
+                out.update({key + k: v for k, v in q.items()})
+                out.update({key + "n_latents": settings.n_latents, key + "n_rows": len(base),
+                            key + "n_specific": int(len(specific)), key + "nu_median": float(np.nanmedian(nu)),
+                            key + "relative_norm_median": float(np.median(rel)),
+                            key + "nu_histogram": nu_histogram(nu),
+                            key + "specific_top_tokens": top_tokens(codes, ids, specific, tokenizer)})
+                nus[layer] = nu
+                save_crosscoder(out_dir / crosscoder_path(model, task, layer).name, cc, scales, nu, layer)
+                log.info("diffing %s layer %d: FVU %.3f/%.3f, L0 %.1f, %d of %d latents with nu < %.2f", paths.run_id(model, task), layer,
+                         q["fvu_base"], q["fvu_finetuned"], q["l0"], len(specific), settings.n_latents, cfg.specific_nu)
         out["n_specific_total"] = int(sum(out[f"layer{L}_n_specific"] for L in layers))
         plot = paths.report_dir(model, task) / "diffing_nu.png"
         from lfp.report.figures import plot_nu

@@ -9,7 +9,11 @@ the cached *texts* (not rows: rows of one text are correlated) is held out for e
 
 Matching (§3.4, Sharkey et al.): cosine similarity between the smallest and largest dictionaries'
 decoder directions → per small feature its max cosine, their mean (MMCS), the ranking the
-explain stage uses, and a one-to-one Hungarian matching (models/sae/{m}-{t}/matching.json).
+explain stage uses, and a one-to-one Hungarian matching (models/sae/{m}-{t}/matching.json), with
+the fraction of Hungarian pairs above cosine 0.7 (`shared_fraction`). The reference those need
+(`sae.seed_reference`): the small dictionary trained again with seed + 1 on the same rows, matched
+to the first (`mmcs_seed_reference`, `shared_fraction_seed_reference`): Paulo & Belrose 2025 find
+only ~30 % of features shared across seeds, so an MMCS is "shared" only as far as it beats this.
 
 Quality (reports/runs/{m}-{t}/sae.json, same numbers in MLflow), on held-out rows / texts:
 mse (the paper's "normalized reconstruction loss": mean over elements), fvu, l0, dead_fraction,
@@ -21,6 +25,7 @@ sparsity") and table11_x{r}_reconstruction = mean mse, averaged over the chosen 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -34,6 +39,7 @@ from lfp.core.params import Params, section_dict
 from lfp.core.errors import ConfigError
 from lfp.models.loading import replace_mlp_outputs
 from lfp.sae import ARCHITECTURES, SaeTraining, dictionary_matching, reconstruction_metrics, save_sae, train_saes
+from lfp.sae.matching import shared_fraction
 from lfp.sae.quality import ce_recovered, cross_entropy, reconstruction_hook
 from lfp.core.stage_context import open_stage
 
@@ -76,6 +82,10 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
         settings = SaeTraining(l1=l1, lr=cfg.learning_rate, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=params.seed,
                                tied=cfg.tied, architecture=cfg.architecture, k=cfg.k, aux_k=cfg.aux_k, aux_coeff=cfg.aux_coeff)
         trained = dict(zip(keys, train_saes(jobs, settings)))
+        if cfg.seed_reference:  # the small dictionary again with the next seed: what "shared features" reach by chance of training
+            again = train_saes([(lambda L=layer: load_layer(act_dir, L, index)[train_rows], small_r * index["d_model"]) for layer in layers],
+                               dataclasses.replace(settings, seed=params.seed + 1))
+            trained.update({(layer, "seed"): t for layer, t in zip(layers, again)})
         metrics["train_seconds"] = time.perf_counter() - start
         with io.atomic_dir(paths.sae_dir(model, task, source)) as out:
             for layer in layers:
@@ -104,6 +114,12 @@ def run(params: Params, model: str, task: str, source: str = "finetuned") -> Non
                 matching["layers"][str(layer)] = m
                 metrics[f"layer{layer}_mmcs"] = m["mmcs"]
                 metrics[f"layer{layer}_hungarian_mean_cos"] = m["hungarian_mean_cos"]
+                metrics[f"layer{layer}_shared_fraction"] = shared_fraction(m, saes[small_r].dictionary(), saes[large_r].dictionary())
+                if cfg.seed_reference:
+                    again = trained[(layer, "seed")][0].dictionary()
+                    ref = dictionary_matching(saes[small_r].dictionary(), again)
+                    metrics[f"layer{layer}_mmcs_seed_reference"] = ref["mmcs"]
+                    metrics[f"layer{layer}_shared_fraction_seed_reference"] = shared_fraction(ref, saes[small_r].dictionary(), again)
             io.write_json(out / "matching.json", matching)
         metrics.update(summaries(metrics, layers, cfg.ratios))
         tracking.write_metrics(paths.sae_metrics_file(model, task, source), metrics)
@@ -117,6 +133,9 @@ def summaries(metrics: dict[str, Any], layers: list[int], ratios: list[int]) -> 
         return float(np.mean(values)) if values else float("nan")
 
     out = {"mean_mmcs": mean([f"layer{L}_mmcs" for L in layers])}
+    for key in ("mmcs_seed_reference", "shared_fraction", "shared_fraction_seed_reference"):
+        if any(f"layer{L}_{key}" in metrics for L in layers):
+            out[f"mean_{key}"] = mean([f"layer{L}_{key}" for L in layers])
     for r in ratios:
         for name in ("mse", "fvu", "l0", "dead_fraction", "ce_recovered"):
             out[f"mean_x{r}_{name}"] = mean([f"layer{L}_x{r}_{name}" for L in layers])

@@ -48,13 +48,13 @@ from lfp.measure.controls import (
     write_words_csv,
 )
 from lfp.measure.triples import load_triples
-from lfp.readouts import readout_controls
+from lfp.readouts import ReadoutClock, readout_controls
 from lfp.readouts.diff_lens import LogitDiffLens, lens_windows
 from lfp.report.figures import plot_error_vs_learned, plot_learned_values
 from lfp.tasks.lexicon_rl import reward, rl
 from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
+from lfp.tasks.lexicon_rl.measure_dictionaries import Dictionaries, dictionary_probes
 from lfp.tasks.lexicon_rl.measure_probes import (
-    codes_through_saes,
     control_difference_probe,
     difference_probe_readout,
     finetuned_saes,
@@ -112,24 +112,40 @@ def measure(params: Params, model: str, task: str) -> None:
         saes = finetuned_saes(stage, params, model, task)
         probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
         lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
-        base_through_ft = codes_through_saes(base, saes, triples, tok, pad, params, "base")
+        clock = ReadoutClock()
+        with clock("dictionaries_setup"):  # random dictionaries fitted, crosscoders loaded, base and main codes
+            dictionaries = Dictionaries(params, model, task, saes, stage.device)
+            base_codes = dictionaries.codes(base, triples, tok, pad, params, "base")
+            main_codes = dictionaries.codes(finetuned, triples, tok, pad, params, "main")
+        base_through_ft = base_codes.finetuned_sae
         inputs = load_probe_inputs(model, task, lexicon, base_through_ft)
         diff_probe = difference_probe_readout(inputs, base_through_ft, params)
-        observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}, diff_probe.name: {}}
+        other = dictionary_probes(dictionaries, base_codes, main_codes, inputs, inputs.widths, params)
+        observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}, diff_probe.name: {},
+                                                            other.random_probe.name: {}, other.crosscoder_probe.name: {}}
         run_codes: dict[Any, np.ndarray] = {}  # each control run's codes of the probe's rows through the fine-tuned SAEs
 
         def observe(key: Any, policy: Any) -> LearnedValues:
             """Every readout of one run (the learned values returned whole: rows need their CIs)."""
             policy = policy.to(stage.device)
-            observed["probe_view"][key], observed[lens.name][key] = probe_view(policy), lens.per_word(policy)
-            if key == "main":  # the probe stage's cached codes: the readout reproduces the difference probe exactly
-                observed[diff_probe.name][key] = diff_probe.from_difference(inputs.sources["difference"][0])
-            else:
-                codes = codes_through_saes(policy, saes, triples, tok, pad, params, str(key))
-                observed[diff_probe.name][key] = diff_probe.from_difference(codes - base_through_ft)
-                if key in paths.CONTROLS:
-                    run_codes[key] = codes
-            return learned(policy)
+            with clock("probe_view"):
+                observed["probe_view"][key] = probe_view(policy)
+            with clock(lens.name):
+                observed[lens.name][key] = lens.per_word(policy)
+            with clock("dictionaries_forward"):  # one forward pass feeds the three dictionary readouts
+                codes = main_codes if key == "main" else dictionaries.codes(policy, triples, tok, pad, params, str(key))
+            for name, read in other.readers().items():
+                with clock(name):
+                    observed[name][key] = read(codes)
+            with clock(diff_probe.name):
+                if key == "main":  # the probe stage's cached codes: the readout reproduces the difference probe exactly
+                    observed[diff_probe.name][key] = diff_probe.from_difference(inputs.sources["difference"][0])
+                else:
+                    observed[diff_probe.name][key] = diff_probe.from_difference(codes.finetuned_sae - base_through_ft)
+            if key in paths.CONTROLS:
+                run_codes[key] = codes.finetuned_sae
+            with clock("learned_value"):
+                return learned(policy)
 
         main = observe("main", finetuned)
         base_dir = paths.base_model_dir(model)
@@ -159,6 +175,7 @@ def measure(params: Params, model: str, task: str) -> None:
         for name, per_run in readout_values.items():
             out.update(readout_controls(name, readout_runs(per_run, arm_rewards, params.seed), lexicon, planted, cfg.bootstrap,
                                         cfg.permutations, params.seed))
+        out.update(clock.keys())
         out.update({f"{lens.name}_n_texts": len(lens.windows), f"{lens.name}_tokens": cfg.lens_tokens,
                     f"{lens.name}_n_single_token_words": len(lens.word_ids), "readouts": sorted(readout_values)})
         out.update({f"{lens.name}_{k}": v for k, v in lens.top_tokens(finetuned).items()})
@@ -189,7 +206,8 @@ def measure(params: Params, model: str, task: str) -> None:
                           control_rows(control_lv[c], lexicon, rewards[c], planted, main.by_word(), shifts[c]))
         rows = main_rows(main, lexicon, planted, {c: lv.by_word() for c, lv in control_lv.items()}, probes,
                          set(inputs.words[is_test].tolist()), probe_words, shifts["finetuned"])
-        rows = [{**r, "readout_logit_diff_lens": float(observed[lens.name]["main"].get(r["word"], np.nan))} for r in rows]
+        rows = [{**r, **{f"readout_{name}": float(per_run["main"].get(r["word"], np.nan)) for name, per_run in observed.items()}}
+                for r in rows]
         write_main_outputs(stage, model, task, out, rows, (abs_err, err_learned))
         log.info("measure %s: learned-value tau %.3f; planted AUC %.2f (p %.3g); shuffled tau %.3f; difference-probe tau %.3f",
                  paths.run_id(model, task), out["learned_value_tau"], out["planted_auc"], out["planted_p"],

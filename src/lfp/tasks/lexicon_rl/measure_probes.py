@@ -17,7 +17,6 @@ from lfp.core.params import Params
 from lfp.core.errors import DataError
 from lfp.core.stage_context import StageContext
 from lfp.measure import metrics
-from lfp.measure.triples import windows_for
 from lfp.tasks.lexicon_rl.word_probes import (
     HeldoutProbe,
     heldout_probe,
@@ -149,17 +148,6 @@ def finetuned_saes(stage: StageContext, params: Params, model: str, task: str) -
 
     layers = io.read_json(paths.probe_data_dir(model, task) / "inputs.json")["layers"]
     return {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in layers}
-
-
-def codes_through_saes(lm: Any, saes: dict[int, Any], triples: Any, tok: Any, pad: int, params: Params, desc: str) -> np.ndarray:
-    """The probe's rows (positive then negative element of each triple, file order) read by `lm`
-    through `saes` (the fine-tuned model's): two models' codes in ONE dictionary can be subtracted,
-    so (fine-tuned − base) is what fine-tuning changed on the same tokens."""
-    from lfp.measure.probe_codes import element_codes
-
-    codes = [element_codes(lm, saes, windows_for(triples, role, tok, params.probe.max_length), params.probe.batch_size, pad,
-                           f"{desc} through fine-tuned SAEs, {role}") for role in ("positive", "negative")]
-    return np.stack(codes, axis=1).reshape(-1, codes[0].shape[1]).astype(np.float64)
 
 
 def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any], windows: list, ctx_words: list[str],

@@ -19,7 +19,8 @@ Probes, all split by dialogue (a pair is wholly train or wholly test):
   often the predicted margin has the sign of the true margin.
 Beside them, on the same split: the text-only bag-of-words baseline (same three probe forms on
 binary word counts of the reply), refits on shuffled labels, bootstrap CIs over test pairs, and the
-fine-tuned − base difference with a paired bootstrap CI.
+fine-tuned − base difference with a paired bootstrap CI. Over `measure.pair_split_seeds` dialogue
+splits, within each subset and across subsets: lfp.tasks.preference_dpo.measure_splits.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from lfp.core.errors import DataError
 from lfp.core.layers import chosen_layers
 from lfp.measure.probes import fit_logistic, fit_ridge, shuffled_labels, split_by_group
 from lfp.core.stage_context import open_stage
+from lfp.tasks.preference_dpo.measure_splits import fit_pairwise, orientation, split_probe_metrics
 from lfp.tasks.lexicon_rl.word_probes import layer_scales
 
 log = logging.getLogger(__name__)
@@ -128,11 +130,6 @@ class ProbeResult:
     shuffled_pairwise: float
 
 
-def orientation(n: int, seed: int) -> np.ndarray:
-    """+1 / −1 per pair: which reply comes first in the pairwise probe (so the label is not constant)."""
-    return np.where(np.random.default_rng(seed).random(n) < 0.5, 1.0, -1.0)
-
-
 def run_probes(x: np.ndarray, reward: np.ndarray, train: np.ndarray, params: Params) -> ProbeResult:
     """The three probe forms on reply features `x` [n, 2, d] and implicit rewards `reward` [n, 2]."""
     cfg, seed = params.probe, params.seed
@@ -145,9 +142,9 @@ def run_probes(x: np.ndarray, reward: np.ndarray, train: np.ndarray, params: Par
     sign = orientation(len(x), seed)
     delta = (x[:, 0] - x[:, 1]) * sign[:, None]
     label = (sign > 0).astype(int)
-    pair = _fit_pairwise(delta[train], label[train], cfg.logistic_c, seed)
+    pair = fit_pairwise(delta[train], label[train], cfg.logistic_c, seed)
     score = pair.decision_function(x[test][:, 0] - x[test][:, 1])
-    shuffled = [float(np.mean((_fit_pairwise(delta[train], y, cfg.logistic_c, seed).decision_function(delta[test]) > 0) == label[test]))
+    shuffled = [float(np.mean((fit_pairwise(delta[train], y, cfg.logistic_c, seed).decision_function(delta[test]) > 0) == label[test]))
                 for y in shuffled_labels(label[train], seed, cfg.shuffled_repeats)]
 
     ridge = fit_ridge(x[train].reshape(2 * n_tr, -1), reward[train].reshape(-1), cfg.ridge_alpha)
@@ -156,13 +153,6 @@ def run_probes(x: np.ndarray, reward: np.ndarray, train: np.ndarray, params: Par
     margin = pred[:, 0] - pred[:, 1]
     true_margin = reward[test][:, 0] - reward[test][:, 1]
     return ProbeResult(pointwise, score > 0, score, tau, np.sign(margin) == np.sign(true_margin), margin, float(np.mean(shuffled)))
-
-
-def _fit_pairwise(delta: np.ndarray, label: np.ndarray, c: float, seed: int) -> Any:
-    """Logistic on reply differences without intercept: swapping the replies flips the decision."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=c, fit_intercept=False, max_iter=2000, random_state=seed).fit(delta, label)
 
 
 def mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -244,6 +234,11 @@ def run_preference(params: Params, model: str, task: str) -> None:
             "triples_backend": params.contrastive[task].backend,
         }
         out.update(summarise(results, cfg.bootstrap, params.seed))
+        features = {src: (lambda tr, s=src: normalised(feats.x[s], feats.widths, tr)) for src in SOURCES}
+        features["bow"] = lambda tr: bow_features(rows, tr)
+        out.update(split_probe_metrics(features, np.array([r["id"] for r in rows], dtype=object),
+                                       np.array([r.get("subset", task) for r in rows], dtype=object), cfg.pair_test_fraction,
+                                       [params.seed + k for k in range(cfg.pair_split_seeds)], params.probe.logistic_c, params.seed))
         report = paths.report_dir(model, task)
         ids = [r["id"] for r in rows]
         test_idx = {i: k for k, i in enumerate(np.flatnonzero(test))}
@@ -262,3 +257,7 @@ def run_preference(params: Params, model: str, task: str) -> None:
         log.info("measure %s: implicit-reward acc %.3f [%.3f, %.3f]; pairwise ft %.3f base %.3f bow %.3f",
                  paths.run_id(model, task), acc, lo, hi, out["pairwise_accuracy_finetuned"], out["pairwise_accuracy_base"],
                  out["pairwise_accuracy_bow"])
+        log.info("measure %s: pairwise ft over %d dialogue splits %.3f [%.3f, %.3f] (reported split rank %.1f); subsets %s",
+                 paths.run_id(model, task), cfg.pair_split_seeds, out["pairwise_accuracy_finetuned_split_mean"],
+                 out["pairwise_accuracy_finetuned_split_ci_low"], out["pairwise_accuracy_finetuned_split_ci_high"],
+                 out["pairwise_accuracy_finetuned_reported_split_rank"], out["pair_subsets"] or "none measured apart")

@@ -17,6 +17,8 @@ from lfp.report.format import CHANCE, MISSING, change_verb, ci, fmt, num, paper_
 from lfp.report.inputs import ReportInputs, Runs, copy_figure, proxy_data_note
 
 COLUMNS = ["probe", "fine-tuned", "base", "fine-tuned − base", "bag-of-words (text only)", "shuffled labels"]
+SPLIT_SOURCES = {"finetuned": "fine-tuned", "base": "base", "difference": "difference", "bow": "bag-of-words", "diff": "fine-tuned − base"}
+SPLIT_COLUMNS = ["trained → tested", "test pairs per split", *SPLIT_SOURCES.values()]
 
 
 class PreferenceReport:
@@ -77,6 +79,15 @@ class PreferenceReport:
         sec.tables.append(("", pd.DataFrame(table(r["measure"], r["probe"]), columns=COLUMNS)))
         sec.notes.append("Accuracies with 95% bootstrap CIs over held-out test pairs (split by dialogue); fine-tuned − base "
                          "is a paired difference. Per-pair implicit rewards in `reports/runs/<run>/lfp_pairs.csv`.")
+        if num(r["measure"], "pairwise_accuracy_finetuned_split_mean") is not None:
+            sec.text.append(split_sentence(r["measure"]))
+            sec.tables.append(("Pairwise probe over dialogue splits: pooled, within each subset, across subsets",
+                               pd.DataFrame(split_table(r["measure"]), columns=SPLIT_COLUMNS)))
+            sec.notes.append(f"Over dialogue splits: mean [95% t-interval] over {len(r['measure'].get('pair_split_seeds') or [])} splits "
+                             "(seeds `seed`, `seed`+1, ...; features reused, probes refitted). The splits share pairs, so the interval "
+                             "says how much the number moves with the split, not how it would move on new dialogues. A → B: trained on "
+                             "A's training pairs, tested on B's test pairs (the same pairs as 'within B'). Pointwise accuracies: "
+                             "`probe_accuracy_*_split_*` in lfp.json.")
         return sec
 
     def sections(self, inputs: ReportInputs, runs: Runs) -> list[Section]:
@@ -209,3 +220,77 @@ def sentences(m: dict[str, Any], probe: dict[str, Any]) -> list[str]:
                    + ("the triples are separable from their text alone, so this accuracy measures how different the triples are, "
                       "not a learned feedback pattern." if pb >= pa - 0.02 else "the probe beats the text of the triples."))
     return out
+
+
+# ------------------------------------------------------------------------- over dialogue splits and subsets
+
+
+def split_cell(m: Mapping[str, Any], key: str, pct: bool = True) -> str:
+    """'50.2% [48.1%, 52.3%]': mean over split seeds with its t-interval (points for a difference)."""
+    show = percent if pct else (lambda x: MISSING if x is None else f"{x:+.3f}")
+    v, lo, hi = num(m, f"{key}_split_mean"), num(m, f"{key}_split_ci_low"), num(m, f"{key}_split_ci_high")
+    if v is None:
+        return MISSING
+    return show(v) + ("" if lo is None or hi is None else f" [{show(lo)}, {show(hi)}]")
+
+
+def _scopes(m: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(row label, key prefix): pooled, each subset measured apart, each ordered pair of them."""
+    subs, names = list(m.get("pair_subsets") or []), m.get("pair_subset_names") or {}
+    name = {a: names.get(a, a) for a in subs}
+    return ([("pooled (all subsets)", "")] + [(f"within {name[a]}", f"subset_{a}_") for a in subs]
+            + [(f"{name[a]} → {name[b]}", f"transfer_{a}_to_{b}_") for a in subs for b in subs if a != b])
+
+
+def split_table(m: Mapping[str, Any]) -> list[list[str]]:
+    """Rows: pooled, within each subset, each transfer; columns: pairwise accuracy per source over split seeds."""
+    rows = []
+    for label, prefix in _scopes(m):
+        n = num(m, f"{prefix}n_test_split_mean")
+        rows.append([label, MISSING if n is None else f"{n:.0f}",
+                     *(split_cell(m, f"{prefix}pairwise_accuracy_{src}", pct=src != "diff") for src in SPLIT_SOURCES)])
+    return rows
+
+
+def _rank_words(m: Mapping[str, Any], src: str, n: int) -> str:
+    r = num(m, f"pairwise_accuracy_{src}_reported_split_rank")
+    if r is None:
+        return MISSING
+    where = "the lowest: not typical" if r <= 1 else "the highest: not typical" if r >= n else "typical"
+    return f"rank {r:g} of {n} ({where})"
+
+
+def transfer_direction(m: Mapping[str, Any], src: str = "finetuned") -> str:
+    """'same', 'opposite' or 'unclear': do the subsets' probes agree when one is trained and the other tested?"""
+    verdicts = []
+    for _, prefix in _scopes(m)[1:]:
+        if not prefix.startswith("transfer_"):
+            continue
+        lo, hi = num(m, f"{prefix}pairwise_accuracy_{src}_split_ci_low"), num(m, f"{prefix}pairwise_accuracy_{src}_split_ci_high")
+        verdicts.append("unclear" if lo is None or hi is None else "same" if lo > CHANCE else "opposite" if hi < CHANCE else "unclear")
+    if not verdicts:
+        return "none"
+    return "opposite" if "opposite" in verdicts else "same" if all(v == "same" for v in verdicts) else "unclear"
+
+
+def split_sentence(m: Mapping[str, Any]) -> str:
+    """Is the reported split typical (its rank among split seeds), and do the subsets point the same way?"""
+    n = len(m.get("pair_split_seeds") or [])
+    s = (f"**Is the reported split typical, and do the subsets agree?** Over {n} dialogue splits the fine-tuned pairwise probe "
+         f"averages {split_cell(m, 'pairwise_accuracy_finetuned')} (bag-of-words {split_cell(m, 'pairwise_accuracy_bow')}, "
+         f"fine-tuned − base {split_cell(m, 'pairwise_accuracy_diff', pct=False)}); the reported split (seed "
+         f"{m.get('pair_split_reported_seed', MISSING)}) is at {_rank_words(m, 'finetuned', n)} for the fine-tuned codes and "
+         f"{_rank_words(m, 'bow', n)} for bag-of-words (1 = lowest). ")
+    skipped = m.get("pair_subsets_skipped") or {}
+    direction = transfer_direction(m)
+    if direction == "none":
+        names = m.get("pair_subset_names") or {}
+        why = "; ".join(f"{names.get(k, k)}: {v}" for k, v in skipped.items()) or "no subset recorded"
+        return s + f"No two subsets are measured apart ({why})."
+    pairs = ", ".join(f"{label} {split_cell(m, prefix + 'pairwise_accuracy_finetuned')}" for label, prefix in _scopes(m)[1:])
+    return s + f"Per subset (fine-tuned codes): {pairs} — " + {
+        "same": "trained on one subset the probe works on the other: the subsets point the same way.",
+        "opposite": ("trained on one subset the probe falls below chance on another: the subsets point opposite ways, so the "
+                     "pooled accuracy averages two opposed directions."),
+        "unclear": "transfer between subsets is not clearly above or below chance: the interval cannot tell whether they point the same way.",
+    }[direction]

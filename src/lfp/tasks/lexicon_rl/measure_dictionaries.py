@@ -1,0 +1,134 @@
+"""The difference probe through other dictionaries than the fine-tuned SAEs, each a readout held to
+the same controls (lfp.readouts):
+
+- `random_dictionary_probe`: random, frozen directions of the fine-tuned SAEs' width and L0
+  (lfp.readouts.random_dictionary): the control for what *training* a dictionary adds;
+- `crosscoder_probe`: the diffing stage's crosscoder (one dictionary over base and fine-tuned
+  activations of the same token, lfp.readouts.crosscoder): a run's feature is its crosscoder code of
+  (base, run) activations minus the code of (base, base), so 0 on the base model by construction.
+
+Every dictionary reads the SAME forward pass as the fine-tuned SAEs (one `element_codes_sets` call
+per run, the raw activations riding along as an identity dictionary), and each probe is the
+difference probe's recipe: this run's word split, ridge, per-layer scales, fitted on the measured
+fine-tune and frozen. The crosscoder encodes each element's activations pooled over its tokens (the
+SAEs pool codes instead): most elements are one word of one or two tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lfp.core import paths
+from lfp.core.errors import ArtifactError
+from lfp.core.params import Params
+from lfp.measure.triples import windows_for
+from lfp.models.activation_cache import load_layer, read_index
+from lfp.readouts.crosscoder import Crosscoder, crosscoder_codes, crosscoder_path, load_crosscoder
+from lfp.readouts.difference_probe import DifferenceProbe
+from lfp.readouts.random_dictionary import Identity, random_like
+from lfp.tasks.lexicon_rl.word_probes import word_split
+
+SAMPLE_ROWS = 20000  # activation-cache rows that fit the random dictionaries' centre and L0
+
+
+@dataclass
+class RunCodes:
+    """One run's rows (the probe's contrastive elements) through every dictionary of one forward pass."""
+
+    finetuned_sae: np.ndarray
+    random: np.ndarray
+    raw: np.ndarray
+
+
+class Dictionaries:
+    """The fine-tuned SAEs, their random-direction twins and the crosscoders of the same layers."""
+
+    def __init__(self, params: Params, model: str, task: str, saes: dict[int, Any], device: Any) -> None:
+        act_dir = paths.activations_dir(model, task, "finetuned")
+        index = read_index(act_dir)
+        rows = np.sort(np.random.default_rng(params.seed).permutation(index["n_rows"])[:SAMPLE_ROWS])
+        self.layers = list(saes)
+        self.saes = saes
+        self.random = {L: random_like(sae.cpu(), load_layer(act_dir, L, index)[rows], params.seed + L).to(device)
+                       for L, sae in saes.items()}
+        for sae in saes.values():
+            sae.to(device)
+        self.identity = {L: Identity(index["d_model"]) for L in saes}
+        self.crosscoders: dict[int, tuple[Crosscoder, np.ndarray]] = {}
+        for L in saes:
+            cc, scales, _ = load_crosscoder(crosscoder_path(model, task, L))
+            if cc.decoder.shape[2] != index["d_model"]:
+                raise ArtifactError(f"{crosscoder_path(model, task, L)}: d_model {cc.decoder.shape[2]}, activations {index['d_model']} "
+                                    "(re-run the diffing stage)")
+            self.crosscoders[L] = (cc, scales)
+        self.d_model = int(index["d_model"])
+
+    def codes(self, lm: Any, triples: Any, tok: Any, pad: int, params: Params, desc: str) -> RunCodes:
+        """The probe's rows (positive then negative element of each triple) through every dictionary."""
+        from lfp.measure.probe_codes import element_codes_sets
+
+        per_role = [element_codes_sets(lm, [self.saes, self.random, self.identity],
+                                       windows_for(triples, role, tok, params.probe.max_length), params.probe.batch_size, pad,
+                                       f"{desc} through every dictionary, {role}") for role in ("positive", "negative")]
+        stacked = [np.stack([per_role[0][i], per_role[1][i]], axis=1).reshape(-1, per_role[0][i].shape[1]).astype(np.float64)
+                   for i in range(3)]
+        return RunCodes(*stacked)
+
+    def crosscoder_features(self, base_raw: np.ndarray, run_raw: np.ndarray) -> np.ndarray:
+        return crosscoder_difference([self.crosscoders[L] for L in self.layers], self.d_model, base_raw, run_raw)
+
+    def crosscoder_widths(self) -> list[int]:
+        return [int(self.crosscoders[L][0].decoder.shape[1]) for L in self.layers]
+
+
+def crosscoder_difference(crosscoders: list[tuple[Crosscoder, np.ndarray]], d_model: int, base_raw: np.ndarray,
+                          run_raw: np.ndarray) -> np.ndarray:
+    """Per layer (blocks of `d_model` columns, in order), the crosscoder code of (base, run) minus the
+    code of (base, base), concatenated: 0 where the run's activations equal the base model's."""
+    parts = []
+    for i, (cc, scales) in enumerate(crosscoders):
+        b = np.ascontiguousarray(base_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
+        r = np.ascontiguousarray(run_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
+        parts.append(crosscoder_codes(cc, b, r, scales) - crosscoder_codes(cc, b, b, scales))
+    return np.concatenate(parts, axis=1).astype(np.float64)
+
+
+def _layout(widths: list[int]) -> list[int]:
+    return [int(o) for o in np.concatenate([[0], np.cumsum(widths)[:-1]])]
+
+
+@dataclass
+class DictionaryProbes:
+    """The frozen probes through the other dictionaries, with the base model's codes they subtract."""
+
+    dictionaries: Dictionaries
+    base: RunCodes
+    random_probe: DifferenceProbe
+    crosscoder_probe: DifferenceProbe
+
+    def readers(self) -> dict[str, Callable[[RunCodes], dict[str, float]]]:
+        """Readout name -> how it reads one run's codes (per-word values)."""
+        return {self.random_probe.name: lambda run: self.random_probe.from_difference(run.random - self.base.random),
+                self.crosscoder_probe.name: lambda run: self.crosscoder_probe.from_difference(
+                    self.dictionaries.crosscoder_features(self.base.raw, run.raw))}
+
+
+def dictionary_probes(dictionaries: Dictionaries, base: RunCodes, main: RunCodes, inputs: Any, sae_widths: list[int],
+                      params: Params) -> DictionaryProbes:
+    """Both probes fitted on the measured fine-tune's differences (target, split and ridge of the
+    difference probe), then frozen."""
+    _, target = inputs.sources["difference"]
+    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    alpha = params.probe.ridge_alpha
+    cc_widths = dictionaries.crosscoder_widths()
+    random_probe = DifferenceProbe(main.random - base.random, target, inputs.words, is_test, _layout(sae_widths), sae_widths, alpha,
+                                   base.random, name="random_dictionary_probe",
+                                   description="the difference probe through random frozen directions of the fine-tuned SAEs' width and L0")
+    cc_probe = DifferenceProbe(dictionaries.crosscoder_features(base.raw, main.raw), target, inputs.words, is_test, _layout(cc_widths),
+                               cc_widths, alpha, base.raw, name="crosscoder_probe",
+                               description="the difference probe on crosscoder codes of (base, run) − (base, base) activations")
+    return DictionaryProbes(dictionaries, base, random_probe, cc_probe)
