@@ -41,10 +41,11 @@ class RandomDirectionDictionary(torch.nn.Module):
 def mean_l0(sae: Any, sample: np.ndarray, batch: int = 4096) -> float:
     """The trained dictionary's mean number of active latents per row of `sample`."""
     x = torch.from_numpy(np.asarray(sample, dtype=np.float32))
-    device = next(iter(sae.parameters())).device if any(True for _ in sae.parameters()) else torch.device("cpu")
+    weights = list(sae.parameters())
     total = 0.0
     for i in range(0, len(x), batch):
-        total += float((sae.encode(x[i : i + batch].to(device)) > 0).sum())
+        rows = x[i : i + batch]
+        total += float((sae.encode(rows.to(weights[0].device) if weights else rows) > 0).sum())
     return total / max(len(x), 1)
 
 
