@@ -326,7 +326,7 @@ def test_explain_stage_encodes_on_accelerates_device(spy: Spy, no_mlflow, in_tmp
     from test_explain import LAYERS, build_fake_run
 
     build_fake_run(in_tmp_project, tiny_model_dir, "vader")
-    stops_on_meta("validation/corpus.py:encode_corpus", explain.run, micro_params, "tiny", "vader")
+    stops_on_meta("validation/corpus.py:encode_corpus_with", explain.run, micro_params, "tiny", "vader")
     assert spy.accelerators == 1
     assert spy.moved["SparseAutoencoder"] == len(LAYERS) and spy.moved["GPTNeoXForCausalLM"] == 1
     assert spy.ran["GPTNeoXForCausalLM"] >= 1 and spy.ran["SparseAutoencoder.encode"] >= 1

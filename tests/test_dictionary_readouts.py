@@ -125,3 +125,55 @@ def test_shared_fraction_of_the_sae_matching() -> None:
     assert shared_fraction(dictionary_matching(a, a.clone()), a, a.clone()) == 1.0
     b = torch.randn(64, 64, generator=g)
     assert shared_fraction(dictionary_matching(a, b), a, b) < 0.05
+
+
+def test_specific_latents_are_those_with_nu_near_zero_nearest_first(tmp_path, monkeypatch) -> None:
+    from lfp.readouts import crosscoder as cc_mod
+    from lfp.readouts.crosscoder import specific
+    from lfp.validation import crosscoder_latents
+
+    nu = np.array([np.nan, -14.0, 0.15, -0.05, 0.5, 1.0, 0.01, -0.3])
+    assert specific(nu, 0.2).tolist() == [False, False, True, True, False, False, True, False]
+    monkeypatch.setattr(cc_mod, "CROSSCODER_DIR", tmp_path)
+    base, ft, _, _ = _pair(n=500)
+    cc, scales = train_crosscoder(base, ft, CrosscoderSettings(n_latents=8, k=2, steps=5, seed=0))
+    for layer, values in ((1, nu), (2, np.array([0.12, 0.9, -0.08, 2.0, np.nan, 0.3, 0.7, 0.19]))):
+        path = crosscoder_latents.crosscoder_path("m", "t", layer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_crosscoder(path, cc, scales, values, layer)
+    chosen, crosscoders, n_below = crosscoder_latents.specific_latents("m", "t", [1, 2], cut=0.2, limit=4)
+    assert n_below == 6 and set(crosscoders) == {1, 2}
+    picked = sorted((abs(v), layer, j) for layer, rows in chosen.items() for j, v in rows)
+    assert [(layer, j) for _, layer, j in picked] == [(1, 6), (1, 3), (2, 2), (2, 0)]  # |ν| 0.01, 0.05, 0.08, 0.12
+
+
+def test_crosscoder_latents_are_coded_from_both_models_activations_of_each_token(tiny_model_dir) -> None:
+    """The corpus encoding runs base and fine-tuned model on the same batch and codes each token's
+    pair: equal to the crosscoder's codes of the two models' captured MLP outputs."""
+    import copy
+
+    from conftest import SAMPLE_TEXTS
+    from lfp.models.loading import capture_mlp_outputs, load_model
+    from lfp.validation import crosscoder_latents
+
+    base, tok = load_model(tiny_model_dir)
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    d = base.config.hidden_size
+    rng = np.random.default_rng(0)
+    cc, scales = train_crosscoder(rng.standard_normal((300, d)).astype(np.float32), rng.standard_normal((300, d)).astype(np.float32),
+                                  CrosscoderSettings(n_latents=2 * d, k=4, steps=5, seed=0))
+    chosen = {1: [(3, 0.0), (7, 0.1)], 2: []}
+    texts = SAMPLE_TEXTS[:3]
+    encoded = crosscoder_latents.encode(base, ft, tok, {1: (cc, scales)}, chosen, texts, 32, 2, torch.device("cpu"))
+    assert len(encoded) == 3 and set(encoded[0].codes) == {1}
+    enc = tok(texts[0], return_tensors="pt", truncation=True, max_length=32)
+    acts = []
+    for model in (base, ft):
+        with torch.no_grad(), capture_mlp_outputs(model, [1]) as captured:
+            model(**enc)
+        acts.append(captured[1][0].float().numpy())
+    expected = crosscoder_codes(cc, acts[0], acts[1], scales)[:, [3, 7]]
+    np.testing.assert_allclose(encoded[0].codes[1], expected, rtol=1e-5, atol=1e-6)

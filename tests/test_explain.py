@@ -217,6 +217,13 @@ def build_fake_run(root: Path, model_dir: Path, task: str, *, seed: int = 0) -> 
         matching[str(layer)] = {"max_cos": max_cos, "ranked_features": list(range(d)), "mmcs": 0.5,
                                 "hungarian": [[i, i] for i in range(d)], "hungarian_mean_cos": 0.5}
     io.write_json(root / paths.matching_file("tiny", task), {"layers": matching})
+    from lfp.readouts.crosscoder import CrosscoderSettings, crosscoder_path, save_crosscoder, train_crosscoder
+
+    rng = np.random.default_rng(seed)
+    for layer in LAYERS:  # the diffing stage's crosscoders: a few latents with |ν| near 0 to explain
+        acts = rng.standard_normal((200, d)).astype(np.float32)
+        cc, scales = train_crosscoder(acts, acts + 0.1, CrosscoderSettings(n_latents=2 * d, k=4, steps=3, seed=seed))
+        save_crosscoder(root / crosscoder_path("tiny", task, layer), cc, scales, np.linspace(-0.5, 1.5, 2 * d), layer)
     return saes
 
 
@@ -311,6 +318,9 @@ def test_explain_stage_offline(project, tiny_model_dir):
     assert rows[0]["similarity"] == pytest.approx(0.9)
     summary = io.read_json(paths.report_dir("tiny", "vader") / "explain.json")
     assert summary["n_features"] == len(rows) and summary["simulation_backend"] == "offline-lexical"
+    latents = io.read_jsonl(paths.report_dir("tiny", "vader") / "crosscoder_latents.jsonl", allow_empty=True)
+    assert 0 < len(latents) <= params.explain.crosscoder_latents and all(abs(r["nu"]) < params.diffing.specific_nu for r in latents)
+    assert summary["crosscoder_latents_explained"] == len(latents) and summary["crosscoder_latents_below_cut"] >= len(latents)
     # detection scores on held-out contexts; the dashboards' contexts and histogram
     scored = [r["detection_score"] for r in rows if r["detection_score"] is not None]
     assert scored and all(0.0 <= x <= 1.0 for x in scored)
@@ -370,7 +380,10 @@ def test_explain_stage_openai_backend_over_http(project, tiny_model_dir, monkeyp
     assert summary["explainer"] == "openai" and summary["detection_detector"] == "llm"
     assert "explanation_score_openai_mean" in summary and "explanation_score_offline_mean" in summary
     explain_prompts = [q for q in server.requests if "Explanation of feature" in q["messages"][1]["content"]]
-    assert len(explain_prompts) == len(live)
+    latents = io.read_jsonl(paths.report_dir("tiny", "vader") / "crosscoder_latents.jsonl", allow_empty=True)
+    # the crosscoder's fine-tune-specific latents go to the same endpoint, one prompt each that fires on the corpus
+    assert len(explain_prompts) == len(live) + sum(1 for r in latents if r["top_tokens"])
+    assert all(r["backend"] == "openai" for r in latents)
     assert re.search(r"\n[^\n]*\t(10|[0-9])\n", explain_prompts[0]["messages"][1]["content"])  # token<TAB>activation
     run = stage_mlflow_run(params, "explain")
     assert run.data.tags["explainer"] == "openai" and "explainer_is_proxy" not in run.data.tags

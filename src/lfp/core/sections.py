@@ -297,7 +297,7 @@ class Diffing:
     batch_size: int = _num(256, 1)
     learning_rate: float = _num(1e-3, 0.0, lo_open=True)
     max_rows: int = _num(50000, 1)  # rows (tokens) used, seeded subset of the activation cache
-    specific_nu: float = _num(0.2, 0.0)  # nu below this: a latent the base model lacks (fine-tune-specific)
+    specific_nu: float = _num(0.2, 0.0)  # |nu| below this (nu near 0): a latent the base model lacks (fine-tune-specific)
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,8 @@ class Explain:
     # detection score (lfp.validation.detection): held-out contexts per feature, half active, half inactive; 0 = off
     detection_contexts: int = _num(10, 0)
     bootstrap: int = _num(2000, 1)  # resamples of the CI (over features) of the mean detection score
+    # the crosscoder's fine-tune-specific latents (|nu| < diffing.specific_nu) explained and labelled, |nu| ascending; 0 = none
+    crosscoder_latents: int = _num(10, 0)
     task_descriptions: dict[str, str] = field(
         default_factory=lambda: {
             "vader": "training the model to generate completions with positive sentiment",

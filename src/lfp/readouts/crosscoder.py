@@ -149,6 +149,13 @@ def latent_scaling(cc: Crosscoder, base: np.ndarray, finetuned: np.ndarray, scal
     return {"beta_base": beta_base, "beta_finetuned": beta_ft, "nu": nu}
 
 
+def specific(nu: np.ndarray, cut: float) -> np.ndarray:
+    """The fine-tune-specific latents: |ν| < cut (ν near 0; a large negative ν is a latent whose
+    fine-tuned scale is ~0, i.e. noise in the ratio, not a direction the base model lacks)."""
+    nu = np.asarray(nu, dtype=float)
+    return np.isfinite(nu) & (np.abs(nu) < cut)
+
+
 def nu_histogram(nu: np.ndarray, edges: tuple[float, ...] = (-np.inf, 0.2, 0.4, 0.6, 0.8, 1.2, np.inf)) -> dict[str, int]:
     """Counts of ν per bin (the report's histogram), live latents only."""
     live = nu[np.isfinite(nu)]

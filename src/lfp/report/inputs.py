@@ -71,6 +71,8 @@ def load_run(model: str, task: str) -> Run:
     out["measure"] = io.read_json(measured) if measured.exists() else None
     diffing = run_dir / "diffing.json"  # stage `diffing` (crosscoder); older runs have none
     out["diffing"] = io.read_json(diffing) if diffing.exists() else None
+    latents = run_dir / "crosscoder_latents.jsonl"  # stage explain: the crosscoder's fine-tune-specific latents
+    out["crosscoder_latents"] = io.read_jsonl(latents, allow_empty=True) if latents.exists() else []
     features = run_dir / "features.jsonl"
     out["features"] = io.read_jsonl(features, allow_empty=True) if features.exists() else []
     return out

@@ -128,6 +128,11 @@ def diffing_section(inputs: ReportInputs) -> list[Section]:
                                       columns=diffing_report.COLUMNS)))
     s.images.extend((f"ν per latent, {inputs.label(m, t)}", copy_figure(paths.report_dir(m, t) / "diffing_nu.png", f"{m}-{t}-diffing-nu.png"))
                     for m, t, _ in diffed)
+    explained = [(inputs.label(m, t), r.get("explain") or {}, r.get("crosscoder_latents") or []) for (m, t), r in inputs.runs.items()]
+    if rows := [row for label, _, latents in explained for row in diffing_report.latent_rows(label, latents)]:
+        s.text.extend(diffing_report.latent_sentence(label, e, latents) for label, e, latents in explained if latents)
+        s.tables.append(("fine-tune-specific latents (|ν| near 0), explained and labelled like the SAE features",
+                         pd.DataFrame(rows, columns=diffing_report.LATENT_COLUMNS)))
     return [s]
 
 

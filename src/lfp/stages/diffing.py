@@ -4,7 +4,7 @@ activations of the same tokens (lfp.readouts.crosscoder).
 Reads the two activation caches the pipeline already has (data/activations/{m}-{t}/{base,finetuned}:
 same texts, same layers, rows aligned token for token), trains one TopK crosscoder per layer and
 reports, per layer: FVU of each model, L0, dead latents, the relative decoder norm and Latent
-Scaling's ν per latent (histogram, and how many latents the base model lacks: ν < diffing.specific_nu),
+Scaling's ν per latent (histogram, and how many latents the base model lacks: |ν| < diffing.specific_nu),
 and the tokens on which the fine-tune-specific latents fire most (what they are about, for a reader).
 Outputs: reports/runs/{m}-{t}/diffing.json (DVC metrics + MLflow), diffing_nu.png, and each layer's
 crosscoder in data/diffing/{m}-{t}/ (the measure reads it back: readout `crosscoder_probe`).
@@ -32,6 +32,7 @@ from lfp.readouts.crosscoder import (
     quality,
     relative_decoder_norm,
     save_crosscoder,
+    specific as specific_latents,
     train_crosscoder,
 )
 from lfp.core.stage_context import open_stage
@@ -88,7 +89,7 @@ def run(params: Params, model: str, task: str) -> None:
                 ls = latent_scaling(cc, base, ft, scales)
                 rel = relative_decoder_norm(cc)
                 nu = ls["nu"]
-                specific = np.flatnonzero(np.isfinite(nu) & (nu < cfg.specific_nu))
+                specific = np.flatnonzero(specific_latents(nu, cfg.specific_nu))
                 codes = crosscoder_codes(cc, base, ft, scales)
                 key = f"layer{layer}_"
                 out.update({key + k: v for k, v in q.items()})
@@ -99,7 +100,7 @@ def run(params: Params, model: str, task: str) -> None:
                             key + "specific_top_tokens": top_tokens(codes, ids, specific, tokenizer)})
                 nus[layer] = nu
                 save_crosscoder(out_dir / crosscoder_path(model, task, layer).name, cc, scales, nu, layer)
-                log.info("diffing %s layer %d: FVU %.3f/%.3f, L0 %.1f, %d of %d latents with nu < %.2f", paths.run_id(model, task), layer,
+                log.info("diffing %s layer %d: FVU %.3f/%.3f, L0 %.1f, %d of %d latents with |nu| < %.2f", paths.run_id(model, task), layer,
                          q["fvu_base"], q["fvu_finetuned"], q["l0"], len(specific), settings.n_latents, cfg.specific_nu)
         out["n_specific_total"] = int(sum(out[f"layer{L}_n_specific"] for L in layers))
         plot = paths.report_dir(model, task) / "diffing_nu.png"

@@ -1,5 +1,6 @@
 """explain@{m}-{t}: explain the best-matched features of each chosen layer's small SAE and label
-them related / unrelated to the fine-tuning task.
+them related / unrelated to the fine-tuning task; likewise the crosscoder's fine-tune-specific
+latents (lfp.validation.crosscoder_latents, reports/runs/{m}-{t}/crosscoder_latents.jsonl).
 
 Why these choices: the paper explains only features that the n and 2n dictionaries share (highest
 cross-dictionary cosine), reading *feature codes* of the small dictionary (the paper's code read
@@ -21,7 +22,7 @@ from lfp.core import io, paths
 from lfp.core.layers import chosen_layers
 from lfp.core.params import Params, section_dict
 from lfp.tasks import related_rule
-from lfp.validation import artifacts, corpus, detection, records
+from lfp.validation import artifacts, corpus, crosscoder_latents, detection, records
 from lfp.validation.explainers import OfflineExplainer, OpenAIExplainer
 
 STAGE = "explain"
@@ -104,6 +105,15 @@ def run(params: Params, model: str, task: str) -> None:
             detection.detection_scores(rows, held, explainer, params.seed)
             summary |= detection.detection_summary(rows, explainer, cfg.bootstrap, params.seed)
         out_dir = paths.report_dir(model, task)
+        if cfg.crosscoder_latents:  # the crosscoder's fine-tune-specific latents, the same explainer and rule
+            chosen, crosscoders, n_below = crosscoder_latents.specific_latents(model, task, layers, params.diffing.specific_nu,
+                                                                               cfg.crosscoder_latents)
+            base = stage.load(paths.base_model_dir(model))[0]
+            encoded_cc = crosscoder_latents.encode(base, lm, tokenizer, crosscoders, chosen, texts, cfg.max_length, cfg.batch_size, device)
+            cc_rows = crosscoder_latents.explain_latents(encoded_cc, chosen, explainer, cfg, params.seed)
+            summary |= crosscoder_latents.summary(cc_rows, n_below)
+            io.write_jsonl(out_dir / "crosscoder_latents.jsonl", cc_rows)
+            run_.log_artifact(out_dir / "crosscoder_latents.jsonl")
         io.write_jsonl(out_dir / "features.jsonl", rows)
         run_.write_metrics(out_dir / "explain.json", summary)
         run_.log_artifact(out_dir / "features.jsonl")

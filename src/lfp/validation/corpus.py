@@ -7,6 +7,7 @@ sample skews every explanation towards "movie reviews".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,18 +78,31 @@ def encode_corpus(
     max_length: int, batch_size: int, device: torch.device,
 ) -> list[EncodedText]:
     """One forward pass of the fine-tuned model per batch; SAE codes of the selected features only."""
+    return encode_corpus_with([model], tokenizer, sorted(saes), lambda L, acts: saes[L].encode(acts[0].float())[..., features[L]],
+                              texts, max_length, batch_size, device)
+
+
+@torch.no_grad()
+def encode_corpus_with(
+    models: list[Any], tokenizer: Any, layers: list[int], encode: Callable[[int, list[torch.Tensor]], torch.Tensor], texts: list[str],
+    max_length: int, batch_size: int, device: torch.device,
+) -> list[EncodedText]:
+    """Each batch through every model in `models` (same tokens); `encode(layer, [MLP output per model])`
+    gives the codes kept, [batch, tokens, kept]: a crosscoder reads two models' activations of one token."""
     from lfp.models.loading import capture_mlp_outputs
 
     tokenizer.padding_side = "right"
     out: list[EncodedText] = []
-    layers = sorted(saes)
     for start in tqdm(range(0, len(texts), batch_size), desc="explain corpus", leave=False):
         batch = texts[start : start + batch_size]
         enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length, return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()
-        with capture_mlp_outputs(model, layers) as captured:
-            model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
-        codes = {L: saes[L].encode(captured[L].float())[..., features[L]].cpu().numpy() for L in layers}
+        acts = []
+        for model in models:
+            with capture_mlp_outputs(model, layers) as captured:
+                model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+            acts.append(dict(captured))
+        codes = {L: encode(L, [a[L] for a in acts]).cpu().numpy() for L in layers}
         lengths = enc["attention_mask"].sum(dim=1).tolist()
         for i, text in enumerate(batch):
             n = int(lengths[i])
@@ -99,4 +113,3 @@ def encode_corpus(
                 codes={L: codes[L][i, :n] for L in layers},
             ))
     return out
-
