@@ -99,7 +99,7 @@ def test_random_dictionary_keeps_width_and_sparsity_and_scores_at_its_expected_l
     assert torch.equal(rand.encode(torch.from_numpy(sample)), codes)  # frozen: the same codes every call
     assert torch.equal(Identity(d).encode(torch.from_numpy(sample)), torch.from_numpy(sample))
 
-    words, value, values = _words(seed=2)
+    words, value, values = _words(n_words=300, repeats=4, seed=2)  # 90 held-out words: τ of noise has sd ~0.07
     direction = np.random.default_rng(6).standard_normal(d)
     direction /= np.linalg.norm(direction)
     noise = _acts(len(words), d, seed=7)
@@ -110,7 +110,9 @@ def test_random_dictionary_keeps_width_and_sparsity_and_scores_at_its_expected_l
         return heldout_probe(x, values, words, values, is_test, [0], [x.shape[1]], 1.0).scores.tau
 
     with_signal = noise + np.outer(values / 3.0, direction).astype(np.float32)
-    wide = random_like(SparseAutoencoder(d, 16 * d, architecture="topk", k=6), sample, seed=1)
+    wide_sae = SparseAutoencoder(d, 16 * d, architecture="topk", k=6)
+    wide_sae.reset_parameters(torch.Generator().manual_seed(1))
+    wide = random_like(wide_sae, sample, seed=1)
     t_random, t_raw = tau(with_signal, wide), tau(with_signal, Identity(d))
     assert 0.3 < t_random <= t_raw + 0.05
     assert abs(tau(noise, wide)) < 0.25
@@ -177,3 +179,23 @@ def test_crosscoder_latents_are_coded_from_both_models_activations_of_each_token
         acts.append(captured[1][0].float().numpy())
     expected = crosscoder_codes(cc, acts[0], acts[1], scales)[:, [3, 7]]
     np.testing.assert_allclose(encoded[0].codes[1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dictionary_readouts_report_tau_over_word_splits(micro_params) -> None:
+    """Each dictionary probe is refitted over the measure's word splits: one τ per split seed, their
+    mean and t-interval, under the readout's name (the report's 'τ over word splits' column)."""
+    from types import SimpleNamespace
+
+    from lfp.tasks.lexicon_rl.measure_dictionaries import split_seed_keys
+
+    words, value, values = _words()
+    rng = np.random.default_rng(0)
+    signal = np.outer(values, rng.standard_normal(8)) + 0.3 * rng.standard_normal((len(words), 8))
+    noise = rng.standard_normal((len(words), 8))
+    probes = SimpleNamespace(fitted={"good_probe": (signal, [4, 4]), "blind_probe": (noise, [8])})
+    inputs = SimpleNamespace(words=words, values=values, sources={"difference": (signal, values)})
+    out = split_seed_keys(probes, inputs, micro_params)
+    n_splits = len({micro_params.seed, *micro_params.measure.seeds})
+    assert len(out["readout_good_probe_tau_split_seeds"]) == n_splits >= 2
+    assert out["readout_good_probe_tau_split_seed_mean"] > 0.6 > abs(out["readout_blind_probe_tau_split_seed_mean"])
+    assert out["readout_good_probe_tau_split_seed_ci_low"] <= out["readout_good_probe_tau_split_seed_mean"]

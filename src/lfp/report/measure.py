@@ -223,10 +223,12 @@ READOUT_LABELS = {
     "learned_value": "learned value (behaviour: log-prob change in real contexts; the ground truth)",
     "probe_view": "paper's probe on each word's SAE codes in context (policy − base)",
     "difference_probe": "word-held-out probe on (policy − base) SAE codes, one dictionary (held-out words only)",
+    "random_dictionary_probe": "the same probe through random frozen directions of the SAE's width and L0 (dictionary control)",
+    "crosscoder_probe": "the same probe on (policy − base) crosscoder codes (one dictionary over both models)",
     "logit_diff_lens": "logit-difference lens (mean final-state change on first tokens, through the unembedding)",
 }
-READOUT_COLUMNS = ["readout", "τ vs lexicon", "τ within sign", "shuffled null (within sign)", "planted, paired AUC",
-                   "sees the plant", "beyond sign and null"]
+READOUT_COLUMNS = ["readout", "τ vs lexicon", "τ over word splits (mean [t-interval])", "τ within sign", "shuffled null (within sign)",
+                   "planted, paired AUC", "sees the plant", "beyond sign and null"]
 
 
 def _readout_sees_plant(m: dict[str, Any], r: str) -> bool:
@@ -245,6 +247,9 @@ def readout_table(m: dict[str, Any]) -> list[list[str]]:
         k = f"readout_{r}_"
         rows.append([READOUT_LABELS.get(r, r),
                      f"{dec(num(m, k + 'tau'))} {dec_ci(m, k + 'tau')}",
+                     (f"{dec(num(m, k + 'tau_split_seed_mean'))} [{dec(num(m, k + 'tau_split_seed_ci_low'))}, "
+                      f"{dec(num(m, k + 'tau_split_seed_ci_high'))}]") if num(m, k + "tau_split_seed_mean") is not None
+                     else "— (no word split)",
                      f"{dec(num(m, k + 'tau_within_sign'))} {dec_ci(m, k + 'tau_within_sign')}",
                      f"{dec(num(m, k + 'tau_within_sign_null_min'))} to {dec(num(m, k + 'tau_within_sign_null_max'))} "
                      f"(rank p {dec(num(m, k + 'tau_within_sign_vs_null_rank_p'), 2)})",

@@ -53,7 +53,7 @@ from lfp.readouts.diff_lens import LogitDiffLens, lens_windows
 from lfp.report.figures import plot_error_vs_learned, plot_learned_values
 from lfp.tasks.lexicon_rl import reward, rl
 from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
-from lfp.tasks.lexicon_rl.measure_dictionaries import Dictionaries, dictionary_probes
+from lfp.tasks.lexicon_rl.measure_dictionaries import Dictionaries, dictionary_probes, split_seed_keys, split_seed_summary
 from lfp.tasks.lexicon_rl.measure_probes import (
     control_difference_probe,
     difference_probe_readout,
@@ -193,6 +193,8 @@ def measure(params: Params, model: str, task: str) -> None:
 
         probe_metrics, probes, is_test = word_heldout_probes(inputs, params)
         out.update(probe_metrics)
+        out.update(split_seed_keys(other, inputs, params))  # the dictionary readouts over word splits, as the difference probe
+        out.update(split_seed_summary(diff_probe.name, probe_metrics["probe_tau_word_heldout_difference_per_split_seed"]))
         for c in paths.CONTROLS:
             control_m[c].update(control_difference_probe(inputs, through_ft[c], through_ft["base"], params))
             out.update({f"{c}_{k}": control_m[c][k] for k in DIFFERENCE_SUMMARY})

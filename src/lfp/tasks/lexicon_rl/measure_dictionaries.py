@@ -109,6 +109,7 @@ class DictionaryProbes:
     base: RunCodes
     random_probe: DifferenceProbe
     crosscoder_probe: DifferenceProbe
+    fitted: dict[str, tuple[np.ndarray, list[int]]]  # readout -> the measured run's features and layer widths
 
     def readers(self) -> dict[str, Callable[[RunCodes], dict[str, float]]]:
         """Readout name -> how it reads one run's codes (per-word values)."""
@@ -128,7 +129,31 @@ def dictionary_probes(dictionaries: Dictionaries, base: RunCodes, main: RunCodes
     random_probe = DifferenceProbe(main.random - base.random, target, inputs.words, is_test, _layout(sae_widths), sae_widths, alpha,
                                    base.random, name="random_dictionary_probe",
                                    description="the difference probe through random frozen directions of the fine-tuned SAEs' width and L0")
-    cc_probe = DifferenceProbe(dictionaries.crosscoder_features(base.raw, main.raw), target, inputs.words, is_test, _layout(cc_widths),
+    cc_features = dictionaries.crosscoder_features(base.raw, main.raw)
+    cc_probe = DifferenceProbe(cc_features, target, inputs.words, is_test, _layout(cc_widths),
                                cc_widths, alpha, base.raw, name="crosscoder_probe",
                                description="the difference probe on crosscoder codes of (base, run) − (base, base) activations")
-    return DictionaryProbes(dictionaries, base, random_probe, cc_probe)
+    fitted = {random_probe.name: (main.random - base.random, sae_widths), cc_probe.name: (cc_features, cc_widths)}
+    return DictionaryProbes(dictionaries, base, random_probe, cc_probe, fitted)
+
+
+def split_seed_keys(probes: DictionaryProbes, inputs: Any, params: Params) -> dict[str, Any]:
+    """`readout_{name}_tau_split_seed_*`: each dictionary probe refitted on the measured run over the
+    word splits of `seed` and `measure.seeds` (how much its τ depends on which words were held out)."""
+    from lfp.tasks.lexicon_rl.word_probes import split_seed_taus
+
+    seeds = sorted({params.seed, *params.measure.seeds})
+    target = inputs.sources["difference"][1]
+    out: dict[str, Any] = {}
+    for name, (features, widths) in probes.fitted.items():
+        taus = split_seed_taus({name: (features, target)}, inputs.words, inputs.values, _layout(widths), widths,
+                               params.measure.word_test_fraction, seeds, params.probe.ridge_alpha)[name]
+        out.update(split_seed_summary(name, taus))
+    return out
+
+
+def split_seed_summary(name: str, taus: list[float]) -> dict[str, Any]:
+    from lfp.tasks.lexicon_rl.measure_probes import seed_summary
+
+    s, key = seed_summary(taus), f"readout_{name}_tau_split_seed"
+    return {f"{key}s": taus, f"{key}_mean": s["mean"], f"{key}_ci_low": s["ci_low"], f"{key}_ci_high": s["ci_high"]}
