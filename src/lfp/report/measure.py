@@ -240,6 +240,15 @@ def _readout_beyond_null(m: dict[str, Any], r: str) -> bool:
     return lo is not None and lo > 0 and m.get(f"readout_{r}_tau_within_sign_vs_null_outside") is True
 
 
+def _planted_read(m: dict[str, Any], k: str) -> str:
+    """How many planted words the readout read: a word-held-out probe reads only the planted words
+    that fell in its test split, and one or two words give the paired test no power."""
+    n = num(m, k + "planted_paired_n")
+    if n is None:
+        return "planted words read: —"
+    return f"{int(n)} planted word{'s' if n != 1 else ''} read" + (": no power" if n < 5 else "")
+
+
 def readout_table(m: dict[str, Any]) -> list[list[str]]:
     """Readouts × controls: every way of reading the pattern, each with the same controls beside it."""
     rows = []
@@ -254,7 +263,7 @@ def readout_table(m: dict[str, Any]) -> list[list[str]]:
                      f"{dec(num(m, k + 'tau_within_sign_null_min'))} to {dec(num(m, k + 'tau_within_sign_null_max'))} "
                      f"(rank p {dec(num(m, k + 'tau_within_sign_vs_null_rank_p'), 2)})",
                      f"{dec(num(m, k + 'planted_paired_auc'), 2)} (p {pval(num(m, k + 'planted_paired_p'))}; seed null "
-                     f"{dec(num(m, k + 'planted_paired_auc_seed_null_mean'), 2)})",
+                     f"{dec(num(m, k + 'planted_paired_auc_seed_null_mean'), 2)}; {_planted_read(m, k)})",
                      "yes" if _readout_sees_plant(m, r) else "no",
                      "yes" if _readout_beyond_null(m, r) else "no"])
     return rows
@@ -268,7 +277,10 @@ def readout_sentence(m: dict[str, Any]) -> str | None:
     sees = [r for r in names if _readout_sees_plant(m, r)]
     beyond = [r for r in names if _readout_beyond_null(m, r)]
     label = lambda rs: ", ".join(f"`{r}`" for r in rs) or "none"  # noqa: E731
+    blind = [r for r in names if (n := num(m, f"readout_{r}_planted_paired_n")) is not None and n < 5]
+    powerless = (f" The planted test cannot speak for {label(blind)}: fewer than 5 planted words fell among the words "
+                 "they read (a word-held-out probe reads only its test words)." if blind else "")
     return (f"**Readouts held to the same controls ({len(names)} besides the behavioural ground truth):** the planted pattern is "
             f"seen (paired AUC > 0.5, p < 0.01) by {label(sees)}; a within-sign order beyond every shuffled arm is seen by "
             f"{label(beyond)}. A readout that sees neither shows no learned feedback pattern on this run; "
-            f"the table below gives each number.")
+            f"the table below gives each number.{powerless}")
