@@ -439,6 +439,8 @@ ALLOWED = {
         "SAELENS_DEVICE: cfg.json's `device` field, a file-format value (load_sae always loads on CPU), not a device choice",
     ("tasks/finetuning.py", "bf16_supported", "torch.cuda"):
         "a precision probe (bf16 only where natively supported), not a device choice; TRL still places the model",
+    ("tasks/finetuning.py", "on_cpu", "'cpu'"):
+        "reads which device Accelerate chose (bf16 on a CPU is a measured choice, and transformers must be told), chooses none",
 }
 
 

@@ -230,3 +230,24 @@ def test_missing_base_model_is_a_clear_error(in_tmp_project: Path, micro_params)
 
     with pytest.raises(ArtifactError, match="models/base/tiny"):
         finetune.run(micro_params, "tiny", "hh")
+
+
+def test_precision_fp32_never_bf16_always_auto_by_measured_speedup(monkeypatch: pytest.MonkeyPatch):
+    """`auto` trains in bf16 only where bf16 matmuls measure >= AUTO_BF16_SPEEDUP faster on this CPU;
+    the choice and the measured speed-up are tags; bf16 on a CPU tells transformers use_cpu."""
+    from lfp.tasks import finetuning
+    from lfp.tasks.lexicon_rl.rl import trainer_defaults
+
+    monkeypatch.setattr(finetuning, "on_cpu", lambda: True)
+    monkeypatch.setattr(finetuning, "cpu_bf16_speedup", lambda width: 2.4 if width >= 512 else 0.8)
+    assert not finetuning.use_bf16("fp32", 576) and finetuning.use_bf16("bf16", 64)
+    assert finetuning.use_bf16("auto", 576) and not finetuning.use_bf16("auto", 64)
+    assert finetuning.precision_tags(True, "auto", 576) == {"precision": "bf16", "precision_param": "auto", "cpu_bf16_matmul_speedup": 2.4}
+    assert finetuning.precision_tags(False, "fp32", 64) == {"precision": "fp32", "precision_param": "fp32"}
+    assert trainer_defaults(0, True)["use_cpu"] and not trainer_defaults(0, False)["use_cpu"]
+
+
+def test_cpu_bf16_speedup_is_a_positive_ratio():
+    from lfp.tasks.finetuning import cpu_bf16_speedup
+
+    assert cpu_bf16_speedup(32) > 0

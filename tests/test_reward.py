@@ -29,3 +29,43 @@ def test_reward_is_clipped_to_plus_minus_ten():
 
 def test_reward_of_neutral_text_is_zero():
     assert vader_reward(["the table and the chair"]) == [0.0]
+
+
+def test_reward_gain_ci_is_paired_over_prompts():
+    """A fine-tune that adds 0.1 to every prompt's reward learned, however spread the prompts are;
+    one that only reshuffles which prompts score high did not."""
+    import numpy as np
+
+    from lfp.tasks.lexicon_rl import rl
+
+    base = np.random.default_rng(0).normal(0.0, 1.0, 200)
+    g = rl.reward_gain(base, base + 0.1, 500, 0)
+    assert g["reward_gain"] == pytest.approx(0.1) and g["reward_gain_ci_low"] == pytest.approx(0.1) and g["reward_learned"]
+    g = rl.reward_gain(base, base[::-1], 500, 0)
+    assert g["reward_gain"] == pytest.approx(0.0) and g["reward_gain_ci_low"] < 0 < g["reward_gain_ci_high"] and not g["reward_learned"]
+
+
+def test_shuffled_arms_learned_only_when_every_arm_clears_zero():
+    from lfp.tasks.lexicon_rl.heldout_reward import arms_keys
+
+    def gain(lo: float) -> dict:
+        return {"reward_gain": lo + 0.1, "reward_gain_ci_low": lo, "reward_gain_ci_high": lo + 0.2}
+
+    out = arms_keys([gain(0.01), gain(0.02)], [gain(-0.1), gain(-0.1)])
+    assert out["shuffled_arms_reward_learned"] and out["shuffled_arms_reward_gain_ci_low"] == [0.01, 0.02]
+    assert out["shuffled_arms_reward_lexicon_gain"] == pytest.approx([0.0, 0.0])
+    assert not arms_keys([gain(0.01), gain(-0.01)], [gain(0.0), gain(0.0)])["shuffled_arms_reward_learned"]
+    assert not arms_keys([], [])["shuffled_arms_reward_learned"]
+
+
+def test_planted_occurrences_count_base_completions_and_scale_to_training():
+    from types import SimpleNamespace
+
+    from lfp.tasks.lexicon_rl.heldout_reward import HeldoutReward
+
+    h = HeldoutReward.__new__(HeldoutReward)
+    h.prefixes = ["a", "b"]
+    h.base_samples = SimpleNamespace(completions=["a good film", "good, good window"])
+    out = h.occurrences({"good", "window", "bad"}, train_completions=20)
+    assert out["planted_occurrences_base_heldout"] == {"bad": 0, "good": 3, "window": 1}
+    assert out["planted_occurrences_expected_in_training"]["good"] == 30.0

@@ -65,6 +65,27 @@ def test_lexicon_finetune_passes_only_when_it_beats_the_base():
     assert verdicts.finetune_lexicon({"reward_base": 0.1})[0] == NOT_RUN
 
 
+def test_lexicon_finetune_with_a_ci_passes_only_when_the_ci_clears_zero():
+    f = {"reward_base": 0.1, "reward_finetuned": 0.3, "beats_base": True, "reward_gain": 0.2}
+    verdict, evidence = verdicts.finetune_lexicon({**f, "reward_gain_ci_low": 0.05, "reward_gain_ci_high": 0.35})
+    assert verdict == PASSED and "gain 0.200 [0.050, 0.350]" in evidence
+    assert verdicts.finetune_lexicon({**f, "reward_gain_ci_low": -0.01, "reward_gain_ci_high": 0.4})[0] == FAILED
+
+
+def test_planted_and_shuffled_runs_must_raise_their_own_heldout_reward():
+    m = {"planted_reward_gain": 0.1, "planted_reward_gain_ci_low": 0.02, "planted_reward_gain_ci_high": 0.2,
+         "planted_reward_base": 0.0, "planted_reward_finetuned": 0.1}
+    assert verdicts.planted_reward(m)[0] == PASSED
+    assert verdicts.planted_reward({**m, "planted_reward_gain_ci_low": -0.02})[0] == FAILED
+    assert verdicts.planted_reward({})[0] == NOT_RUN
+    arms = {"shuffled_arms_reward_gain": [0.1, 0.2], "shuffled_arms_reward_gain_ci_low": [0.01, 0.05],
+            "shuffled_arms_reward_gain_ci_high": [0.2, 0.3], "shuffled_arms_reward_lexicon_gain": [0.01, -0.02],
+            "shuffled_arms_reward_learned": True}
+    verdict, evidence = verdicts.shuffled_reward(arms)
+    assert verdict == PASSED and "0.100 [0.010, 0.200]; 0.200 [0.050, 0.300]" in evidence and "0.010, -0.020" in evidence
+    assert verdicts.shuffled_reward({**arms, "shuffled_arms_reward_learned": False})[0] == FAILED
+
+
 def test_preference_finetune_needs_a_ci_above_chance_and_falls_back_to_finetune_json():
     verdict, evidence = verdicts.finetune_preference(pair_lfp(), None)
     assert verdict == PASSED and "60.0% [56.0%, 64.0%] on 1000 held-out pairs" in evidence

@@ -169,8 +169,17 @@ def _cross_check(p: Params) -> None:
     for t in p.measure.preference_tasks:
         if t not in p.tasks or p.kind(t) != "preference_dpo":
             raise ConfigError(f"params: 'measure.preference_tasks' names '{t}', which is not a preference_dpo task in 'tasks'")
-    if not p.measure.planted_words:
-        raise ConfigError("params: 'measure.planted_words' must not be empty")
+    m = p.measure
+    if m.plant == "fixed" and not m.planted_words:
+        raise ConfigError("params: 'measure.planted_words' must not be empty when 'measure.plant' is fixed")
+    if m.plant == "drawn":
+        if m.plant_lexicon_words + m.plant_neutral_words < 1:
+            raise ConfigError("params: 'measure.plant_lexicon_words' + 'measure.plant_neutral_words' must be >= 1 (a plant needs a word)")
+        for part in ("lexicon", "neutral"):
+            n, pool = getattr(m, f"plant_{part}_words"), getattr(m, f"plant_{part}_pool")
+            if n and pool < n + 2:
+                raise ConfigError(f"params: 'measure.plant_{part}_pool' ({pool}) must exceed 'measure.plant_{part}_words' ({n}) "
+                                  "by 2 or more: the undrawn pool words are the plant's controls")
     for name, spec in p.task_specs.items():
         _check_raw(name, spec)
     if p.measure.tasks:  # checked here, not minutes into `measure` (after measure_pairs and its fine-tunes)

@@ -97,6 +97,9 @@ class TaskSpec:
     raw: str = ""
 
 
+Precision = Literal["fp32", "bf16", "auto"]  # fine-tuning arithmetic (lfp.tasks.finetuning.use_bf16)
+
+
 @dataclass(frozen=True)
 class GrpoFinetune:
     """RL on the VADER reward. TRL >= 1.13 has no PPOTrainer: GRPO (PPO's clipped surrogate with a
@@ -120,6 +123,7 @@ class GrpoFinetune:
     reward_completion_only: bool = False
     train_prompts: int = _num(2000, 1)
     eval_prompts: int = _num(128, 1)
+    precision: Precision = "fp32"  # bf16 = bf16 autocast (fp32 weights); auto = bf16 where it measures faster here
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class DpoFinetune:
     adam_epsilon: float = _num(1e-8, 0.0, lo_open=True)
     max_train_pairs: int = _num(0, 0)
     eval_pairs: int = _num(200, 1)
+    precision: Precision = "fp32"  # as GrpoFinetune.precision
 
 
 class TaskSections(dict):
@@ -262,9 +267,20 @@ class Measure:
     contexts_per_word: int = _num(8, 1)  # natural contexts (held-out reviews) per word
     context_tokens: int = _num(32, 1)  # tokens of the review before the word
     batch_size: int = _num(64, 1)
-    # the planted control: a fine-tune whose reward flips the sign of these lexicon words
+    # the planted control (lfp.tasks.lexicon_rl.plant): `drawn` = words drawn at random (seed `seed`) from
+    # frequency-matched pools, recorded before any fine-tune: `plant_lexicon_words` of the `plant_lexicon_pool` most
+    # frequent held-out positive probe words (sign flipped) and `plant_neutral_words` of `plant_neutral_pool`
+    # non-lexicon words from frequency rank `plant_neutral_rank_min` on (value `plant_neutral_value`); the undrawn pool
+    # words are the controls. `fixed` = the old plant: `planted_words` sign-flipped, against every other positive word.
+    plant: Literal["drawn", "fixed"] = "drawn"
     planted_words: list[str] = field(default_factory=lambda: [
         "good", "great", "like", "best", "love", "well", "better", "funny", "pretty", "nice", "fun", "enjoy"])
+    plant_lexicon_words: int = _num(8, 0)
+    plant_lexicon_pool: int = _num(16, 1)
+    plant_neutral_words: int = _num(4, 0)
+    plant_neutral_pool: int = _num(30, 1)
+    plant_neutral_rank_min: int = _num(30, 0)
+    plant_neutral_value: float = _num(-2.0, hi=0.0, hi_open=True)
     seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra fine-tuning seeds besides `seed`
     # the shuffled-reward null: `shuffled_arms` fine-tunes, each on the lexicon permuted with seed `seed` + k (same
     # training data and seed); centred: the permuted values minus the lexicon mean, so that the number of lexicon

@@ -19,7 +19,7 @@ Pure functions; the measure stage trains, reads and calls them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,13 +105,24 @@ def paired_change(run: Mapping[str, float], reference: Mapping[str, float]) -> d
     return {w: run[w] - reference[w] for w in run if w in reference and np.isfinite(run[w]) and np.isfinite(reference[w])}
 
 
-def paired_planted_detection(planted_run: Mapping[str, float], reference_run: Mapping[str, float], planted: set[str],
-                             lexicon: Mapping[str, float], n_perm: int, seed: int) -> dict[str, float]:
-    """Planted words vs the other positive words by −(planted run − reference run): a word the
-    plant taught the model to avoid fell more in the planted run than in a run with the true reward
-    on the same data and seed. Frequency and any other property both runs share cancel."""
+def compared_words(words: Iterable[str], planted: Collection[str], lexicon: Mapping[str, float],
+                   controls: Collection[str] | None = None) -> list[str]:
+    """The words a planted test compares: the planted ones and their controls (a drawn plant's
+    undrawn pool words; by default every other positive lexicon word)."""
+    def is_control(w: str) -> bool:
+        return w in controls if controls is not None else lexicon.get(w, 0.0) > 0
+
+    return [w for w in sorted(words) if w in planted or is_control(w)]
+
+
+def paired_planted_detection(planted_run: Mapping[str, float], reference_run: Mapping[str, float], planted: Collection[str],
+                             lexicon: Mapping[str, float], n_perm: int, seed: int,
+                             controls: Collection[str] | None = None) -> dict[str, float]:
+    """Planted words vs their controls by −(planted run − reference run): a word the plant taught
+    the model to avoid fell more in the planted run than in a run with the true reward on the same
+    data and seed. Frequency and any other property both runs share cancel."""
     change = paired_change(planted_run, reference_run)
-    words = [w for w in sorted(change) if lexicon.get(w, 0.0) > 0 or w in planted]
+    words = compared_words(change, planted, lexicon, controls)
     values = np.array([change[w] for w in words])
     labels = np.array([w in planted for w in words], dtype=bool)
     both = bool(labels.any() and (~labels).any())  # with one group empty there is nothing to separate

@@ -12,7 +12,7 @@ the probe's view of the change, and whether the control was detected — plus `c
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,9 +36,9 @@ class MetricsRun(Protocol):
 
 
 def tau_with_ci(per_word: Mapping[str, float], target: Mapping[str, float], n_boot: int, seed: int) -> dict[str, float]:
-    """τ(per-word value, target value) over the words of `per_word`, p, and a percentile CI
-    resampling words."""
-    words = sorted(per_word)
+    """τ(per-word value, target value) over the words of `per_word` that `target` values, p, and a
+    percentile CI resampling words."""
+    words = sorted(w for w in per_word if w in target)  # a planted neutral word has no lexicon value
     x = np.array([per_word[w] for w in words], dtype=float)
     y = np.array([target[w] for w in words], dtype=float)
     tau, p = metrics.kendall(x, y)
@@ -59,10 +59,13 @@ def ci_clear_of_zero(lo: float, hi: float) -> bool:
     return bool(np.isfinite([lo, hi]).all() and not lo <= 0.0 <= hi)
 
 
-def planted_detection(per_word: Mapping[str, float], planted: set[str], lexicon: Mapping[str, float], n_perm: int, seed: int) -> dict[str, float]:
-    """Planted words vs the other positive words: AUC of −(per-word change) (the plant taught the
-    model to avoid them) and its permutation p."""
-    words = [w for w in sorted(per_word) if lexicon[w] > 0]
+def planted_detection(per_word: Mapping[str, float], planted: Collection[str], lexicon: Mapping[str, float], n_perm: int, seed: int,
+                      controls: Collection[str] | None = None) -> dict[str, float]:
+    """Planted words vs their controls (by default the other positive words): AUC of −(per-word
+    change) (the plant taught the model to avoid them) and its permutation p."""
+    from lfp.measure.control_stats import compared_words
+
+    words = compared_words(per_word, planted, lexicon, controls)
     values = np.array([per_word[w] for w in words])
     labels = np.array([w in planted for w in words], dtype=bool)
     return {"auc": auc(-values, labels), "p": permutation_p(-values, labels, n_perm, seed),
@@ -72,12 +75,12 @@ def planted_detection(per_word: Mapping[str, float], planted: set[str], lexicon:
 
 
 def planted_summary(planted_lv: Mapping[str, float], main_lv: Mapping[str, float], planted_shift: Mapping[str, float] | None,
-                    main_shift: Mapping[str, float] | None, planted: set[str], lexicon: Mapping[str, float],
-                    n_perm: int, seed: int) -> dict[str, Any]:
+                    main_shift: Mapping[str, float] | None, planted: Collection[str], lexicon: Mapping[str, float],
+                    n_perm: int, seed: int, controls: Collection[str] | None = None) -> dict[str, Any]:
     """The planted control's detection, behavioural and through the probe, beside the same scores
     on the un-planted fine-tune (`_base`: where nothing was planted, nothing should separate)."""
-    d = planted_detection(planted_lv, planted, lexicon, n_perm, seed)
-    d_base = planted_detection(main_lv, planted, lexicon, n_perm, seed)
+    d = planted_detection(planted_lv, planted, lexicon, n_perm, seed, controls)
+    d_base = planted_detection(main_lv, planted, lexicon, n_perm, seed, controls)
     out: dict[str, Any] = {
         "planted_auc": d["auc"], "planted_p": d["p"], "planted_n": d["n_planted"], "planted_n_other": d["n_other"],
         "planted_mean_learned": d["mean_planted"], "planted_mean_learned_other": d["mean_other"],
@@ -85,7 +88,7 @@ def planted_summary(planted_lv: Mapping[str, float], main_lv: Mapping[str, float
         "planted_detected": bool(np.isfinite(d["auc"]) and d["p"] < 0.05 and d["auc"] > 0.5)}
     for shift, key in ((planted_shift, "planted_probe_auc"), (main_shift, "planted_probe_auc_base")):
         if shift is not None:
-            pd_ = planted_detection(shift, planted, lexicon, n_perm, seed)
+            pd_ = planted_detection(shift, planted, lexicon, n_perm, seed, controls)
             out.update({key: pd_["auc"], key.replace("_auc", "_p"): pd_["p"]})
     return out
 
@@ -117,7 +120,7 @@ def control_rows(lv: LearnedValues, lexicon: Mapping[str, float], reward_values:
                  main_lv: Mapping[str, float], probe_shift: Mapping[str, float] | None) -> list[dict[str, Any]]:
     """One CSV row per word the control's learned values cover (CONTROL_CSV_FIELDS)."""
     shift = probe_shift or {}
-    return [{"word": w, "lexicon_value": float(lexicon[w]), "reward_value": float(reward_values[w]), "learned_value": float(v),
+    return [{"word": w, "lexicon_value": float(lexicon.get(w, 0.0)), "reward_value": float(reward_values.get(w, 0.0)), "learned_value": float(v),
              "learned_ci_low": float(lo), "learned_ci_high": float(hi), "n_contexts": int(n),
              "learned_value_main_model": float(main_lv.get(w, np.nan)), "probe_shift": float(shift.get(w, np.nan)),
              "planted": w in planted}
@@ -166,17 +169,18 @@ def within_sign_metrics(main: Mapping[str, float], by_seed: Mapping[int, Mapping
 
 
 def planted_paired(planted_lv: Mapping[str, float], main_lv: Mapping[str, float], seed_lvs: Mapping[int, Mapping[str, float]],
-                   planted: set[str], lexicon: Mapping[str, float], n_perm: int, seed: int, alpha: float = 0.01) -> dict[str, Any]:
+                   planted: Collection[str], lexicon: Mapping[str, float], n_perm: int, seed: int, alpha: float = 0.01,
+                   controls: Collection[str] | None = None) -> dict[str, Any]:
     """The paired planted test (planted run − run with the true reward, same data and seed), the
     plant's own learning (the planted words' paired change, t-interval over those words: below 0
     means the plant was learned), and the same test on main seed k − main seed 0, where nothing was
     planted (its AUC should sit near 0.5)."""
     from lfp.measure.control_stats import paired_change, paired_planted_detection
 
-    d = paired_planted_detection(planted_lv, main_lv, planted, lexicon, n_perm, seed)
+    d = paired_planted_detection(planted_lv, main_lv, planted, lexicon, n_perm, seed, controls)
     change = paired_change(planted_lv, main_lv)
     mean, lo, hi = metrics.mean_t_interval([change[w] for w in sorted(planted) if w in change])
-    nulls = [paired_planted_detection(lv, main_lv, planted, lexicon, n_perm, seed)["auc"] for s, lv in sorted(seed_lvs.items())]
+    nulls = [paired_planted_detection(lv, main_lv, planted, lexicon, n_perm, seed, controls)["auc"] for s, lv in sorted(seed_lvs.items())]
     return {"planted_paired_auc": d["auc"], "planted_paired_p": d["p"], "planted_paired_n": d["n_planted"],
             "planted_paired_n_other": d["n_other"], "planted_paired_mean_change": mean,
             "planted_paired_mean_change_ci_low": lo, "planted_paired_mean_change_ci_high": hi,

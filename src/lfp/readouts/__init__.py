@@ -22,7 +22,7 @@ module here with a `per_word` method; nothing else changes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -59,8 +59,8 @@ def _renamed(out: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return renamed
 
 
-def readout_controls(name: str, runs: ReadoutRuns, lexicon: Mapping[str, float], planted: set[str], n_boot: int, n_perm: int,
-                     seed: int) -> dict[str, Any]:
+def readout_controls(name: str, runs: ReadoutRuns, lexicon: Mapping[str, float], planted: Collection[str], n_boot: int, n_perm: int,
+                     seed: int, plant_controls: Collection[str] | None = None) -> dict[str, Any]:
     """Every control of one readout: the same statistics the learned values get (lfp.measure.controls),
     under `readout_{name}_`."""
     from lfp.measure.controls import planted_paired, shuffled_null, tau_keys, tau_with_ci, within_sign_metrics
@@ -70,7 +70,8 @@ def readout_controls(name: str, runs: ReadoutRuns, lexicon: Mapping[str, float],
     out.update(_renamed(tau_keys("learned_value_tau", tau_with_ci(runs.main, lexicon, n_boot, seed)), prefix))
     out.update(_renamed(within_sign_metrics(runs.main, {seed: runs.main, **runs.seeds}, lexicon, n_boot, seed), prefix))
     if runs.planted is not None:
-        out.update({f"{prefix}{k}": v for k, v in planted_paired(runs.planted, runs.main, runs.seeds, planted, lexicon, n_perm, seed).items()})
+        out.update({f"{prefix}{k}": v for k, v in planted_paired(runs.planted, runs.main, runs.seeds, planted, lexicon, n_perm, seed,
+                                                                         controls=plant_controls).items()})
     if runs.arms:
         out.update(_renamed(shuffled_null(runs.main, runs.arms, lexicon), prefix))
     return out

@@ -76,6 +76,26 @@ def _within_sign_sentence(m: dict[str, Any]) -> str | None:
                     "also reaches, and which any fine-tune may move.") + null)
 
 
+def _controls(m: dict[str, Any]) -> str:
+    """What the planted words are compared with: a drawn plant's undrawn pool words, or (fixed plant) every other positive word."""
+    return "controls (undrawn words of the same frequency-matched pools)" if m.get("planted_draw") == "random" else "other positive words"
+
+
+def _plant_phrase(m: dict[str, Any]) -> str:
+    """What was planted, in words: the drawn plant's two parts and how often the base model writes them."""
+    if m.get("planted_draw") != "random":
+        return f"flips the sign of {m.get('planted_n', '—')} positive words"
+    lex, neutral = m.get("planted_lexicon_words") or [], m.get("planted_neutral_words") or []
+    values = m.get("planted_values") or {}
+    neutral_value = dec(values.get(neutral[0]), 1) if neutral else "—"
+    expected = m.get("planted_occurrences_expected_in_training") or {}
+    seen = (f"; the base model writes them {dec(sum(expected.values()) / len(expected), 1)} times per word in as many completions as a "
+            "fine-tune samples" if expected else "")
+    return (f"changes the reward of {len(lex) + len(neutral)} words drawn at random before the run — {len(lex)} held-out positive "
+            f"words sign-flipped ({', '.join(lex)}) and {len(neutral)} non-lexicon words valued {neutral_value} ({', '.join(neutral)})"
+            + seen)
+
+
 def _planted_paired_sentence(m: dict[str, Any]) -> str | None:
     if num(m, "planted_paired_auc") is None:
         return None
@@ -83,12 +103,12 @@ def _planted_paired_sentence(m: dict[str, Any]) -> str | None:
     learned = m.get("planted_learned") is True
     return (f"**Planted control, paired — {'detected' if detected else 'NOT detected'}:** each word's learned value in the planted "
             f"run minus the same word's in the run with the true reward (same data, same seed) separates the "
-            f"{m.get('planted_paired_n', '—')} planted words from {m.get('planted_paired_n_other', '—')} other positive words with AUC "
+            f"{m.get('planted_paired_n', '—')} planted words from {m.get('planted_paired_n_other', '—')} {_controls(m)} with AUC "
             f"{dec(num(m, 'planted_paired_auc'), 2)} (permutation p {pval(num(m, 'planted_paired_p'))}; detected means AUC > 0.5 and p < "
             f"{m.get('planted_paired_alpha', 0.01)}); the same test between two fine-tuning seeds of the true reward, where nothing "
             f"was planted, gives AUC {dec(num(m, 'planted_paired_auc_seed_null_mean'), 2)}. The plant "
             + (f"was learned: the planted words' paired change is {dec(num(m, 'planted_paired_mean_change'))} "
-               f"{dec_ci(m, 'planted_paired_mean_change')} (other positive words {dec(num(m, 'planted_paired_mean_change_other'))})."
+               f"{dec_ci(m, 'planted_paired_mean_change')} (controls {dec(num(m, 'planted_paired_mean_change_other'))})."
                if learned else
                f"was NOT clearly learned (planted words' paired change {dec(num(m, 'planted_paired_mean_change'))} "
                f"{dec_ci(m, 'planted_paired_mean_change')}, a CI that does not lie below 0): this control cannot speak."))
@@ -107,9 +127,23 @@ def _shuffled_null_sentence(m: dict[str, Any]) -> str | None:
             f"{dec(num(m, 'learned_value_tau'))} is " + ("above all of them" if m.get("learned_value_tau_vs_null_outside") is True
                                                         else "inside their range")
             + f" (rank p {dec(num(m, 'learned_value_tau_vs_null_rank_p'), 2)}). Did the shuffled fine-tunes learn their own reward? "
-            f"τ against it {dec(num(m, 'shuffled_arms_tau_reward_mean'))} {dec_ci(m, 'shuffled_arms_tau_reward')} over arms: "
-            + ("yes, so their silence on the real lexicon means something." if learned
-               else "not clearly, so this null says little (a control must learn before it can speak)."))
+            + _shuffled_behaviour(m)
+            + f"Their learned values track it with τ {dec(num(m, 'shuffled_arms_tau_reward_mean'))} {dec_ci(m, 'shuffled_arms_tau_reward')} "
+            "over arms: " + ("a CI above 0, so their silence on the real lexicon means something." if learned
+                             else "a CI that does not clear 0, so this null says little about learned values "
+                                  "(a control must learn before it can speak)."))
+
+
+def _shuffled_behaviour(m: dict[str, Any]) -> str:
+    """The arms' held-out own-reward gains (behaviour), where the stage measured them."""
+    gains = m.get("shuffled_arms_reward_gain")
+    if not isinstance(m.get("shuffled_arms_reward_learned"), bool) or not gains:
+        return ""
+    lows, highs = m.get("shuffled_arms_reward_gain_ci_low") or [], m.get("shuffled_arms_reward_gain_ci_high") or []
+    arms = ", ".join(f"{dec(g)} [{dec(lo)}, {dec(hi)}]" for g, lo, hi in zip(gains, lows, highs))
+    real = ", ".join(dec(g) for g in m.get("shuffled_arms_reward_lexicon_gain") or [])
+    return (("In behaviour, yes" if m["shuffled_arms_reward_learned"] else "In behaviour, not every arm")
+            + f": held-out own-reward gain per arm {arms} (under the real lexicon: {real}). ")
 
 
 def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
@@ -125,8 +159,8 @@ def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
     detected = m.get("planted_detected") is True
     planted_task = f" (reported as its own task `{m['planted_control_task']}`)" if m.get("planted_control_task") else ""
     unpaired = " (unpaired: confounded by word frequency, see the paired test)" if num(m, "planted_paired_auc") is not None else ""
-    out.append(f"**Planted control{unpaired} — {'detected' if detected else 'NOT detected'}:** a fine-tune{planted_task} whose reward flips the sign of "
-               f"{m.get('planted_n', '—')} positive words separates them from {m.get('planted_n_other', '—')} other positive words by "
+    out.append(f"**Planted control{unpaired} — {'detected' if detected else 'NOT detected'}:** a fine-tune{planted_task} whose reward "
+               f"{_plant_phrase(m)} separates them from {m.get('planted_n_other', '—')} {_controls(m)} by "
                f"their learned values with AUC {dec(num(m, 'planted_auc'), 2)} (permutation p {dec(num(m, 'planted_p'), 4)}; mean learned value "
                f"{dec(num(m, 'planted_mean_learned'))} vs {dec(num(m, 'planted_mean_learned_other'))}); the same score on the "
                f"un-planted fine-tune gives AUC {dec(num(m, 'planted_auc_base'), 2)}. Through the probe (the paper-method ridge probe on "

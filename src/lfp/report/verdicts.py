@@ -26,9 +26,11 @@ from typing import Any
 import pandas as pd
 
 from lfp.core import paths
-from lfp.report.format import CHANCE, covers_zero, dec, dec_ci, dec_with_ci, num, pval, with_ci
+from lfp.report.format import covers_zero, dec, dec_ci, dec_with_ci, num, pval, with_ci
+from lfp.report.learning_verdicts import (finetune_lexicon, finetune_preference, planted_learned, planted_reward, shuffled_learned,
+                                          shuffled_reward)
+from lfp.report.verdict_base import FAILED, NA, NOT_RUN, PASSED, Judged, Metrics, missing as _missing
 
-PASSED, FAILED, NOT_RUN, NA = "passed", "failed", "not run", "n/a"
 COLUMNS = ["task", "control", "verdict", "evidence"]
 ALPHA = 0.05  # the significance level of the p-value tests (planted control, Table 7)
 LEXICON_KIND = "lexicon_rl"  # every other kind is judged as a preference (DPO) task, as in the report
@@ -37,11 +39,10 @@ NOTE = ("**passed**: the control behaved as a sound instrument needs; **failed**
         "file or key is missing; **n/a**: the stage ran but recorded why the test cannot apply. A CI passes only if the "
         "whole 95% CI clears its reference (0, 50% chance, the trivial predictor or the shuffled null); a p passes below "
         "0.05 (0.01 for the paired planted tests); a readout 'beyond sign and shuffled null' needs its within-sign τ CI above 0 "
-        "and above every shuffled arm; the lexicon fine-tune's reward has no CI, so it passes on the point difference. The sections below give "
-        "every number.")
+        "and above every shuffled arm; a fine-tune 'learned its reward' when its held-out reward gain over the base model (paired "
+        "bootstrap over prompts) has a CI above 0 (a run recorded without that CI passes on the point difference). The sections "
+        "below give every number.")
 
-Metrics = Mapping[str, Any] | None  # one metrics JSON file, None where it is missing or unreadable
-Judged = tuple[str, str]  # (verdict, evidence)
 
 
 @dataclass(frozen=True)
@@ -62,45 +63,6 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _missing(m: Metrics, file: str, *keys: str) -> Judged | None:
-    """('not run', what is missing) if the file or any key is absent or not a number, else None."""
-    if m is None:
-        return NOT_RUN, f"no {file}"
-    absent = [k for k in keys if num(m, k) is None]
-    return (NOT_RUN, f"`{'`, `'.join(absent)}` missing from {file}") if absent else None
-
-
-# ------------------------------------------------------------------------- fine-tuning learned
-
-
-def finetune_lexicon(f: Metrics) -> Judged:
-    """RL on a lexicon reward learned if the held-out mean reward beats the base model's on the same
-    prompts (finetune.json's `beats_base`; the stage records no CI for it)."""
-    if miss := _missing(f, "finetune.json", "reward_base", "reward_finetuned"):
-        return miss
-    assert f is not None
-    rb, rf = num(f, "reward_base"), num(f, "reward_finetuned")
-    assert rb is not None and rf is not None
-    beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else rf > rb
-    return (PASSED if beats else FAILED), f"held-out reward {dec(rb)} (base) → {dec(rf)} (fine-tuned), no CI recorded"
-
-
-def finetune_preference(measure: Metrics, f: Metrics) -> Judged:
-    """DPO learned a preference that generalises only if DPO's implicit reward ranks the preferred
-    reply higher on held-out pairs with a CI above 50% chance. Prefers the measure stage's larger
-    held-out set (lfp.json), else the fine-tune stage's own held-out evaluation (finetune.json)."""
-    if measure is not None and num(measure, "implicit_reward_acc_ci_low") is not None:
-        m, key, n, where = measure, "implicit_reward_acc", measure.get("n_pairs"), "lfp.json"
-    elif f is not None and num(f, "implicit_reward_accuracy_ci_low") is not None:
-        m, key, n, where = f, "implicit_reward_accuracy", f.get("eval_pairs"), "finetune.json"
-    else:
-        return NOT_RUN, "no implicit-reward accuracy with a CI in lfp.json or finetune.json"
-    lo = num(m, f"{key}_ci_low")
-    assert lo is not None
-    pairs = f" on {n} held-out pairs" if isinstance(n, int) else f" ({where})"
-    return (PASSED if lo > CHANCE else FAILED), f"implicit-reward accuracy {with_ci(m, key)}{pairs} (chance 50%)"
 
 
 # ------------------------------------------------------------------------- the measure stage's controls
@@ -134,19 +96,6 @@ def planted_paired(m: Mapping[str, Any]) -> Judged:
             f"unpaired AUC {dec(num(m, 'planted_auc'), 2)})")
 
 
-def planted_learned(m: Metrics) -> Judged:
-    """A control must learn before it can speak: the planted words' learned values fell in the
-    planted run relative to the true-reward run (t-interval over the planted words below 0)."""
-    if miss := _missing(m, "lfp.json", "planted_paired_mean_change", "planted_paired_mean_change_ci_high"):
-        return miss
-    assert m is not None
-    hi = num(m, "planted_paired_mean_change_ci_high")
-    assert hi is not None
-    return ((PASSED if hi < 0 else FAILED),
-            f"planted words' change vs the true-reward run {dec_with_ci(m, 'planted_paired_mean_change')} "
-            f"(other positive words {dec(num(m, 'planted_paired_mean_change_other'))})")
-
-
 def shuffled_null_centred(m: Metrics) -> Judged:
     """The shuffled-reward fine-tunes (centred permutations) taught no valence: their learned-value τ
     against the real lexicon, over arms, has a t-interval covering 0."""
@@ -157,16 +106,6 @@ def shuffled_null_centred(m: Metrics) -> Judged:
     return ((PASSED if centred else FAILED),
             f"τ vs lexicon over {m.get('shuffled_arms', '—')} arms: mean {dec(num(m, 'learned_value_tau_null_mean'))} "
             f"{dec_ci(m, 'learned_value_tau_null')} (range {dec(num(m, 'learned_value_tau_null_min'))} to {dec(num(m, 'learned_value_tau_null_max'))})")
-
-
-def shuffled_learned(m: Metrics) -> Judged:
-    """The shuffled arms learned the reward they were given: τ against it, t-interval over arms above 0."""
-    if miss := _missing(m, "lfp.json", "shuffled_arms_tau_reward_mean"):
-        return miss
-    assert m is not None
-    return ((PASSED if m.get("shuffled_learned") is True else FAILED),
-            f"τ vs own reward over {m.get('shuffled_arms', '—')} arms: mean {dec(num(m, 'shuffled_arms_tau_reward_mean'))} "
-            f"{dec_ci(m, 'shuffled_arms_tau_reward')}")
 
 
 def beyond_null(m: Metrics) -> Judged:
@@ -352,9 +291,13 @@ def run_verdicts(runs_dir: Path, model: str, task: str, kind: str, label: str | 
         paired = m is not None and num(m, "planted_paired_auc") is not None
         judged = [("fine-tuning learned its reward", finetune_lexicon(f)),
                   *([("learned values beyond the sign and the shuffled null (within sign)", beyond_null(m)),
+                     *([("planted fine-tune raised its own held-out reward", planted_reward(m))]
+                       if m is not None and "planted_reward_gain" in m else []),
                      ("planted fine-tune learned its plant", planted_learned(m))] if paired else []),
                   ("planted control detected" + (" (paired)" if paired else ""), planted(m, control["planted"])),
-                  *([("shuffled fine-tunes learned their own reward", shuffled_learned(m)),
+                  *([*([("shuffled fine-tunes raised their own held-out reward", shuffled_reward(m))]
+                       if "shuffled_arms_reward_learned" in m else []),
+                     ("shuffled fine-tunes' learned values track their own reward", shuffled_learned(m)),
                      ("shuffled-reward null centred on 0 (over arms)", shuffled_null_centred(m))]
                     if m is not None and num(m, "learned_value_tau_null_mean") is not None
                     else [("shuffled-reward control not detected", shuffled(m, control["shuffled"]))]),

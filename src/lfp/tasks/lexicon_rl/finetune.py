@@ -15,10 +15,11 @@ from lfp.core import io
 from lfp.core.params import Params
 from lfp.core.data import prepared_file
 from lfp.models.loading import load_model
-from lfp.tasks.finetuning import (EVAL_BATCH, base_dir, base_tags, bf16_supported, history_mean, log_history, metrics_file,
-                                  save_finetuned, tracking, warn_if_not_better)
+from lfp.tasks.finetuning import (EVAL_BATCH, base_dir, base_tags, history_mean, log_history, metrics_file, precision_tags,
+                                  save_finetuned, tracking, use_bf16, warn_if_not_better)
 from lfp.tasks.lexicon_rl import rl
 
+REWARD_BOOTSTRAP = 2000  # resamples of prompts for the held-out reward gain's CI
 
 def finetune(params: Params, model: str, task: str) -> None:
     cfg = params.finetune[task]
@@ -29,12 +30,14 @@ def finetune(params: Params, model: str, task: str) -> None:
     policy, tokenizer = load_model(base_path)
     train_prefixes = rl.make_prefixes(train_rows, tokenizer, cfg, cfg.train_prompts, params.seed)
     eval_prefixes = rl.make_prefixes(test_rows, tokenizer, cfg, cfg.eval_prompts, params.seed)
-    tags = {**base_tags(params, model), "rl_algorithm": "grpo", "paper_algorithm": "ppo",
+    bf16 = use_bf16(cfg.precision, policy.config.hidden_size)
+    tags = {**base_tags(params, model), **precision_tags(bf16, cfg.precision, policy.config.hidden_size),
+            "rl_algorithm": "grpo", "paper_algorithm": "ppo",
             "reward": "vader_completion_only" if cfg.reward_completion_only else "vader_prefix_plus_completion",
             "min_new_tokens_via": "generation_kwargs"}
     with tracking(params, model, task, cfg, {}, tags) as tracker:
         with tempfile.TemporaryDirectory(prefix="lfp-grpo-") as tmp:
-            args = rl.grpo_config(cfg, tmp, params.seed, PartialState().num_processes, bf16_supported())
+            args = rl.grpo_config(cfg, tmp, params.seed, PartialState().num_processes, bf16)
             start = time.perf_counter()
             trainer = rl.train(policy, tokenizer, train_prefixes, cfg, args)
             train_seconds = time.perf_counter() - start
@@ -61,18 +64,17 @@ def finetune(params: Params, model: str, task: str) -> None:
 
 
 def vader_evidence(finetuned: Any, base: Any, tokenizer: Any, prefixes: list[str], cfg: Any, seed: int, device: Any) -> dict[str, Any]:
-    """Mean VADER reward of base vs fine-tuned on the same held-out prefixes and sampling seed,
-    and the mean per-token KL(fine-tuned || base) on the fine-tuned completions."""
+    """Mean VADER reward of base vs fine-tuned on the same held-out prefixes and sampling seed (the
+    gain with a paired bootstrap CI over prompts), and the mean per-token KL(fine-tuned || base)
+    on the fine-tuned completions."""
     s_base = rl.sample(base, tokenizer, prefixes, cfg, seed, device, EVAL_BATCH)
     s_ft = rl.sample(finetuned, tokenizer, prefixes, cfg, seed, device, EVAL_BATCH)
-    r_base = rl.mean_reward(s_base, cfg.reward_completion_only)
-    r_ft = rl.mean_reward(s_ft, cfg.reward_completion_only)
+    gain = rl.reward_gain(rl.sample_rewards(s_base, cfg.reward_completion_only), rl.sample_rewards(s_ft, cfg.reward_completion_only),
+                          REWARD_BOOTSTRAP, seed)
     return {
-        "reward_base": r_base,
-        "reward_finetuned": r_ft,
-        "reward_gain": r_ft - r_base,
+        **gain,
         "kl_to_base": rl.mean_token_kl(finetuned, base, s_ft, device, EVAL_BATCH),
-        "beats_base": r_ft > r_base,
+        "beats_base": gain["reward_finetuned"] > gain["reward_base"],
         "eval_prompts": len(prefixes),
     }
 

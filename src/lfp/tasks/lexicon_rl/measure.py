@@ -10,13 +10,15 @@
    probe τ also over `seed` + `measure.seeds` word splits ("split seeds": the models are fixed,
    the held-out words change). The paper's split-by-triple numbers stay in probe.json ("paper
    method"); the identity ceiling on that split is reported here beside them.
-3. A planted positive control: a fine-tune (same GRPO settings and seed) whose reward flips the sign
-   of `measure.planted_words`; the planted words must separate from the other positive words by
-   their learned values (AUC, permutation p), and not under the un-planted fine-tune; the same test
-   on the probe's view (the paper-method ridge probe applied to each word's SAE codes in its real
-   contexts, planted model minus base: `planted_probe_auc`).
-4. A negative control: a fine-tune on a shuffled lexicon (values permuted across words); its
-   learned values must not track the real lexicon (τ CI covering 0).
+3. A planted positive control: a fine-tune (same GRPO settings and seed) whose reward changes the
+   values of the plant's words (lfp.tasks.lexicon_rl.plant: drawn at random from frequency-matched
+   pools, lexicon words sign-flipped and neutral words given a negative value, recorded before the
+   run); paired with the true-reward run, the planted words must fall more than their controls
+   (AUC, permutation p), and the plant must be learned first (its own held-out reward rises,
+   lfp.tasks.lexicon_rl.heldout_reward); the same test for every readout.
+4. A negative control: fine-tunes on shuffled lexicons (centred permutations, several arms); each
+   must raise its own held-out reward (it learned), and their learned values must not track the
+   real lexicon (a null centred on 0, over arms).
 5. Seeds: the learned-value τ of `seed` and of every `measure.seeds` fine-tune, mean and 95 % CI.
 6. Fig. 4 with a full axis: each held-out word's |probe error| against its learned value.
 Outputs: reports/runs/{m}-{t}/lfp.json (DVC metrics + MLflow), lfp_words.csv (per word), and the two
@@ -52,6 +54,8 @@ from lfp.readouts import ReadoutClock, readout_controls
 from lfp.readouts.diff_lens import LogitDiffLens, lens_windows
 from lfp.report.figures import plot_error_vs_learned, plot_learned_values
 from lfp.tasks.lexicon_rl import reward, rl
+from lfp.tasks.lexicon_rl.heldout_reward import HeldoutReward, arms_keys, gain_keys
+from lfp.tasks.lexicon_rl.plant import make_plant
 from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
 from lfp.tasks.lexicon_rl.measure_dictionaries import Dictionaries, dictionary_probes, split_seed_keys, split_seed_summary
 from lfp.tasks.lexicon_rl.measure_probes import (
@@ -80,24 +84,28 @@ def measure(params: Params, model: str, task: str) -> None:
     if task not in cfg.tasks:
         raise ConfigError(f"params: 'measure.tasks' does not name '{task}'")
     lexicon = reward.lexicon()
-    planted = set(cfg.planted_words)
     # permutation seeds of the shuffled arms; every arm trains with `seed` on the same data (arm 0 is the reported control)
     arm_seeds = [params.seed + k for k in range(cfg.shuffled_arms)]
     arm_rewards = [reward.shuffled_lexicon(s, centred=cfg.shuffle_centred) for s in arm_seeds]
-    rewards = {"planted": reward.planted_lexicon(planted), "shuffled": arm_rewards[0]}
     triples = load_triples(task, lexicon=True)
     probe_words = {w.lower() for w in triples.words["positive"] + triples.words["negative"]}
-    words = sorted(probe_words | planted)
     test_file, train_file = prepared_file(task, "test"), prepared_file(task, "train")
     texts = [r["text"] for r in io.read_jsonl(test_file, {"text": str})]
     train_rows = rl.long_reviews(io.read_jsonl(train_file, rl.VADER_FIELDS), ft_cfg.min_review_chars, train_file)
+    test_rows = rl.long_reviews(io.read_jsonl(test_file, rl.VADER_FIELDS), ft_cfg.min_review_chars, test_file)
+    plant = make_plant(cfg, params.seed, lexicon, probe_words, (r["text"] for r in train_rows))
+    planted = plant.words
+    controls_of_plant = plant.controls if plant.drawn else None  # None: every other positive word (the fixed plant)
+    rewards = {"planted": reward.replanted_lexicon(plant.values), "shuffled": arm_rewards[0]}
+    words = sorted(probe_words | planted | (controls_of_plant or set()))
     ctx = natural_contexts(texts, words, cfg.contexts_per_word)
     if not ctx.words:
         raise DataError(f"{test_file}: no occurrence of any contrastive or planted word")
     tags = {"ground_truth": "learned_value_logprob_change", "probe_split": "by_word", "paper_method": "probe.json (split by triple)",
             "probe_seed_kind": "word_split",
             "difference_probe": "fine-tuned codes − base codes through the fine-tuned SAEs; target: the fine-tuned rows' signed delta",
-            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS)}
+            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS),
+            "planted_words": ",".join(sorted(planted)), "plant": cfg.plant}  # recorded before any fine-tune runs
     with open_stage("measure", params, model=model, task=task, tags=tags,
                     log_params={"seed": params.seed, "measure": section_dict(cfg), "finetune": {task: section_dict(ft_cfg)}}) as stage:
         base, tok = stage.load(paths.base_model_dir(model))
@@ -113,6 +121,19 @@ def measure(params: Params, model: str, task: str) -> None:
         probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
         lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
         clock = ReadoutClock()
+        with clock("heldout_reward"):
+            heldout = HeldoutReward(base, tok, test_rows, ft_cfg, params.seed, stage.device, cfg.bootstrap)
+        gains: dict[Any, dict[str, dict[str, float]]] = {}
+        base_dir = paths.base_model_dir(model)
+
+        def fine_tune(key: Any, seed: int, lex: dict[str, float] | None, shuffled: bool = False) -> Any:
+            """One more GRPO run of the finetune stage's settings, and its held-out gain under its own reward
+            (a shuffled arm also under the real lexicon: the behavioural null)."""
+            policy = rl.finetune_policy(base_dir, train_rows, ft_cfg, seed, lex)[0].to(stage.device)
+            with clock("heldout_reward"):
+                gains[key] = heldout.gains(policy, {"own": lex, **({"lexicon": None} if shuffled else {})})
+            return policy
+
         with clock("dictionaries_setup"):  # random dictionaries fitted, crosscoders loaded, base and main codes
             dictionaries = Dictionaries(params, model, task, saes, stage.device)
             base_codes = dictionaries.codes(base, triples, tok, pad, params, "base")
@@ -148,14 +169,12 @@ def measure(params: Params, model: str, task: str) -> None:
                 return learned(policy)
 
         main = observe("main", finetuned)
-        base_dir = paths.base_model_dir(model)
         by_seed = {params.seed: main}
         for seed in cfg.seeds:
-            by_seed[seed] = observe(("seed", seed), rl.finetune_policy(base_dir, train_rows, ft_cfg, seed)[0])
-        controls = {c: rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, rewards[c])[0] for c in paths.CONTROLS}
+            by_seed[seed] = observe(("seed", seed), fine_tune(("seed", seed), seed, None))
+        controls = {c: fine_tune(c, params.seed, rewards[c], c == "shuffled") for c in paths.CONTROLS}
         control_lv = {c: observe(c, policy) for c, policy in controls.items()}
-        extra_arms = [observe(("arm", k), rl.finetune_policy(base_dir, train_rows, ft_cfg, params.seed, r)[0])
-                      for k, r in enumerate(arm_rewards[1:], start=1)]
+        extra_arms = [observe(("arm", k), fine_tune(("arm", k), params.seed, r, True)) for k, r in enumerate(arm_rewards[1:], start=1)]
         shifts = {"finetuned": observed["probe_view"]["main"], **{c: observed["probe_view"][c] for c in paths.CONTROLS}}
         through_ft = {"base": base_through_ft, **{c: run_codes[c] for c in controls}}
         del controls
@@ -168,22 +187,29 @@ def measure(params: Params, model: str, task: str) -> None:
         out.update(within_sign_metrics(main.by_word(), {s: lv.by_word() for s, lv in by_seed.items()}, lexicon, cfg.bootstrap, params.seed))
         out.update(planted_paired(control_lv["planted"].by_word(), main.by_word(),
                                   {s: lv.by_word() for s, lv in by_seed.items() if s != params.seed}, planted, lexicon,
-                                  cfg.permutations, params.seed))
+                                  cfg.permutations, params.seed, controls=controls_of_plant))
         arms = [(lv.by_word(), r) for lv, r in zip([control_lv["shuffled"], *extra_arms], arm_rewards)]
         out.update(shuffled_null(main.by_word(), arms, lexicon))
         out.update({"shuffled_arm_seeds": arm_seeds, "shuffle_centred": cfg.shuffle_centred})
+        arm_keys = ["shuffled", *[("arm", k) for k in range(1, len(arm_rewards))]]
+        out.update(arms_keys([gains[k]["own"] for k in arm_keys], [gains[k]["lexicon"] for k in arm_keys]))
+        out.update(gain_keys("planted", gains["planted"]["own"]))
+        out.update(heldout.occurrences(planted, ft_cfg.steps * ft_cfg.batch_size))
+        out.update({"seeds_reward_gain": [gains[("seed", s)]["own"]["reward_gain"] for s in cfg.seeds],
+                    "seeds_reward_gain_ci_low": [gains[("seed", s)]["own"]["reward_gain_ci_low"] for s in cfg.seeds],
+                    "heldout_reward_prompts": len(heldout.prefixes)})
         for name, per_run in readout_values.items():
             out.update(readout_controls(name, readout_runs(per_run, arm_rewards, params.seed), lexicon, planted, cfg.bootstrap,
-                                        cfg.permutations, params.seed))
+                                        cfg.permutations, params.seed, controls_of_plant))
         out.update(clock.keys())
         out.update({f"{lens.name}_n_texts": len(lens.windows), f"{lens.name}_tokens": cfg.lens_tokens,
                     f"{lens.name}_n_single_token_words": len(lens.word_ids), "readouts": sorted(readout_values)})
         out.update({f"{lens.name}_{k}": v for k, v in lens.top_tokens(finetuned).items()})
         control_m = {c: control_metrics(c, task, lv, lexicon, rewards[c], shifts[c], cfg.bootstrap, params.seed) for c, lv in control_lv.items()}
         control_m["planted"].update(planted_summary(control_lv["planted"].by_word(), main.by_word(), shifts["planted"], shifts["finetuned"],
-                                                    planted, lexicon, cfg.permutations, params.seed))
+                                                    planted, lexicon, cfg.permutations, params.seed, controls_of_plant))
         control_m["planted"]["detected"] = control_m["planted"]["planted_detected"]  # unpaired (confounded by frequency); see planted_paired_detected
-        control_m["planted"]["planted_words"] = sorted(planted)
+        control_m["planted"].update(plant.record())
         control_m["shuffled"].update(shuffled_verdict(control_m["shuffled"]))
         control_m["shuffled"]["reward_permutation_seed"] = arm_seeds[0]
         control_m["shuffled"]["reward_centred"] = cfg.shuffle_centred

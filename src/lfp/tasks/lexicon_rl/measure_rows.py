@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from lfp.core import paths
-from lfp.measure import metrics
 from lfp.measure.controls import tau_keys, tau_with_ci
 from lfp.readouts import ReadoutRuns
 from lfp.tasks.lexicon_rl.learned import LearnedValues
@@ -48,7 +47,7 @@ def main_rows(main: LearnedValues, lexicon: dict[str, float], planted: set[str],
     def pred(name: str, w: str) -> Any:
         return float(preds[name][w]) if w in preds.get(name, {}) else ""
 
-    return [{"word": w, "lexicon_value": lexicon[w], "reward_value": lexicon[w], "learned_value": float(v),
+    return [{"word": w, "lexicon_value": lexicon.get(w, 0.0), "reward_value": lexicon.get(w, 0.0), "learned_value": float(v),
              "learned_ci_low": float(lo), "learned_ci_high": float(hi), "n_contexts": int(n),
              "learned_value_planted_model": float(others["planted"].get(w, np.nan)),
              "learned_value_shuffled_model": float(others["shuffled"].get(w, np.nan)),
@@ -64,7 +63,7 @@ def behaviour_metrics(main: LearnedValues, by_seed: dict[int, LearnedValues], le
     out: dict[str, Any] = {"n_words": len(main.words), "n_contexts": int(np.sum(main.n_contexts)), "seeds": sorted(by_seed)}
     out.update(tau_keys("learned_value_tau", t))
     out["learned_value_tau_reward"] = t["tau"]  # the main fine-tune's reward is the lexicon itself
-    seed_taus = [metrics.kendall(lv.value, np.array([lexicon[w] for w in lv.words]))[0] for lv in by_seed.values()]
+    seed_taus = [tau_with_ci(lv.by_word(), lexicon, 0, seed)["tau"] for lv in by_seed.values()]
     s = seed_summary(seed_taus)
     out.update({"learned_value_tau_per_seed": seed_taus, "learned_value_tau_seed_mean": s["mean"],
                 "learned_value_tau_seed_ci_low": s["ci_low"], "learned_value_tau_seed_ci_high": s["ci_high"]})

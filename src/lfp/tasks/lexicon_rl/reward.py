@@ -44,14 +44,18 @@ def vader_reward(texts: Iterable[str], lex: Mapping[str, float] | None = None) -
 
 
 def planted_lexicon(words: Iterable[str]) -> dict[str, float]:
-    """The VADER lexicon with the sign of `words` flipped: the planted control's reward (the
-    paper's own example of a learned mislabel: "precious" labelled positive, learned negative)."""
-    lex = dict(lexicon())
+    """The VADER lexicon with the sign of `words` flipped: the fixed plant's reward (the paper's own
+    example of a learned mislabel: "precious" labelled positive, learned negative)."""
+    lex = lexicon()
     for word in words:
         if word not in lex:
             raise DataError(f"planted word '{word}' is not in the VADER lexicon ({lexicon_path()})")
-        lex[word] = -lex[word]
-    return lex
+    return replanted_lexicon({w: -lex[w] for w in words})
+
+
+def replanted_lexicon(values: Mapping[str, float]) -> dict[str, float]:
+    """The VADER lexicon with `values` set (a word outside it is added): the planted control's reward."""
+    return {**lexicon(), **{w: float(v) for w, v in values.items()}}
 
 
 def shuffled_lexicon(seed: int, centred: bool = False) -> dict[str, float]:

@@ -89,11 +89,14 @@ def quiet(trainer: Any) -> None:
 
 
 def trainer_defaults(seed: int, bf16: bool) -> dict[str, Any]:
-    """TrainingArguments shared by the GRPO and DPO set-ups: fp32 unless the device has bf16 (bf16
-    autocast made a CPU DPO step 4.4x slower), seeded, no checkpoints, our own MLflow logging only
+    """TrainingArguments shared by the GRPO and DPO set-ups: fp32 or bf16 autocast
+    (lfp.tasks.finetuning.use_bf16), seeded, no checkpoints, our own MLflow logging only
     (TRL would open a second run), in-process data loading."""
+    from lfp.tasks.finetuning import on_cpu
+
     return {
         "bf16": bf16,
+        "use_cpu": bf16 and on_cpu(),  # transformers refuses bf16 on a CPU unless told it is one
         "fp16": False,
         "seed": seed,
         "data_seed": seed,
@@ -156,19 +159,21 @@ def train(model: Any, tokenizer: Any, prefixes: list[str], cfg: GrpoFinetune, ar
 def finetune_policy(base_dir: Any, train_rows: Sequence[dict[str, Any]], cfg: GrpoFinetune, seed: int,
                     lex: Mapping[str, float] | None = None) -> tuple[Any, Any]:
     """A GRPO fine-tune of the base model with `seed` (and `lex` as the reward's lexicon), as the
-    finetune stage trains it, but kept in memory: the measure stage's seeds and controls. fp32."""
+    finetune stage trains it (same precision), but kept in memory: the measure stage's seeds and controls."""
     import tempfile
 
     import transformers
     from accelerate import PartialState
 
     from lfp.models.loading import load_model
+    from lfp.tasks.finetuning import use_bf16
 
     transformers.set_seed(seed)
     policy, tokenizer = load_model(base_dir)
     prefixes = make_prefixes(train_rows, tokenizer, cfg, cfg.train_prompts, seed)
+    bf16 = use_bf16(cfg.precision, policy.config.hidden_size)
     with tempfile.TemporaryDirectory(prefix="lfp-grpo-control-") as tmp:
-        trainer = train(policy, tokenizer, prefixes, cfg, grpo_config(cfg, tmp, seed, PartialState().num_processes, False), lex)
+        trainer = train(policy, tokenizer, prefixes, cfg, grpo_config(cfg, tmp, seed, PartialState().num_processes, bf16), lex)
     return trainer.accelerator.unwrap_model(trainer.model).eval(), tokenizer
 
 
@@ -219,7 +224,25 @@ def sample(model: Any, tokenizer: Any, prefixes: list[str], cfg: GrpoFinetune, s
 
 
 def mean_reward(samples: Samples, completion_only: bool) -> float:
-    return float(np.mean(reward.vader_reward(reward_texts(samples.prefixes, samples.completions, completion_only))))
+    return float(np.mean(sample_rewards(samples, completion_only)))
+
+
+def sample_rewards(samples: Samples, completion_only: bool, lex: Mapping[str, float] | None = None) -> np.ndarray:
+    """One reward per sampled completion, under `lex` (the VADER lexicon when None)."""
+    return np.asarray(reward.vader_reward(reward_texts(samples.prefixes, samples.completions, completion_only), lex), dtype=float)
+
+
+def reward_gain(base_rewards: np.ndarray, finetuned_rewards: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """Held-out evidence that a fine-tune learned a reward: mean reward of its completions minus the
+    base model's on the same prompts (same sampling seed), with a paired bootstrap CI over prompts.
+    A control must show this before its detection means anything."""
+    from lfp.measure.metrics import bootstrap_ci
+
+    d = np.asarray(finetuned_rewards, dtype=float) - np.asarray(base_rewards, dtype=float)
+    lo, hi = bootstrap_ci(lambda w: float(np.sum(w * d) / np.sum(w)), np.arange(len(d)), n_boot, seed)
+    return {"reward_base": float(np.mean(base_rewards)), "reward_finetuned": float(np.mean(finetuned_rewards)),
+            "reward_gain": float(d.mean()), "reward_gain_ci_low": lo, "reward_gain_ci_high": hi,
+            "reward_learned": bool(np.isfinite(lo) and lo > 0)}
 
 
 @torch.inference_mode()

@@ -13,8 +13,8 @@ from accelerate import PartialState
 from lfp.core.params import Params
 from lfp.core.data import prepared_file
 from lfp.models.loading import load_model
-from lfp.tasks.finetuning import (EVAL_BATCH, base_dir, base_tags, bf16_supported, log_history, metrics_file, save_finetuned,
-                                  tracking, warn_if_not_better)
+from lfp.tasks.finetuning import (EVAL_BATCH, base_dir, base_tags, log_history, metrics_file, precision_tags, save_finetuned,
+                                  tracking, use_bf16, warn_if_not_better)
 from lfp.tasks.preference_dpo import dpo
 
 
@@ -31,11 +31,13 @@ def finetune(params: Params, model: str, task: str) -> None:
     dpo.require_pairs(train_rows, train_file, f"training pairs within max_length={cfg.max_length}")
     eval_rows, _ = dpo.fit_to_context(tokenizer, dpo.seeded_order(heldout_all, params.seed)[: cfg.eval_pairs], cfg.max_length)
     dpo.require_pairs(eval_rows, heldout_file, f"held-out pairs within max_length={cfg.max_length}")
-    tags = {**base_tags(params, model), "rl_algorithm": "dpo", "paper_algorithm": "dpo"}
+    bf16 = use_bf16(cfg.precision, policy.config.hidden_size)
+    tags = {**base_tags(params, model), **precision_tags(bf16, cfg.precision, policy.config.hidden_size),
+            "rl_algorithm": "dpo", "paper_algorithm": "dpo"}
     tags["data_is_proxy"] = any(bool(r.get("proxy")) for r in train_all)
     with tracking(params, model, task, cfg, {"learning_rate_effective": lr}, tags) as tracker:
         with tempfile.TemporaryDirectory(prefix="lfp-dpo-") as tmp:
-            args = dpo.dpo_config(cfg, lr, tmp, params.seed, PartialState().num_processes, bf16_supported())
+            args = dpo.dpo_config(cfg, lr, tmp, params.seed, PartialState().num_processes, bf16)
             start = time.perf_counter()
             trainer = dpo.train(policy, tokenizer, train_rows, args)
             train_seconds = time.perf_counter() - start
