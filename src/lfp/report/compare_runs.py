@@ -43,11 +43,13 @@ MISSING = "—"
 # names both: the other task's rows show "—".
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     # did fine-tuning learn? vader: mean reward gain; hh/toxic: DPO implicit-reward accuracy
-    "finetune": ("reward_gain", "implicit_reward_accuracy", "beats_base"),
+    "finetune": ("reward_gain", "reward_gain_ci_low", "implicit_reward_accuracy", "beats_base"),
     # the paper's probe (vader: Kendall tau; hh/toxic: accuracy) and the no-model bag-of-words bar
     "probe": ("kendall_tau", "probe_accuracy", "bow_baseline_accuracy"),
-    # the validated measurement and its planted control; hh/toxic: paired fine-tuned - base accuracy
-    "measure": ("learned_value_tau", "planted_auc", "pairwise_accuracy_diff"),
+    # the validated measurement (within sign: the primary statistic), its paired planted control and the plant's
+    # own held-out reward gain, the shuffled null's mean over arms; hh/toxic: paired fine-tuned - base accuracy
+    "measure": ("learned_value_tau", "learned_value_tau_within_sign", "planted_paired_auc", "planted_reward_gain",
+                "learned_value_tau_null_mean", "pairwise_accuracy_diff"),
     # reconstruction and sparsity averaged over layers, one pair per expansion factor in the store
     "sae": (r"mean_x\d+_(?:fvu|l0)",),
     # Table 6 (ablation: related vs random features), Table 7 (permutation p), shared-feature MMCS

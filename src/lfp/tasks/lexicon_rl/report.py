@@ -33,8 +33,12 @@ class LexiconReport:
             return "not available (`reward_base`/`reward_finetuned` missing from finetune.json)."
         beats = f["beats_base"] if isinstance(f.get("beats_base"), bool) else rf > rb
         s = f"RL fine-tuning {change_verb(rb, rf, 'raised', 'lowered')} the held-out mean VADER reward from {pr(rb)} to {pr(rf)}"
+        lo, hi = num(f, "reward_gain_ci_low"), num(f, "reward_gain_ci_high")
+        if lo is not None and hi is not None:  # paired bootstrap over prompts
+            s += f" (gain {pr(rf - rb)}, 95% CI [{pr(lo)}, {pr(hi)}] over prompts)"
+            beats = lo > 0
         s += f" (KL to base {pr(kl)})" if kl is not None else ""
-        return s + (": it beat the base on its own objective." if beats else ": it did not beat the base on its own objective.")
+        return s + (": it beat the base on its own objective." if beats else ": it did not clearly beat the base on its own objective.")
 
     def finetune_rows(self, model: str, task: str, f: Mapping[str, Any]) -> list[list[Any]]:
         return [[model, task, "mean VADER reward", fmt(f.get("reward_base")), fmt(f.get("reward_finetuned")),
