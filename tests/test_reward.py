@@ -69,3 +69,21 @@ def test_planted_occurrences_count_base_completions_and_scale_to_training():
     out = h.occurrences({"good", "window", "bad"}, train_completions=20)
     assert out["planted_occurrences_base_heldout"] == {"bad": 0, "good": 3, "window": 1}
     assert out["planted_occurrences_expected_in_training"]["good"] == 30.0
+
+
+def test_heldout_reward_of_the_base_against_itself_is_exactly_zero(tiny_model_dir):
+    """Same model, same prompts, same sampling seed: identical completions, so the gain is 0 with a
+    CI of [0, 0] under any lexicon, and nothing is called learned."""
+    from lfp.core.sections import GrpoFinetune
+    from lfp.models.loading import load_model
+    from lfp.tasks.lexicon_rl.heldout_reward import HeldoutReward
+    from lfp.tasks.lexicon_rl.reward import shuffled_lexicon
+
+    model, tok = load_model(tiny_model_dir)
+    rows = [{"id": str(i), "text": f"This film was {w} and the acting was {w} too, said review {i}."}
+            for i, w in enumerate(["great", "bad", "fine", "dull", "superb", "awful"] * 3)]
+    cfg = GrpoFinetune(eval_prompts=12, max_new_tokens=6, min_new_tokens=2)
+    h = HeldoutReward(model, tok, rows, cfg, seed=0, device="cpu", n_boot=100)
+    gains = h.gains(model, {"own": shuffled_lexicon(0, centred=True), "lexicon": None})
+    for g in gains.values():
+        assert g["reward_gain"] == 0.0 and g["reward_gain_ci_low"] == 0.0 == g["reward_gain_ci_high"] and not g["reward_learned"]
