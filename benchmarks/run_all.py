@@ -23,6 +23,7 @@ def main() -> int:
     scripts = [["sae_train.py"], ["activations_cache.py"]]
     if args.quick:
         scripts = [s + ["--quick"] for s in scripts]
+    scripts.append(["precision.py"])  # no --quick mode: ~35 s
     if args.full:
         scripts.append(["pipeline.py"])
     if args.smoke:

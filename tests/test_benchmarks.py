@@ -27,12 +27,14 @@ BIN = Path(sys.executable).parent
 
 # script -> what its --smoke output must contain (the figure line the full run prints)
 SMOKE = {
-    "run_all.py": ["sae_train: full_budget_seconds=", "activations_cache: overhead_ratio=", "activations_cache: memory_held_fraction="],
+    "run_all.py": ["sae_train: full_budget_seconds=", "activations_cache: overhead_ratio=", "activations_cache: memory_held_fraction=",
+                   "precision: matmul_speedup=", "train_step_speedup="],
     "sae_train.py": None,  # run through run_all.py --smoke
     "activations_cache.py": None,  # run through run_all.py --smoke
     "pipeline.py": ["pipeline: repro_seconds=", "pipeline: noop_repro_seconds=", "pipeline: status_seconds="],
     "local_llm.py": ["server start + endpoint check:", "seconds per explanation + label:", "seconds per grade + rewrite:"],
     "sae_peers.py": ["worst fvu_ratio", "SAELens loads lfp's topk directories", "| 64x64 relu_l1 |"],
+    "precision.py": None,  # run through run_all.py --smoke
 }
 
 
@@ -72,9 +74,9 @@ def test_script_imports(script: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_micro_benchmarks_smoke() -> None:
-    """run_all.py --smoke runs sae_train.py and activations_cache.py (what `make bench` runs first)."""
+    """run_all.py --smoke runs sae_train.py, activations_cache.py and precision.py (what `make bench` runs first)."""
     out = _smoke("run_all.py")
-    assert "== sae_train.py --smoke" in out and "== activations_cache.py --smoke" in out
+    assert "== sae_train.py --smoke" in out and "== activations_cache.py --smoke" in out and "== precision.py --smoke" in out
 
 
 @pytest.mark.e2e
