@@ -193,7 +193,7 @@ def test_dictionary_readouts_report_tau_over_word_splits(micro_params) -> None:
     signal = np.outer(values, rng.standard_normal(8)) + 0.3 * rng.standard_normal((len(words), 8))
     noise = rng.standard_normal((len(words), 8))
     probes = SimpleNamespace(fitted={"good_probe": (signal, [4, 4]), "blind_probe": (noise, [8])})
-    inputs = SimpleNamespace(words=words, values=values, sources={"difference": (signal, values)})
+    inputs = SimpleNamespace(words=words, values=values, sources={"difference": (signal, values)}, always_test=frozenset())
     out = split_seed_keys(probes, inputs, micro_params)
     n_splits = len({micro_params.seed, *micro_params.measure.seeds})
     assert len(out["readout_good_probe_tau_split_seeds"]) == n_splits >= 2

@@ -31,8 +31,13 @@ def test_draw_is_seeded_disjoint_and_keeps_controls():
 
 
 def test_a_pool_too_small_to_leave_controls_is_a_data_error():
-    with pytest.raises(DataError, match="3 held-out positive words to draw 2"):
+    with pytest.raises(DataError, match="3 positive probe words written often enough to draw 2"):
         plant_mod.draw_plant(["pos1", "pos2", "pos3"], [], LEX, 2, 0, -2.0, 0)
+
+
+def test_a_part_not_drawn_has_no_controls_and_holds_nothing_out():
+    p = plant_mod.draw_plant([f"pos{i}" for i in range(6)], [f"noun{i}" for i in range(8)], LEX, 0, 3, -2.0, 0)
+    assert not p.lexicon_words and p.controls <= {f"noun{i}" for i in range(8)} and len(p.controls) == 5 and p.held_out == frozenset()
 
 
 def test_fixed_plant_flips_signs_and_compares_with_every_other_positive_word():
@@ -45,18 +50,37 @@ def test_neutral_pool_is_a_band_of_frequent_non_lexicon_words():
     assert plant_mod.neutral_pool(counts, LEX, 1, 4, exclude={"story"}) == ["film", "acting", "plot"]
 
 
-def test_make_plant_draws_lexicon_words_from_the_probes_heldout_split_by_frequency():
+def test_make_plant_draws_among_the_words_the_policy_writes():
+    """Pools are ranked by the base policy's writes scaled to training; a word met fewer than
+    plant_min_writes times is not a candidate, however frequent in the reviews; the lexicon pool is
+    what every probe split holds out."""
+    probe_words = set(LEX)
+    writes = Counter({"pos1": 9, "pos2": 8, "pos3": 7, "pos4": 6, "pos5": 1, "alpha": 9, "beta": 8, "gamma": 7, "delta": 6, "eps": 1})
+    reviews = [" ".join(["pos9"] * 50 + ["zeta"] * 50), "pos1 pos2 alpha"]
+    cfg = Measure(plant_lexicon_words=2, plant_lexicon_pool=4, plant_neutral_words=1, plant_neutral_pool=4, plant_neutral_rank_min=0,
+                  plant_min_writes=10.0)
+    p = plant_mod.make_plant(cfg, 0, LEX, probe_words, writes, 2.0, reviews)  # pos5 / eps: met 2 times; pos9 / zeta: never written
+    assert p.pools == {"lexicon": ["pos1", "pos2", "pos3", "pos4"], "neutral": ["alpha", "beta", "gamma", "delta"]}
+    assert set(p.lexicon_words) <= set(p.pools["lexicon"]) and len(p.neutral_words) == 1
+    assert p.held_out == frozenset(p.pools["lexicon"])
+    with pytest.raises(DataError, match="plant_min_writes"):
+        plant_mod.make_plant(cfg, 0, LEX, probe_words, writes, 1.0, reviews)  # every word met < 10 times
+    loose = plant_mod.make_plant(Measure(plant_lexicon_words=1, plant_lexicon_pool=3, plant_neutral_words=0, plant_min_writes=0.0),
+                                 0, LEX, probe_words, Counter(), 1.0, [*reviews, "pos3"])
+    assert loose.pools["lexicon"] == ["pos1", "pos2", "pos9"]  # nothing written: ranked by the reviews' counts (pos3 ties, last by name)
+    fixed = plant_mod.make_plant(Measure(plant="fixed", planted_words=["pos1"]), 0, LEX, probe_words, writes, 2.0, reviews)
+    assert fixed.values == {"pos1": -1.1} and fixed.held_out == frozenset()
+
+
+def test_word_split_holds_the_plant_pool_out_on_every_seed_and_keeps_its_share():
     from lfp.tasks.lexicon_rl.word_probes import word_split
 
-    probe_words = set(LEX)
-    texts = [" ".join([w] * (i + 1)) for i, w in enumerate(sorted(LEX))] + ["alpha beta gamma delta " * 5, "epsilon zeta " * 3]
-    cfg = Measure(plant_lexicon_words=2, plant_lexicon_pool=4, plant_neutral_words=1, plant_neutral_pool=4, plant_neutral_rank_min=0)
-    p = plant_mod.make_plant(cfg, 0, LEX, probe_words, texts)
-    words = np.array(sorted(probe_words), dtype=object)
-    heldout = set(words[word_split(words, cfg.word_test_fraction, 0)].tolist())
-    assert set(p.lexicon_words) <= heldout and len(p.pools["lexicon"]) == 4 and set(p.pools["lexicon"]) <= heldout
-    assert set(p.pools["neutral"]) == {"alpha", "beta", "gamma", "delta"} and len(p.neutral_words) == 1
-    assert plant_mod.make_plant(Measure(plant="fixed", planted_words=["pos1"]), 0, LEX, probe_words, texts).values == {"pos1": -1.1}
+    words = np.array(sorted(LEX) * 2, dtype=object)
+    plain = word_split(words, 0.3, 0)
+    assert (word_split(words, 0.3, 0, ()) == plain).all()  # no pool: the old split, bit for bit
+    for seed in range(5):
+        held = word_split(words, 0.3, seed, {"pos1", "neg7"})
+        assert set(words[held]) >= {"pos1", "neg7"} and held.sum() == plain.sum()
 
 
 def test_replanted_lexicon_sets_and_adds_values():

@@ -267,11 +267,13 @@ class Measure:
     contexts_per_word: int = _num(8, 1)  # natural contexts (held-out reviews) per word
     context_tokens: int = _num(32, 1)  # tokens of the review before the word
     batch_size: int = _num(64, 1)
-    # the planted control (lfp.tasks.lexicon_rl.plant): `drawn` = words drawn at random (seed `seed`) from
-    # frequency-matched pools, recorded before any fine-tune: `plant_lexicon_words` of the `plant_lexicon_pool` most
-    # frequent held-out positive probe words (sign flipped) and `plant_neutral_words` of `plant_neutral_pool`
-    # non-lexicon words from frequency rank `plant_neutral_rank_min` on (value `plant_neutral_value`); the undrawn pool
-    # words are the controls. `fixed` = the old plant: `planted_words` sign-flipped, against every other positive word.
+    # the planted control (lfp.tasks.lexicon_rl.plant): `drawn` = words drawn at random (seed `seed`) among the words
+    # the base policy writes (its held-out completions, scaled to a fine-tune's samples; at least `plant_min_writes`),
+    # recorded before any fine-tune: `plant_lexicon_words` of the `plant_lexicon_pool` most written positive probe
+    # words (sign flipped; the pool is held out of every probe's word split) and `plant_neutral_words` of
+    # `plant_neutral_pool` written non-lexicon words from rank `plant_neutral_rank_min` on (value
+    # `plant_neutral_value`); the undrawn pool words are the controls. `fixed` = the old plant: `planted_words`
+    # sign-flipped, against every other positive word.
     plant: Literal["drawn", "fixed"] = "drawn"
     planted_words: list[str] = field(default_factory=lambda: [
         "good", "great", "like", "best", "love", "well", "better", "funny", "pretty", "nice", "fun", "enjoy"])
@@ -281,6 +283,7 @@ class Measure:
     plant_neutral_pool: int = _num(30, 1)
     plant_neutral_rank_min: int = _num(30, 0)
     plant_neutral_value: float = _num(-2.0, hi=0.0, hi_open=True)
+    plant_min_writes: float = _num(10.0, 0.0)
     seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra fine-tuning seeds besides `seed`
     # the shuffled-reward null: `shuffled_arms` fine-tunes, each on the lexicon permuted with seed `seed` + k (same
     # training data and seed); centred: the permuted values minus the lexicon mean, so that the number of lexicon

@@ -39,15 +39,22 @@ class HeldoutReward:
                 for name, lex in rewards.items()}
 
 
+    def writes(self) -> Counter[str]:
+        """How often the base model writes each word (reward tokens) in its held-out completions."""
+        from lfp.tasks.lexicon_rl.reward import tokens
+
+        return Counter(t for c in self.base_samples.completions for t in tokens(c))
+
+    def training_scale(self, train_completions: int) -> float:
+        """Training completions of a fine-tune per held-out completion: scales `writes` to a fine-tune's samples."""
+        return train_completions / max(len(self.prefixes), 1)
+
     def occurrences(self, words: Iterable[str], train_completions: int) -> dict[str, Any]:
         """How often the base model writes each word in its held-out completions, and what that
         predicts for the `train_completions` a fine-tune samples: a plant the policy never writes
         gets no targeted update (the fixed plant's words met ~3 times each in 16 SmolLM2 steps)."""
-        from lfp.tasks.lexicon_rl.reward import tokens
-
-        counts = Counter(t for c in self.base_samples.completions for t in tokens(c))
+        counts, scale = self.writes(), self.training_scale(train_completions)
         per_word = {w: int(counts[w]) for w in sorted(words)}
-        scale = train_completions / max(len(self.prefixes), 1)
         return {"planted_occurrences_base_heldout": per_word,
                 "planted_occurrences_expected_in_training": {w: round(n * scale, 1) for w, n in per_word.items()}}
 

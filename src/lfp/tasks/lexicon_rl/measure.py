@@ -11,9 +11,9 @@
    the held-out words change). The paper's split-by-triple numbers stay in probe.json ("paper
    method"); the identity ceiling on that split is reported here beside them.
 3. A planted positive control: a fine-tune (same GRPO settings and seed) whose reward changes the
-   values of the plant's words (lfp.tasks.lexicon_rl.plant: drawn at random from frequency-matched
-   pools, lexicon words sign-flipped and neutral words given a negative value, recorded before the
-   run); paired with the true-reward run, the planted words must fall more than their controls
+   values of the plant's words (lfp.tasks.lexicon_rl.plant: drawn at random among the words the base
+   policy writes, from frequency-matched pools, lexicon words sign-flipped and neutral words given a
+   negative value, recorded before any fine-tune; the lexicon pool is held out of every probe); paired with the true-reward run, the planted words must fall more than their controls
    (AUC, permutation p), and the plant must be learned first (its own held-out reward rises,
    lfp.tasks.lexicon_rl.heldout_reward); the same test for every readout.
 4. A negative control: fine-tunes on shuffled lexicons (centred permutations, several arms); each
@@ -93,22 +93,26 @@ def measure(params: Params, model: str, task: str) -> None:
     texts = [r["text"] for r in io.read_jsonl(test_file, {"text": str})]
     train_rows = rl.long_reviews(io.read_jsonl(train_file, rl.VADER_FIELDS), ft_cfg.min_review_chars, train_file)
     test_rows = rl.long_reviews(io.read_jsonl(test_file, rl.VADER_FIELDS), ft_cfg.min_review_chars, test_file)
-    plant = make_plant(cfg, params.seed, lexicon, probe_words, (r["text"] for r in train_rows))
-    planted = plant.words
-    controls_of_plant = plant.controls if plant.drawn else None  # None: every other positive word (the fixed plant)
-    rewards = {"planted": reward.replanted_lexicon(plant.values), "shuffled": arm_rewards[0]}
-    words = sorted(probe_words | planted | (controls_of_plant or set()))
-    ctx = natural_contexts(texts, words, cfg.contexts_per_word)
-    if not ctx.words:
-        raise DataError(f"{test_file}: no occurrence of any contrastive or planted word")
     tags = {"ground_truth": "learned_value_logprob_change", "probe_split": "by_word", "paper_method": "probe.json (split by triple)",
             "probe_seed_kind": "word_split",
             "difference_probe": "fine-tuned codes − base codes through the fine-tuned SAEs; target: the fine-tuned rows' signed delta",
-            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS),
-            "planted_words": ",".join(sorted(planted)), "plant": cfg.plant}  # recorded before any fine-tune runs
+            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS), "plant": cfg.plant}
     with open_stage("measure", params, model=model, task=task, tags=tags,
                     log_params={"seed": params.seed, "measure": section_dict(cfg), "finetune": {task: section_dict(ft_cfg)}}) as stage:
         base, tok = stage.load(paths.base_model_dir(model))
+        clock = ReadoutClock()
+        with clock("heldout_reward"):  # the base model's held-out completions: the plant is drawn among the words it writes
+            heldout = HeldoutReward(base, tok, test_rows, ft_cfg, params.seed, stage.device, cfg.bootstrap)
+        plant = make_plant(cfg, params.seed, lexicon, probe_words, heldout.writes(), heldout.training_scale(ft_cfg.steps * ft_cfg.batch_size),
+                           (r["text"] for r in train_rows))
+        stage.run.set_tags({"planted_words": ",".join(sorted(plant.words))})  # recorded before any fine-tune runs
+        planted = plant.words
+        controls_of_plant = plant.controls if plant.drawn else None  # None: every other positive word (the fixed plant)
+        rewards = {"planted": reward.replanted_lexicon(plant.values), "shuffled": arm_rewards[0]}
+        words = sorted(probe_words | planted | (controls_of_plant or set()))
+        ctx = natural_contexts(texts, words, cfg.contexts_per_word)
+        if not ctx.words:
+            raise DataError(f"{test_file}: no occurrence of any contrastive or planted word")
         windows = context_windows(tok, ctx, cfg.context_tokens)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         lp_base = span_logprobs(base, windows, cfg.batch_size, pad)
@@ -120,9 +124,6 @@ def measure(params: Params, model: str, task: str) -> None:
         saes = finetuned_saes(stage, params, model, task)
         probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
         lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
-        clock = ReadoutClock()
-        with clock("heldout_reward"):
-            heldout = HeldoutReward(base, tok, test_rows, ft_cfg, params.seed, stage.device, cfg.bootstrap)
         gains: dict[Any, dict[str, dict[str, float]]] = {}
         base_dir = paths.base_model_dir(model)
 
@@ -139,7 +140,7 @@ def measure(params: Params, model: str, task: str) -> None:
             base_codes = dictionaries.codes(base, triples, tok, pad, params, "base")
             main_codes = dictionaries.codes(finetuned, triples, tok, pad, params, "main")
         base_through_ft = base_codes.finetuned_sae
-        inputs = load_probe_inputs(model, task, lexicon, base_through_ft)
+        inputs = load_probe_inputs(model, task, lexicon, base_through_ft, plant.held_out)
         diff_probe = difference_probe_readout(inputs, base_through_ft, params)
         other = dictionary_probes(dictionaries, base_codes, main_codes, inputs, inputs.widths, params)
         observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}, diff_probe.name: {},

@@ -30,7 +30,6 @@ from lfp.models.activation_cache import load_layer, read_index
 from lfp.readouts.crosscoder import Crosscoder, crosscoder_codes, crosscoder_path, load_crosscoder
 from lfp.readouts.difference_probe import DifferenceProbe
 from lfp.readouts.random_dictionary import Identity, random_like
-from lfp.tasks.lexicon_rl.word_probes import word_split
 
 SAMPLE_ROWS = 20000  # activation-cache rows that fit the random dictionaries' centre and L0
 
@@ -123,7 +122,7 @@ def dictionary_probes(dictionaries: Dictionaries, base: RunCodes, main: RunCodes
     """Both probes fitted on the measured fine-tune's differences (target, split and ridge of the
     difference probe), then frozen."""
     _, target = inputs.sources["difference"]
-    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    is_test = inputs.is_test(params)
     alpha = params.probe.ridge_alpha
     cc_widths = dictionaries.crosscoder_widths()
     random_probe = DifferenceProbe(main.random - base.random, target, inputs.words, is_test, _layout(sae_widths), sae_widths, alpha,
@@ -147,7 +146,7 @@ def split_seed_keys(probes: DictionaryProbes, inputs: Any, params: Params) -> di
     out: dict[str, Any] = {}
     for name, (features, widths) in probes.fitted.items():
         taus = split_seed_taus({name: (features, target)}, inputs.words, inputs.values, _layout(widths), widths,
-                               params.measure.word_test_fraction, seeds, params.probe.ridge_alpha)[name]
+                               params.measure.word_test_fraction, seeds, params.probe.ridge_alpha, inputs.always_test)[name]
         out.update(split_seed_summary(name, taus))
     return out
 

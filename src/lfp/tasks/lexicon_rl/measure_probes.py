@@ -49,9 +49,15 @@ class ProbeInputs:
     widths: list[int]
     sources: dict[str, tuple[np.ndarray, np.ndarray]]
     paper_test: np.ndarray
+    always_test: frozenset[str] = frozenset()  # held out on every word split (the drawn plant's lexicon pool)
+
+    def is_test(self, params: Params, seed: int | None = None) -> np.ndarray:
+        """The word split of `seed` (default `params.seed`) that every word-held-out probe of the measure uses."""
+        return word_split(self.words, params.measure.word_test_fraction, params.seed if seed is None else seed, self.always_test)
 
 
-def load_probe_inputs(model: str, task: str, lexicon: dict[str, float], base_through_ft: np.ndarray | None) -> ProbeInputs:
+def load_probe_inputs(model: str, task: str, lexicon: dict[str, float], base_through_ft: np.ndarray | None,
+                      always_test: frozenset[str] = frozenset()) -> ProbeInputs:
     """data/probe/{m}-{t}/inputs.*; with `base_through_ft` (the base model's codes of the same rows
     through the fine-tuned SAEs) the difference source, fine-tuned codes − those, fitted on the
     fine-tuned rows' target (the signal the paper's probe regresses)."""
@@ -68,7 +74,7 @@ def load_probe_inputs(model: str, task: str, lexicon: dict[str, float], base_thr
                             f"the probe's codes {tuple(codes.shape)} (re-run the probe stage)")
         sources["difference"] = (codes - base_through_ft, target)
     return ProbeInputs(words, np.array([lexicon[w] for w in words]), index["offsets"], index["widths"], sources,
-                       tensors["is_test"].numpy().astype(bool))
+                       tensors["is_test"].numpy().astype(bool), always_test)
 
 
 def word_heldout_probes(inputs: ProbeInputs, params: Params) -> tuple[dict[str, Any], dict[str, HeldoutProbe], np.ndarray]:
@@ -76,7 +82,7 @@ def word_heldout_probes(inputs: ProbeInputs, params: Params) -> tuple[dict[str, 
     the ceilings; also the identity ceiling on the paper's split (by triple). Returns metrics, the
     probes on the `seed` split and that split."""
     cfg, alpha, words, values = params.measure, params.probe.ridge_alpha, inputs.words, inputs.values
-    is_test = word_split(words, cfg.word_test_fraction, params.seed)
+    is_test = inputs.is_test(params)
     out: dict[str, Any] = {"n_words_test": int(len(set(words[is_test]))), "n_words_train": int(len(set(words[~is_test])))}
     probes = {name: heldout_probe(c, t, words, values, is_test, inputs.offsets, inputs.widths, alpha) for name, (c, t) in inputs.sources.items()}
     for name, probe in probes.items():
@@ -110,7 +116,7 @@ def split_seed_metrics(sources: dict[str, tuple[np.ndarray, np.ndarray]], inputs
     and 95 % t-interval across splits. Named for what varies: the split, not the fine-tune."""
     seeds = sorted({params.seed, *params.measure.seeds})
     taus = split_seed_taus(sources, inputs.words, inputs.values, inputs.offsets, inputs.widths,
-                           params.measure.word_test_fraction, seeds, params.probe.ridge_alpha)
+                           params.measure.word_test_fraction, seeds, params.probe.ridge_alpha, inputs.always_test)
     out: dict[str, Any] = {"probe_seed_kind": "word_split", "probe_split_seeds": seeds}
     for name, values in taus.items():
         s, key = seed_summary(values), f"probe_tau_word_heldout_{name}"
@@ -125,7 +131,7 @@ def control_difference_probe(inputs: ProbeInputs, control_through_ft: np.ndarray
     reward taught no valence, so whatever τ it reaches is what the difference probe reads without
     a learned pattern (e.g. the SAE's nonlinearity on shifted activations)."""
     sources = {"difference": (control_through_ft - base_through_ft, inputs.sources["finetuned"][1])}
-    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    is_test = inputs.is_test(params)
     probe = heldout_probe(*sources["difference"], inputs.words, inputs.values, is_test, inputs.offsets, inputs.widths, params.probe.ridge_alpha)
     out = probe_keys("difference", probe, params.measure.bootstrap, params.seed)
     out.update(split_seed_metrics(sources, inputs, params))
@@ -138,7 +144,7 @@ def difference_probe_readout(inputs: ProbeInputs, base_through_ft: np.ndarray, p
     from lfp.readouts.difference_probe import DifferenceProbe
 
     diff, target = inputs.sources["difference"]
-    is_test = word_split(inputs.words, params.measure.word_test_fraction, params.seed)
+    is_test = inputs.is_test(params)
     return DifferenceProbe(diff, target, inputs.words, is_test, inputs.offsets, inputs.widths, params.probe.ridge_alpha, base_through_ft)
 
 

@@ -15,6 +15,7 @@ fine-tune), and `error_vs_learned` gives each held-out word's |error| for Fig. 4
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,20 @@ import numpy as np
 from lfp.measure import metrics
 
 
-def word_split(words: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean is_test per row: a seeded share of the distinct words goes entirely to test."""
+def word_split(words: np.ndarray, test_fraction: float, seed: int, always_test: Collection[str] = ()) -> np.ndarray:
+    """Boolean is_test per row: a seeded share of the distinct words goes entirely to test.
+    `always_test` words (the drawn plant's pool) are held out on every split and count towards the
+    share, so no probe is ever fitted on a word the planted reward may have changed; without them
+    the split is the plain seeded one."""
     uniq = np.array(sorted(set(words.tolist())), dtype=object)
     rng = np.random.default_rng(seed)
     n_test = min(max(1, int(round(test_fraction * len(uniq)))), len(uniq) - 1)
-    test_words = set(rng.permutation(uniq)[:n_test].tolist())
+    forced = set(always_test) & set(uniq.tolist())
+    if not forced:
+        test_words = set(rng.permutation(uniq)[:n_test].tolist())
+    else:
+        rest = np.array([w for w in uniq if w not in forced], dtype=object)
+        test_words = forced | set(rng.permutation(rest)[: max(0, n_test - len(forced))].tolist())
     return np.array([w in test_words for w in words], dtype=bool)
 
 
@@ -173,7 +182,8 @@ def heldout_probe(codes: np.ndarray, target: np.ndarray, words: np.ndarray, valu
 
 
 def split_seed_taus(sources: dict[str, tuple[np.ndarray, np.ndarray]], words: np.ndarray, values: np.ndarray,
-                    offsets: list[int], widths: list[int], test_fraction: float, seeds: list[int], alpha: float) -> dict[str, list[float]]:
+                    offsets: list[int], widths: list[int], test_fraction: float, seeds: list[int], alpha: float,
+                    always_test: Collection[str] = ()) -> dict[str, list[float]]:
     """τ of every source's word-held-out probe on one word split per seed (the *split* varies, the
     models do not: this measures how much τ depends on which words were held out). With sources
     'finetuned' and 'base' also their per-split difference 'diff'."""
@@ -181,7 +191,7 @@ def split_seed_taus(sources: dict[str, tuple[np.ndarray, np.ndarray]], words: np
     if "finetuned" in sources and "base" in sources:
         out["diff"] = []
     for seed in seeds:
-        is_test = word_split(words, test_fraction, seed)
+        is_test = word_split(words, test_fraction, seed, always_test)
         taus = {name: heldout_probe(c, t, words, values, is_test, offsets, widths, alpha).scores.tau for name, (c, t) in sources.items()}
         for name, tau in taus.items():
             out[name].append(tau)
