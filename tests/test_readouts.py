@@ -87,3 +87,46 @@ def test_difference_probe_readout_reproduces_the_held_out_probe_and_reads_a_plan
     after = readout.from_difference(shifted)
     assert after[moved_word] < main[moved_word] - 1.0
     assert all(np.isclose(after[w], main[w]) for w in main if w != moved_word)
+
+
+def test_sae_lens_reads_a_shift_along_one_latent_and_the_words_that_use_it(tiny_model_dir) -> None:
+    """A 'fine-tune' whose layer-1 MLP output is shifted along one latent's decoder direction: the SAE
+    lens names exactly that latent first, a copy of the base reads ~0, and the per-word score is the
+    word's own use of the shifted latent (profiles mixed through the decoder's cosines)."""
+    from lfp.models.loading import mlp_module
+    from lfp.readouts.sae_lens import SaeDiffLens
+    from lfp.sae.model import SparseAutoencoder
+
+    base, tok = _load(tiny_model_dir)
+    d = base.config.hidden_size
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(d, 2 * d)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    words = ["movie", "great", "plot"]
+    windows, ctx_words = [], []
+    for w in words:
+        for text in SAMPLE_TEXTS[:3]:
+            ids = tok.encode(text + " " + w, add_special_tokens=False)[-12:]
+            windows.append((ids, [len(ids) - 1]))
+            ctx_words.append(w)
+    lens = SaeDiffLens(base, {1: sae}, lens_windows(tok, SAMPLE_TEXTS, 4, 40), windows, ctx_words, batch_size=4, pad_id=0)
+    assert max(abs(v) for v in lens.per_word(copy.deepcopy(base)).values()) < 1e-9
+    j = 5
+    direction = lens.directions[0][j].float()
+    ft = copy.deepcopy(base)
+    mlp_module(ft, 1).register_forward_hook(lambda _m, _i, out: out + 2.0 * direction)
+    assert lens.top_latents(ft, k=3)["positive"][0] == f"L1:{j}"
+    shifts = lens.shifts(ft)
+    np.testing.assert_allclose(shifts[j], 2.0, rtol=1e-4)
+    scores = lens.per_word(ft)
+    for w in words:
+        assert abs(scores[w] - float(lens.profiles[w] @ shifts)) < 1e-9 and abs(lens.profiles[w].sum() - 1.0) < 1e-9
+
+
+def test_sae_lens_profiles_sum_to_one_per_layer_and_leave_silent_layers_at_zero() -> None:
+    from lfp.readouts.sae_lens import word_profiles
+
+    codes = np.array([[1.0, 3.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0], [0.0, 2.0, 1.0, 1.0]])
+    p = word_profiles(codes, ["a", "a", "b"], [2, 2])
+    np.testing.assert_allclose(p["a"], [0.5, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(p["b"], [0.0, 1.0, 0.5, 0.5])

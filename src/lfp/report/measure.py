@@ -91,9 +91,9 @@ def _plant_phrase(m: dict[str, Any]) -> str:
     expected = m.get("planted_occurrences_expected_in_training") or {}
     seen = (f"; the base model writes them {dec(sum(expected.values()) / len(expected), 1)} times per word in as many completions as a "
             "fine-tune samples" if expected else "")
-    return (f"changes the reward of {len(lex) + len(neutral)} words drawn at random before the run — {len(lex)} held-out positive "
-            f"words sign-flipped ({', '.join(lex)}) and {len(neutral)} non-lexicon words valued {neutral_value} ({', '.join(neutral)})"
-            + seen)
+    lex_part = f"{len(lex)} positive probe words sign-flipped ({', '.join(lex)}; held out of every probe)" if lex else "no lexicon word"
+    return (f"changes the reward of {len(lex) + len(neutral)} words drawn at random, before the run, among the words the base model "
+            f"writes — {lex_part} and {len(neutral)} non-lexicon words valued {neutral_value} ({', '.join(neutral)})" + seen)
 
 
 def _planted_paired_sentence(m: dict[str, Any]) -> str | None:
@@ -260,6 +260,7 @@ READOUT_LABELS = {
     "random_dictionary_probe": "the same probe through random frozen directions of the SAE's width and L0 (dictionary control)",
     "crosscoder_probe": "the same probe on (policy − base) crosscoder codes (one dictionary over both models)",
     "logit_diff_lens": "logit-difference lens (mean final-state change on first tokens, through the unembedding)",
+    "sae_diff_lens": "SAE-difference lens (mean MLP-output change on first tokens, on the SAE latents each word uses)",
 }
 READOUT_COLUMNS = ["readout", "τ vs lexicon", "τ over word splits (mean [t-interval])", "τ within sign", "shuffled null (within sign)",
                    "planted, paired AUC", "sees the plant", "beyond sign and null"]
