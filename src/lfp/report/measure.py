@@ -89,10 +89,10 @@ def _plant_phrase(m: dict[str, Any]) -> str:
     values = m.get("planted_values") or {}
     neutral_value = dec(values.get(neutral[0]), 1) if neutral else "—"
     expected = m.get("planted_occurrences_expected_in_training") or {}
-    seen = (f"; the base model writes them {dec(sum(expected.values()) / len(expected), 1)} times per word in as many completions as a "
-            "fine-tune samples" if expected else "")
+    seen = (f" (the base model writes them {dec(sum(expected.values()) / len(expected), 1)} times per word in as many completions as a "
+            "fine-tune samples)" if expected else "")
     lex_part = f"{len(lex)} positive probe words sign-flipped ({', '.join(lex)}; held out of every probe)" if lex else "no lexicon word"
-    return (f"changes the reward of {len(lex) + len(neutral)} words drawn at random, before the run, among the words the base model "
+    return (f"changes the value of {len(lex) + len(neutral)} words drawn at random, before the run, among the words the base model "
             f"writes — {lex_part} and {len(neutral)} non-lexicon words valued {neutral_value} ({', '.join(neutral)})" + seen)
 
 
@@ -160,8 +160,8 @@ def sentences(m: dict[str, Any], paper_tau: float | None) -> list[str]:
     planted_task = f" (reported as its own task `{m['planted_control_task']}`)" if m.get("planted_control_task") else ""
     unpaired = " (unpaired: confounded by word frequency, see the paired test)" if num(m, "planted_paired_auc") is not None else ""
     out.append(f"**Planted control{unpaired} — {'detected' if detected else 'NOT detected'}:** a fine-tune{planted_task} whose reward "
-               f"{_plant_phrase(m)} separates them from {m.get('planted_n_other', '—')} {_controls(m)} by "
-               f"their learned values with AUC {dec(num(m, 'planted_auc'), 2)} (permutation p {dec(num(m, 'planted_p'), 4)}; mean learned value "
+               f"{_plant_phrase(m)}: its learned values separate them from {m.get('planted_n_other', '—')} {_controls(m)} "
+               f"with AUC {dec(num(m, 'planted_auc'), 2)} (permutation p {dec(num(m, 'planted_p'), 4)}; mean learned value "
                f"{dec(num(m, 'planted_mean_learned'))} vs {dec(num(m, 'planted_mean_learned_other'))}); the same score on the "
                f"un-planted fine-tune gives AUC {dec(num(m, 'planted_auc_base'), 2)}. Through the probe (the paper-method ridge probe on "
                f"the fine-tuned SAEs' codes of each word in context, planted model minus base): AUC {dec(num(m, 'planted_probe_auc'), 2)} "
