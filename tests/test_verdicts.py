@@ -205,3 +205,13 @@ def test_report_opens_with_the_verdict_table_in_markdown_and_html(in_tmp_project
     assert "| vader  | fine-tuning learned its reward" in table and "**passed**" in table and "**not run**" in table
     html = render_html(sections)
     assert "<td><strong>passed</strong></td>" in html and "**" not in html
+
+
+def test_a_readout_that_reads_no_planted_word_is_not_applicable_not_failed():
+    """A neutral-only plant (SmolLM2's profile) has no probe word: the probe readouts read none of it."""
+    from lfp.report.verdicts import readout_plant
+
+    nan = float("nan")
+    assert readout_plant({"readout_x_planted_paired_n": 0, "readout_x_planted_paired_auc": nan}, "x")[0] == NA
+    assert readout_plant({"readout_x_planted_paired_n": 6, "readout_x_planted_paired_auc": 0.9, "readout_x_planted_paired_p": 0.001,
+                          "readout_x_planted_paired_detected": True}, "x")[0] == PASSED

@@ -127,6 +127,8 @@ def readout_plant(m: Mapping[str, Any], r: str) -> Judged:
     """A readout sees the plant: its per-word values, planted run − true-reward run, separate the
     planted words (paired AUC > 0.5, p < 0.01)."""
     k = f"readout_{r}_"
+    if m.get(k + "planted_paired_n") == 0:
+        return NA, "no planted word among the words this readout reads (a neutral plant's words are not probe words)"
     if num(m, k + "planted_paired_auc") is None:
         return NOT_RUN, f"`{k}planted_paired_auc` missing from lfp.json"
     return ((PASSED if m.get(k + "planted_paired_detected") is True else FAILED),
