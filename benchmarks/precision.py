@@ -1,12 +1,13 @@
 """Fine-tuning precision on this CPU: is bf16 autocast faster than fp32 for a model of the real profile's shape?
 
-`finetune.<t>.precision: auto` (lfp.tasks.finetuning.use_bf16) trains in bf16 only where a bf16 matmul
-of the model's width measures >= AUTO_BF16_SPEEDUP faster here. This script checks that rule against
-what it stands for, a training step: the forward + backward of a randomly initialised Llama of
-SmolLM2-135M's shape (30 layers, width 576, MLP 1536, vocab 49152) on a GRPO-sized batch (32
-sequences x 28 tokens), fp32 vs bf16 autocast, best of `--repeats`, and prints both ratios and what
-`auto` chooses. CPUs differ (AVX512-BF16 on AMD EPYC Zen 4: bf16 is native; without it, emulated):
-measure on the machine at hand.
+`finetune.<t>.precision: auto` (lfp.tasks.finetuning.use_bf16) trains in bf16 only where a short
+training step of the model itself (STEP_PROBE_SHAPE) measures >= AUTO_BF16_SPEEDUP faster here. This
+script checks that probe against what it stands for, a full GRPO-sized step: the forward + backward
+of a randomly initialised Llama of SmolLM2-135M's shape (30 layers, width 576, MLP 1536, vocab 49152)
+on 32 sequences x 28 tokens, fp32 vs bf16 autocast, best of `--repeats`, and prints both ratios and
+what `auto` chooses. (The earlier probe, a matmul of the model's width, said 1.63x at tiny's width
+where the step ran 0.67x.) CPUs differ (AVX512-BF16 on AMD EPYC Zen 4: bf16 is native; without it,
+emulated): measure on the machine at hand.
 
 Run: `python benchmarks/precision.py [--repeats N]` (`--smoke`: a 2-layer width-64 model, one repeat;
 its figures mean nothing).
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from lfp.tasks.finetuning import AUTO_BF16_SPEEDUP, cpu_bf16_speedup
+from lfp.tasks.finetuning import AUTO_BF16_SPEEDUP, STEP_PROBE_SHAPE, bf16_step_speedup
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3, "vocab_size": 49152}
@@ -56,13 +57,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=True)).train()
     ids = torch.randint(0, shape["vocab_size"], batch)
-    matmul = cpu_bf16_speedup(shape["hidden_size"])
+    probe = bf16_step_speedup(model)
     fp32 = train_step_seconds(model, ids, False, repeats)
     bf16 = train_step_seconds(model, ids, True, repeats)
     print(f"precision: width {shape['hidden_size']}, {shape['num_hidden_layers']} layers, batch {batch[0]}x{batch[1]}, "
           f"{torch.get_num_threads()} threads")
-    print(f"precision: matmul_speedup={matmul:.2f} (auto picks bf16 at >= {AUTO_BF16_SPEEDUP}: "
-          f"{'bf16' if matmul >= AUTO_BF16_SPEEDUP else 'fp32'})")
+    print(f"precision: auto_probe_speedup={probe:.2f} ({STEP_PROBE_SHAPE[0]}x{STEP_PROBE_SHAPE[1]} step; auto picks bf16 at >= "
+          f"{AUTO_BF16_SPEEDUP}: {'bf16' if probe >= AUTO_BF16_SPEEDUP else 'fp32'})")
     print(f"precision: train_step fp32={fp32:.3f} s bf16={bf16:.3f} s train_step_speedup={fp32 / bf16:.2f}")
 
 

@@ -233,21 +233,34 @@ def test_missing_base_model_is_a_clear_error(in_tmp_project: Path, micro_params)
 
 
 def test_precision_fp32_never_bf16_always_auto_by_measured_speedup(monkeypatch: pytest.MonkeyPatch):
-    """`auto` trains in bf16 only where bf16 matmuls measure >= AUTO_BF16_SPEEDUP faster on this CPU;
-    the choice and the measured speed-up are tags; bf16 on a CPU tells transformers use_cpu."""
+    """`auto` trains in bf16 only where a training step of the model measures >= AUTO_BF16_SPEEDUP faster
+    on this CPU; the choice and the measured speed-up are tags; bf16 on a CPU tells transformers use_cpu."""
+    from types import SimpleNamespace
+
     from lfp.tasks import finetuning
     from lfp.tasks.lexicon_rl.rl import trainer_defaults
 
+    wide, narrow = SimpleNamespace(width=576), SimpleNamespace(width=64)
     monkeypatch.setattr(finetuning, "on_cpu", lambda: True)
-    monkeypatch.setattr(finetuning, "cpu_bf16_speedup", lambda width: 2.4 if width >= 512 else 0.8)
-    assert not finetuning.use_bf16("fp32", 576) and finetuning.use_bf16("bf16", 64)
-    assert finetuning.use_bf16("auto", 576) and not finetuning.use_bf16("auto", 64)
-    assert finetuning.precision_tags(True, "auto", 576) == {"precision": "bf16", "precision_param": "auto", "cpu_bf16_matmul_speedup": 2.4}
-    assert finetuning.precision_tags(False, "fp32", 64) == {"precision": "fp32", "precision_param": "fp32"}
+    monkeypatch.setattr(finetuning, "bf16_step_speedup", lambda model: 1.8 if model.width >= 512 else 0.67)
+    assert not finetuning.use_bf16("fp32", wide) and finetuning.use_bf16("bf16", narrow)
+    assert finetuning.use_bf16("auto", wide) and not finetuning.use_bf16("auto", narrow)
+    assert finetuning.precision_tags(True, "auto", wide) == {"precision": "bf16", "precision_param": "auto", "cpu_bf16_step_speedup": 1.8}
+    assert finetuning.precision_tags(False, "fp32", narrow) == {"precision": "fp32", "precision_param": "fp32"}
     assert trainer_defaults(0, True)["use_cpu"] and not trainer_defaults(0, False)["use_cpu"]
 
 
-def test_cpu_bf16_speedup_is_a_positive_ratio():
-    from lfp.tasks.finetuning import cpu_bf16_speedup
+def test_bf16_step_speedup_times_the_model_itself_and_leaves_training_untouched(tiny_model_dir):
+    """A positive ratio, cached per model shape; the global RNG state, the train/eval mode and the
+    gradients are as before (the timing must not change a seeded fine-tune)."""
+    from lfp.models.loading import load_model
+    from lfp.tasks import finetuning
 
-    assert cpu_bf16_speedup(32) > 0
+    model, _ = load_model(tiny_model_dir)
+    model.eval()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    ratio = finetuning.bf16_step_speedup(model, repeats=1)
+    assert ratio > 0 and torch.equal(torch.random.get_rng_state(), before)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert finetuning.bf16_step_speedup(model) == ratio  # measured once per shape

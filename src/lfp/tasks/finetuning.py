@@ -6,7 +6,6 @@ The kinds' trainers (tasks/<kind>/finetune.py) call these; the finetune stage on
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -30,7 +29,9 @@ def metrics_file(model: str, task: str) -> Path:
     return paths.report_dir(model, task) / "finetune.json"
 
 
-AUTO_BF16_SPEEDUP = 1.5  # precision "auto" trains in bf16 only if its matmuls measure this much faster here
+AUTO_BF16_SPEEDUP = 1.5  # precision "auto" trains in bf16 only if a training step of the model measures this much faster here
+STEP_PROBE_SHAPE = (8, 32)  # sequences x tokens of the timed step (GRPO: 32 x ~28; DPO: 4-8 x 128)
+_STEP_SPEEDUPS: dict[tuple[Any, ...], float] = {}
 
 
 def bf16_supported() -> bool:
@@ -38,34 +39,52 @@ def bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_speedup(width: int) -> float:
-    """fp32 time / bf16 time of a matmul of this model's width, best of 5, on this CPU. CPUs differ:
-    with AVX512-BF16 (AMD EPYC Zen 4) bf16 matmuls at width 576 run 2.4x faster; without it bf16 is
-    emulated (a DPO step once ran 4.4x slower), and a tiny width gains nothing from either."""
-    a32, w32 = torch.randn(512, width), torch.randn(4 * width, width)
-    times = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, w = a32.to(dtype), w32.to(dtype)
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(4):
-                a @ w.T
+def _step_seconds(model: Any, ids: torch.Tensor, bf16: bool, repeats: int) -> float:
+    """Best-of-`repeats` seconds of one forward + backward (after one uncounted warm-up pass)."""
+    best = float("inf")
+    for i in range(repeats + 1):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            logits = model(input_ids=ids, use_cache=False).logits
+        torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids.reshape(-1)).backward()
+        if i:
             best = min(best, time.perf_counter() - start)
-        times[dtype] = best
-    return times[torch.float32] / times[torch.bfloat16]
+    model.zero_grad(set_to_none=True)
+    return best
 
 
-def use_bf16(precision: str, width: int) -> bool:
+def bf16_step_speedup(model: Any, repeats: int = 2) -> float:
+    """fp32 time / bf16-autocast time of one training step (forward + backward) of THIS model on
+    this CPU, measured once per model shape and process. Why a real step, not a matmul of the
+    model's width: at tiny's width a matmul measured 1.63x faster in bf16 while its training step
+    ran 0.67x (slower: the casts cost more than the small matmuls save); at SmolLM2's shape both
+    agree (2.2x / 1.8x; benchmarks/precision.py). The RNG state is restored, so the timing leaves
+    training bit-identical."""
+    cfg = model.config
+    key = (type(model).__name__, cfg.hidden_size, getattr(cfg, "num_hidden_layers", None), getattr(cfg, "vocab_size", None))
+    if key not in _STEP_SPEEDUPS:
+        ids = torch.randint(0, int(cfg.vocab_size), STEP_PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
+        was_training = model.training
+        with torch.random.fork_rng(devices=[]):
+            model.train()
+            fp32, bf16 = _step_seconds(model, ids, False, repeats), _step_seconds(model, ids, True, repeats)
+        model.train(was_training)
+        _STEP_SPEEDUPS[key] = fp32 / bf16
+    return _STEP_SPEEDUPS[key]
+
+
+def use_bf16(precision: str, model: Any) -> bool:
     """Train under bf16 autocast (weights stay fp32)? `fp32` never; `bf16` always (on CPU too); `auto`
-    where the GPU has bf16, or where bf16 matmuls of this width measure >= AUTO_BF16_SPEEDUP faster
-    on this CPU (chosen by measuring on the machine, not by a fixed rule; the choice is a tag)."""
+    where the GPU has bf16, or where a training step of this model measures >= AUTO_BF16_SPEEDUP
+    faster in bf16 on this CPU (chosen by measuring on the machine, not by a fixed rule; the choice
+    and the measured speed-up are tags)."""
     if precision == "fp32":
         return False
     if not on_cpu():
         return bf16_supported()
-    return precision == "bf16" or cpu_bf16_speedup(width) >= AUTO_BF16_SPEEDUP
+    return precision == "bf16" or bf16_step_speedup(model) >= AUTO_BF16_SPEEDUP
 
 
 def on_cpu() -> bool:
@@ -73,11 +92,11 @@ def on_cpu() -> bool:
     return PartialState().device.type == "cpu"
 
 
-def precision_tags(bf16: bool, precision: str, width: int) -> dict[str, Any]:
-    """What the run trained in, and why (the measured speed-up where `auto` chose on a CPU)."""
+def precision_tags(bf16: bool, precision: str, model: Any) -> dict[str, Any]:
+    """What the run trained in, and why (the measured step speed-up where `auto` chose on a CPU)."""
     tags: dict[str, Any] = {"precision": "bf16" if bf16 else "fp32", "precision_param": precision}
     if precision == "auto" and on_cpu():
-        tags["cpu_bf16_matmul_speedup"] = round(cpu_bf16_speedup(width), 2)
+        tags["cpu_bf16_step_speedup"] = round(bf16_step_speedup(model), 2)
     return tags
 
 

@@ -30,8 +30,8 @@ def finetune(params: Params, model: str, task: str) -> None:
     policy, tokenizer = load_model(base_path)
     train_prefixes = rl.make_prefixes(train_rows, tokenizer, cfg, cfg.train_prompts, params.seed)
     eval_prefixes = rl.make_prefixes(test_rows, tokenizer, cfg, cfg.eval_prompts, params.seed)
-    bf16 = use_bf16(cfg.precision, policy.config.hidden_size)
-    tags = {**base_tags(params, model), **precision_tags(bf16, cfg.precision, policy.config.hidden_size),
+    bf16 = use_bf16(cfg.precision, policy)
+    tags = {**base_tags(params, model), **precision_tags(bf16, cfg.precision, policy),
             "rl_algorithm": "grpo", "paper_algorithm": "ppo",
             "reward": "vader_completion_only" if cfg.reward_completion_only else "vader_prefix_plus_completion",
             "min_new_tokens_via": "generation_kwargs"}

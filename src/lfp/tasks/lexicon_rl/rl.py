@@ -171,7 +171,7 @@ def finetune_policy(base_dir: Any, train_rows: Sequence[dict[str, Any]], cfg: Gr
     transformers.set_seed(seed)
     policy, tokenizer = load_model(base_dir)
     prefixes = make_prefixes(train_rows, tokenizer, cfg, cfg.train_prompts, seed)
-    bf16 = use_bf16(cfg.precision, policy.config.hidden_size)
+    bf16 = use_bf16(cfg.precision, policy)
     with tempfile.TemporaryDirectory(prefix="lfp-grpo-control-") as tmp:
         trainer = train(policy, tokenizer, prefixes, cfg, grpo_config(cfg, tmp, seed, PartialState().num_processes, bf16), lex)
     return trainer.accelerator.unwrap_model(trainer.model).eval(), tokenizer

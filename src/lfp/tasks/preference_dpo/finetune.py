@@ -31,8 +31,8 @@ def finetune(params: Params, model: str, task: str) -> None:
     dpo.require_pairs(train_rows, train_file, f"training pairs within max_length={cfg.max_length}")
     eval_rows, _ = dpo.fit_to_context(tokenizer, dpo.seeded_order(heldout_all, params.seed)[: cfg.eval_pairs], cfg.max_length)
     dpo.require_pairs(eval_rows, heldout_file, f"held-out pairs within max_length={cfg.max_length}")
-    bf16 = use_bf16(cfg.precision, policy.config.hidden_size)
-    tags = {**base_tags(params, model), **precision_tags(bf16, cfg.precision, policy.config.hidden_size),
+    bf16 = use_bf16(cfg.precision, policy)
+    tags = {**base_tags(params, model), **precision_tags(bf16, cfg.precision, policy),
             "rl_algorithm": "dpo", "paper_algorithm": "dpo"}
     tags["data_is_proxy"] = any(bool(r.get("proxy")) for r in train_all)
     with tracking(params, model, task, cfg, {"learning_rate_effective": lr}, tags) as tracker:
