@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 # script -> what its --smoke output must contain (the figure line the full run prints)
 SMOKE = {
     "run_all.py": ["sae_train: full_budget_seconds=", "activations_cache: overhead_ratio=", "activations_cache: memory_held_fraction=",
-                   "precision: matmul_speedup=", "train_step_speedup="],
+                   "precision: auto_probe_speedup=", "train_step_speedup="],
     "sae_train.py": None,  # run through run_all.py --smoke
     "activations_cache.py": None,  # run through run_all.py --smoke
     "pipeline.py": ["pipeline: repro_seconds=", "pipeline: noop_repro_seconds=", "pipeline: status_seconds="],

@@ -441,6 +441,8 @@ ALLOWED = {
         "a precision probe (bf16 only where natively supported), not a device choice; TRL still places the model",
     ("tasks/finetuning.py", "on_cpu", "'cpu'"):
         "reads which device Accelerate chose (bf16 on a CPU is a measured choice, and transformers must be told), chooses none",
+    ("tasks/finetuning.py", "_step_seconds", "'cpu'"):
+        "CPU autocast of the timed bf16 step; called only where on_cpu() says Accelerate chose the CPU, places nothing",
 }
 
 
