@@ -16,32 +16,16 @@ its figures mean nothing).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import time
 
 import torch
 
 from lfp.tasks.finetuning import AUTO_BF16_SPEEDUP, STEP_PROBE_SHAPE, bf16_step_speedup
+from lfp.tasks.finetuning import _step_seconds as train_step_seconds  # the very timer `auto` uses, on a larger batch
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3, "vocab_size": 49152}
 SMOKE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 512}
-
-
-def train_step_seconds(model: torch.nn.Module, ids: torch.Tensor, bf16: bool, repeats: int) -> float:
-    """Best-of-`repeats` seconds of one forward + backward (loss on the last 19 positions, as GRPO's completions)."""
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first pass warms the kernels up and is not counted
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            logits = model(input_ids=ids).logits[:, -19:]
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, -19:].reshape(-1))
-        loss.backward()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
