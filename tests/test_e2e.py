@@ -114,6 +114,13 @@ def test_every_stage_wrote_its_outputs(project):
             assert (project / "models" / "sae" / m_t / source / "matching.json").is_file()
             assert (project / "data" / "activations" / m_t / source / "index.json").is_file()
     assert (project / "reports" / "runs" / "tiny-vader" / "probe_plots" / "probe_words.csv").is_file()
+    from lfp.report.measure import READOUT_LABELS
+
+    lfp = json.loads((project / "reports" / "runs" / "tiny-vader" / "lfp.json").read_text())
+    header = (project / "reports" / "runs" / "tiny-vader" / "lfp_words.csv").read_text().splitlines()[0].split(",")
+    for name in READOUT_LABELS:  # every readout the report names: its controls in lfp.json, its column in the CSV
+        assert name in lfp["readouts"] and f"readout_{name}_tau" in lfp
+        assert name == "learned_value" or f"readout_{name}" in header
     report = (project / "reports" / "report.md").read_text()
     for title in ("Kendall", "Sign accuracy", "Probe accuracy", "ablation", "Feature explanations", "(paper)"):
         assert title in report

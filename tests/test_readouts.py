@@ -89,38 +89,86 @@ def test_difference_probe_readout_reproduces_the_held_out_probe_and_reads_a_plan
     assert all(np.isclose(after[w], main[w]) for w in main if w != moved_word)
 
 
-def test_sae_lens_reads_a_shift_along_one_latent_and_the_words_that_use_it(tiny_model_dir) -> None:
-    """A 'fine-tune' whose layer-1 MLP output is shifted along one latent's decoder direction: the SAE
-    lens names exactly that latent first, a copy of the base reads ~0, and the per-word score is the
-    word's own use of the shifted latent (profiles mixed through the decoder's cosines)."""
-    from lfp.models.loading import mlp_module
-    from lfp.readouts.sae_lens import SaeDiffLens
-    from lfp.sae.model import SparseAutoencoder
-
-    base, tok = _load(tiny_model_dir)
-    d = base.config.hidden_size
-    torch.manual_seed(0)
-    sae = SparseAutoencoder(d, 2 * d)
-    sae.reset_parameters(torch.Generator().manual_seed(0))
-    words = ["movie", "great", "plot"]
+def _word_windows(tok, words):
     windows, ctx_words = [], []
     for w in words:
         for text in SAMPLE_TEXTS[:3]:
             ids = tok.encode(text + " " + w, add_special_tokens=False)[-12:]
             windows.append((ids, [len(ids) - 1]))
             ctx_words.append(w)
-    lens = SaeDiffLens(base, {1: sae}, lens_windows(tok, SAMPLE_TEXTS, 4, 40), windows, ctx_words, batch_size=4, pad_id=0)
+    return windows, ctx_words
+
+
+def _shifted_copy(base, layer, direction):
+    from lfp.models.loading import mlp_module
+
+    ft = copy.deepcopy(base)
+    mlp_module(ft, layer).register_forward_hook(lambda _m, _i, out: out + direction)
+    return ft
+
+
+def test_sae_lens_reads_a_shift_along_one_latent_and_the_words_that_use_it(tiny_model_dir) -> None:
+    """A 'fine-tune' whose layer-1 MLP output is shifted along one latent's decoder direction: the SAE
+    lens names exactly that latent first, a copy of the base reads ~0, and the per-word score is the
+    word's own use of the shifted latent (profiles mixed through the decoder's cosines)."""
+    from lfp.measure.probe_codes import element_codes
+    from lfp.readouts.sae_lens import LensMeans, sae_diff_lens
+    from lfp.sae.model import SparseAutoencoder
+
+    base, tok = _load(tiny_model_dir)
+    d = base.config.hidden_size
+    sae = SparseAutoencoder(d, 2 * d)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    windows, ctx_words = _word_windows(tok, ["movie", "great", "plot"])
+    means = LensMeans(base, [1], lens_windows(tok, SAMPLE_TEXTS, 4, 40), batch_size=4)
+    lens = sae_diff_lens(means, {1: sae}, element_codes(base, {1: sae}, windows, 4, 0), ctx_words)
+    assert lens.name == "sae_diff_lens"
     assert max(abs(v) for v in lens.per_word(copy.deepcopy(base)).values()) < 1e-9
     j = 5
-    direction = lens.directions[0][j].float()
-    ft = copy.deepcopy(base)
-    mlp_module(ft, 1).register_forward_hook(lambda _m, _i, out: out + 2.0 * direction)
+    ft = _shifted_copy(base, 1, 2.0 * lens.directions[0][j].float())
     assert lens.top_latents(ft, k=3)["positive"][0] == f"L1:{j}"
     shifts = lens.shifts(ft)
     np.testing.assert_allclose(shifts[j], 2.0, rtol=1e-4)
     scores = lens.per_word(ft)
-    for w in words:
+    for w in ["movie", "great", "plot"]:
         assert abs(scores[w] - float(lens.profiles[w] @ shifts)) < 1e-9 and abs(lens.profiles[w].sum() - 1.0) < 1e-9
+
+
+def test_crosscoder_lens_names_the_shifted_latent_with_its_nu_and_shares_one_forward_pass(tiny_model_dir) -> None:
+    """The same planted shift along one crosscoder latent's fine-tuned decoder direction: the crosscoder
+    lens names that latent first and reports its ν beside it; the SAE lens on the same `LensMeans`
+    reads the same policy without a second forward pass; a copy of the base reads ~0."""
+    from lfp.measure.probe_codes import element_codes_sets
+    from lfp.readouts.crosscoder import Crosscoder
+    from lfp.readouts.random_dictionary import Identity
+    from lfp.readouts.sae_lens import LensMeans, crosscoder_diff_lens, sae_diff_lens
+    from lfp.sae.model import SparseAutoencoder
+
+    base, tok = _load(tiny_model_dir)
+    d = base.config.hidden_size
+    sae = SparseAutoencoder(d, 2 * d)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    cc = Crosscoder(d, 3 * d, 4, torch.Generator().manual_seed(1)).eval()
+    nu = np.linspace(-0.5, 1.5, 3 * d)
+    windows, ctx_words = _word_windows(tok, ["movie", "great", "plot"])
+    codes, raw = element_codes_sets(base, [{1: sae}, {1: Identity(d)}], windows, 4, 0)
+    means = LensMeans(base, [1], lens_windows(tok, SAMPLE_TEXTS, 4, 40), batch_size=4)
+    sae_lens = sae_diff_lens(means, {1: sae}, codes, ctx_words)
+    lens = crosscoder_diff_lens(means, [(cc, np.array([2.0, 3.0]), nu)], raw, ctx_words)
+    assert lens.name == "crosscoder_diff_lens" and lens.widths == [3 * d]
+    assert max(abs(v) for v in lens.per_word(copy.deepcopy(base)).values()) < 1e-9
+    j = 7
+    ft = _shifted_copy(base, 1, 2.0 * lens.directions[0][j].float())
+    calls = []
+    ft.base_model.register_forward_hook(lambda *_: calls.append(1))
+    top = lens.top_latents(ft, k=3)
+    assert top["positive"][0] == f"L1:{j}" and top["positive_nu"][0] == round(float(nu[j]), 3)
+    np.testing.assert_allclose(lens.shifts(ft)[j], 2.0, rtol=1e-4)
+    n_forward = len(calls)
+    sae_lens.per_word(ft)
+    assert len(calls) == n_forward  # the second lens read the first one's forward pass
+    for p in lens.profiles.values():
+        assert p.sum() == 0.0 or abs(p.sum() - 1.0) < 1e-9
 
 
 def test_sae_lens_profiles_sum_to_one_per_layer_and_leave_silent_layers_at_zero() -> None:

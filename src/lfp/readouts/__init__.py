@@ -11,8 +11,8 @@ measured fine-tune, the extra fine-tuning seeds, the planted run, the shuffled-r
 - the shuffled-reward null over arms (is the measured run outside it? did the arms learn?).
 Readouts today: the learned values (behavioural ground truth), `probe_view` (the paper's probe on
 each word's codes in context, policy − base), `difference_probe` (the word-held-out probe on (policy −
-base) codes through one dictionary, frozen after its fit), `logit_diff_lens` and `sae_diff_lens` (the
-same mean activation difference through the SAEs' latents), the random-dictionary and crosscoder probes. The probes on
+base) codes through one dictionary, frozen after its fit), `logit_diff_lens`, `sae_diff_lens` and `crosscoder_diff_lens` (the
+same mean activation difference through the SAEs' and the crosscoder's latents), the random-dictionary and crosscoder probes. The probes on
 fine-tuned or on base codes are not readouts: each reads a model through its own SAEs, which the
 control runs do not have; their control is the paired fine-tuned − base difference.
 A readout that reads a *difference* from the base model (`differential = True`) is 0 on the base

@@ -1,26 +1,32 @@
-"""The activation-difference lens read through the SAE latents (issue #28 item 2): what a fine-tune
-changed *everywhere*, in the dictionary's own terms rather than the unembedding's.
+"""The activation-difference lens read through a dictionary's latents (issue #28 item 2): what a
+fine-tune changed *everywhere*, in the dictionary's own terms rather than the unembedding's.
 
 The logit-difference lens (lfp.readouts.diff_lens) reads the mean final-hidden-state difference
-through W_U. This one takes, at each SAE layer, the mean MLP-output difference d_L = mean h_policy −
-mean h_base over the first tokens of held-out texts (position 0, the start token, left out) and
-projects it on every latent's unit decoder direction: s_L = D̂_L d_L, the global shift along each
+through W_U. These read, at each dictionary layer, the mean MLP-output difference d_L = mean h_policy
+− mean h_base over the first tokens of held-out texts (position 0, the start token, left out),
+projected on every latent's unit decoder direction: s_L = D̂_L d_L, the global shift along each
 latent. Per word, the readout is how much that shift runs along the latents the word uses: Σ_L
 s_L · p_w,L, where p_w,L is the base model's mean code of the word in its real contexts through the
-same SAE, normalised to sum 1 per layer (a weighted mean of the shifts of the word's own latents).
-A reward fine-tune that learned to avoid a word should shift the residual away from that word's
-latents. `top_latents` names the latents the shift runs along most (the report reads them).
+same dictionary, normalised to sum 1 per layer (a weighted mean of the shifts of the word's own
+latents). A reward fine-tune that learned to avoid a word should shift the residual away from that
+word's latents. Two dictionaries, one lens:
+- `sae_diff_lens`: the fine-tuned SAEs (decoder rows; profiles = base codes through them);
+- `crosscoder_diff_lens`: the diffing stage's crosscoder, along each latent's *fine-tuned* decoder
+  direction; profiles = the crosscoder codes of (base, base) activations, the same reference the
+  crosscoder probe subtracts. Its top latents carry their Latent Scaling ν: a shift that runs along
+  latents with ν ≈ 0 runs along what the base model lacks.
+Both lenses share one `LensMeans`: the policy's forward pass over the lens windows is paid once.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from lfp.measure.probe_codes import element_codes
 from lfp.models.loading import capture_mlp_outputs
 
 EPS = 1e-12
@@ -41,8 +47,26 @@ def mean_mlp_outputs(model: Any, layers: list[int], windows: Sequence[Sequence[i
                 totals[layer] = s if layer not in totals else totals[layer] + s
             count += ids.shape[0] * (ids.shape[1] - 1)
     if not count:
-        raise ValueError("the SAE difference lens has no text windows")
+        raise ValueError("the dictionary difference lens has no text windows")
     return {layer: t / count for layer, t in totals.items()}
+
+
+class LensMeans:
+    """The base model's mean MLP outputs over the lens windows, and the last policy's difference from
+    them (kept while that policy lives, so every lens of one run reads one forward pass)."""
+
+    def __init__(self, base: Any, layers: list[int], windows: Sequence[Sequence[int]], batch_size: int) -> None:
+        self.layers, self.windows, self.batch_size = list(layers), list(windows), batch_size
+        self.base = mean_mlp_outputs(base, self.layers, self.windows, batch_size)
+        self._last: tuple[Any, dict[int, torch.Tensor]] | None = None
+
+    def difference(self, policy: Any) -> dict[int, torch.Tensor]:
+        if self._last is not None and self._last[0]() is policy:
+            return self._last[1]
+        mean = mean_mlp_outputs(policy, self.layers, self.windows, self.batch_size)
+        diff = {L: mean[L] - self.base[L] for L in self.layers}
+        self._last = (weakref.ref(policy), diff)
+        return diff
 
 
 def word_profiles(codes: np.ndarray, words: Sequence[str], widths: Sequence[int]) -> dict[str, np.ndarray]:
@@ -59,39 +83,73 @@ def word_profiles(codes: np.ndarray, words: Sequence[str], widths: Sequence[int]
     return out
 
 
-class SaeDiffLens:
-    """Readout `sae_diff_lens` (lfp.readouts.Readout): the mean MLP-output difference over the first
-    tokens of held-out texts, projected on the fine-tuned SAEs' unit decoder directions, read per word
-    through the word's own latents."""
+def unit_rows(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows.detach().double().cpu()
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(EPS)
 
-    name = "sae_diff_lens"
-    description = ("mean (fine-tuned − base) MLP output over the first tokens of held-out texts, on the SAEs' decoder directions, "
-                   "weighted by each word's latents in context")
+
+class DictionaryDiffLens:
+    """A readout (lfp.readouts.Readout): the lens windows' mean MLP-output difference on one
+    dictionary's unit decoder directions, read per word through the word's own latents."""
+
     differential = True
 
-    def __init__(self, base: Any, saes: dict[int, Any], lens_windows: Sequence[Sequence[int]],
-                 word_windows: list[tuple[list[int], list[int]]], words: Sequence[str], batch_size: int, pad_id: int) -> None:
-        self.layers, self.windows, self.batch_size = list(saes), list(lens_windows), batch_size
-        self.widths = [int(sae.d_hidden) for sae in saes.values()]
-        rows = [sae.dictionary().double().cpu() for sae in saes.values()]
-        self.directions = [r / r.norm(dim=1, keepdim=True).clamp_min(EPS) for r in rows]  # latents x d, unit rows
-        self.base_mean = mean_mlp_outputs(base, self.layers, self.windows, batch_size)
-        keep = [i for i, (_, pos) in enumerate(word_windows) if pos]
-        codes = element_codes(base, saes, [word_windows[i] for i in keep], batch_size, pad_id, "sae lens word codes")
-        self.profiles = word_profiles(codes, [words[i] for i in keep], self.widths)
+    def __init__(self, name: str, description: str, means: LensMeans, directions: list[torch.Tensor], codes: np.ndarray,
+                 words: Sequence[str], latent_nu: np.ndarray | None = None) -> None:
+        self.name, self.description, self.means = name, description, means
+        self.directions = [unit_rows(d) for d in directions]  # per layer: latents x d
+        self.widths = [int(d.shape[0]) for d in self.directions]
+        self.profiles = word_profiles(codes, words, self.widths)
+        self.latent_nu = latent_nu  # per latent, all layers concatenated (crosscoder only)
 
     def shifts(self, policy: Any) -> np.ndarray:
         """The global shift along every latent, all layers concatenated: D̂_L (mean h_policy − mean h_base)."""
-        mean = mean_mlp_outputs(policy, self.layers, self.windows, self.batch_size)
-        return torch.cat([d @ (mean[L] - self.base_mean[L]) for L, d in zip(self.layers, self.directions)]).numpy()
+        diff = self.means.difference(policy)
+        return torch.cat([d @ diff[L] for L, d in zip(self.means.layers, self.directions)]).numpy()
 
     def per_word(self, policy: Any) -> dict[str, float]:
         s = self.shifts(policy)
         return {w: float(p @ s) for w, p in self.profiles.items()}
 
-    def top_latents(self, policy: Any, k: int = 10) -> dict[str, list[str]]:
-        """The latents the shift runs along most, as 'L{layer}:{latent}' (positive and negative)."""
+    def top_latents(self, policy: Any, k: int = 10) -> dict[str, list[Any]]:
+        """The latents the shift runs along most, as 'L{layer}:{latent}' (positive and negative), with
+        their ν where the dictionary has one."""
         s = self.shifts(policy)
-        names = [f"L{L}:{j}" for L, width in zip(self.layers, self.widths) for j in range(width)]
+        names = [f"L{L}:{j}" for L, width in zip(self.means.layers, self.widths) for j in range(width)]
         order = np.argsort(s)
-        return {"positive": [names[i] for i in order[::-1][:k]], "negative": [names[i] for i in order[:k]]}
+        out: dict[str, list[Any]] = {}
+        for side, idx in (("positive", order[::-1][:k]), ("negative", order[:k])):
+            out[side] = [names[i] for i in idx]
+            if self.latent_nu is not None:
+                out[f"{side}_nu"] = [None if not np.isfinite(self.latent_nu[i]) else round(float(self.latent_nu[i]), 3) for i in idx]
+        return out
+
+
+def sae_diff_lens(means: LensMeans, saes: dict[int, Any], base_codes: np.ndarray, words: Sequence[str]) -> DictionaryDiffLens:
+    """`sae_diff_lens`: the fine-tuned SAEs' decoder rows; `base_codes` = the base model's codes of
+    each word context through those SAEs (element_codes order)."""
+    return DictionaryDiffLens(
+        "sae_diff_lens",
+        "mean (fine-tuned − base) MLP output over the first tokens of held-out texts, on the SAEs' decoder directions, "
+        "weighted by each word's latents in context",
+        means, [sae.dictionary() for sae in saes.values()], base_codes, words)
+
+
+def crosscoder_diff_lens(means: LensMeans, crosscoders: Sequence[tuple[Any, np.ndarray, np.ndarray]], base_raw: np.ndarray,
+                         words: Sequence[str]) -> DictionaryDiffLens:
+    """`crosscoder_diff_lens`: per layer (in `means.layers` order) a (crosscoder, norm scales, ν) of
+    lfp.readouts.crosscoder; `base_raw` = the base model's pooled MLP outputs of each word context,
+    the layers' blocks side by side. Profiles are the codes of (base, base): the crosscoder probe's reference."""
+    from lfp.readouts.crosscoder import crosscoder_codes
+
+    d_model = base_raw.shape[1] // len(crosscoders)
+    codes = []
+    for i, (cc, scales, _) in enumerate(crosscoders):
+        b = np.ascontiguousarray(base_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
+        codes.append(crosscoder_codes(cc, b, b, scales))
+    nu = np.concatenate([np.asarray(n, dtype=np.float64) for _, _, n in crosscoders])
+    return DictionaryDiffLens(
+        "crosscoder_diff_lens",
+        "the same mean MLP-output change on the crosscoder's fine-tuned decoder directions, weighted by each word's "
+        "crosscoder latents in context",
+        means, [cc.decoder[1] for cc, _, _ in crosscoders], np.concatenate(codes, axis=1), words, latent_nu=nu)

@@ -52,7 +52,6 @@ from lfp.measure.controls import (
 from lfp.measure.triples import load_triples
 from lfp.readouts import ReadoutClock, readout_controls
 from lfp.readouts.diff_lens import LogitDiffLens, lens_windows
-from lfp.readouts.sae_lens import SaeDiffLens
 from lfp.report.figures import plot_error_vs_learned, plot_learned_values
 from lfp.tasks.lexicon_rl import reward, rl
 from lfp.tasks.lexicon_rl.heldout_reward import HeldoutReward, arms_keys, gain_keys
@@ -125,8 +124,6 @@ def measure(params: Params, model: str, task: str) -> None:
         saes = finetuned_saes(stage, params, model, task)
         probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
         lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
-        with clock(SaeDiffLens.name):
-            sae_lens = SaeDiffLens(base, saes, lens.windows, windows, ctx.words, cfg.batch_size, pad)
         gains: dict[Any, dict[str, dict[str, float]]] = {}
         base_dir = paths.base_model_dir(model)
 
@@ -142,12 +139,14 @@ def measure(params: Params, model: str, task: str) -> None:
             dictionaries = Dictionaries(params, model, task, saes, stage.device)
             base_codes = dictionaries.codes(base, triples, tok, pad, params, "base")
             main_codes = dictionaries.codes(finetuned, triples, tok, pad, params, "main")
+        with clock("dictionary_lenses_setup"):  # the SAE and crosscoder difference lenses: base means and word profiles
+            dict_lenses = dictionaries.lenses(base, lens.windows, windows, ctx.words, cfg.batch_size, pad)
         base_through_ft = base_codes.finetuned_sae
         inputs = load_probe_inputs(model, task, lexicon, base_through_ft, plant.held_out)
         diff_probe = difference_probe_readout(inputs, base_through_ft, params)
         other = dictionary_probes(dictionaries, base_codes, main_codes, inputs, inputs.widths, params)
-        observed: dict[str, dict[Any, dict[str, float]]] = {"probe_view": {}, lens.name: {}, sae_lens.name: {}, diff_probe.name: {},
-                                                            other.random_probe.name: {}, other.crosscoder_probe.name: {}}
+        names = ["probe_view", lens.name, *(d.name for d in dict_lenses), diff_probe.name, other.random_probe.name, other.crosscoder_probe.name]
+        observed: dict[str, dict[Any, dict[str, float]]] = {name: {} for name in names}
         run_codes: dict[Any, np.ndarray] = {}  # each control run's codes of the probe's rows through the fine-tuned SAEs
 
         def observe(key: Any, policy: Any) -> LearnedValues:
@@ -155,7 +154,7 @@ def measure(params: Params, model: str, task: str) -> None:
             policy = policy.to(stage.device)
             with clock("probe_view"):
                 observed["probe_view"][key] = probe_view(policy)
-            for readout in (lens, sae_lens):
+            for readout in (lens, *dict_lenses):  # the first dictionary lens pays the policy's lens forward pass
                 with clock(readout.name):
                     observed[readout.name][key] = readout.per_word(policy)
             with clock("dictionaries_forward"):  # one forward pass feeds the three dictionary readouts
@@ -210,7 +209,8 @@ def measure(params: Params, model: str, task: str) -> None:
         out.update({f"{lens.name}_n_texts": len(lens.windows), f"{lens.name}_tokens": cfg.lens_tokens,
                     f"{lens.name}_n_single_token_words": len(lens.word_ids), "readouts": sorted(readout_values)})
         out.update({f"{lens.name}_{k}": v for k, v in lens.top_tokens(finetuned).items()})
-        out.update({f"{sae_lens.name}_top_latents_{k}": v for k, v in sae_lens.top_latents(finetuned).items()})
+        for d in dict_lenses:
+            out.update({f"{d.name}_top_latents_{k}": v for k, v in d.top_latents(finetuned).items()})
         control_m = {c: control_metrics(c, task, lv, lexicon, rewards[c], shifts[c], cfg.bootstrap, params.seed) for c, lv in control_lv.items()}
         control_m["planted"].update(planted_summary(control_lv["planted"].by_word(), main.by_word(), shifts["planted"], shifts["finetuned"],
                                                     planted, lexicon, cfg.permutations, params.seed, controls_of_plant))

@@ -30,6 +30,7 @@ from lfp.models.activation_cache import load_layer, read_index
 from lfp.readouts.crosscoder import Crosscoder, crosscoder_codes, crosscoder_path, load_crosscoder
 from lfp.readouts.difference_probe import DifferenceProbe
 from lfp.readouts.random_dictionary import Identity, random_like
+from lfp.readouts.sae_lens import DictionaryDiffLens, LensMeans, crosscoder_diff_lens, sae_diff_lens
 
 SAMPLE_ROWS = 20000  # activation-cache rows that fit the random dictionaries' centre and L0
 
@@ -58,8 +59,9 @@ class Dictionaries:
             sae.to(device)
         self.identity = {L: Identity(index["d_model"]) for L in saes}
         self.crosscoders: dict[int, tuple[Crosscoder, np.ndarray]] = {}
+        self.nu: dict[int, np.ndarray] = {}  # Latent Scaling ν per crosscoder latent (the diffing stage's)
         for L in saes:
-            cc, scales, _ = load_crosscoder(crosscoder_path(model, task, L))
+            cc, scales, self.nu[L] = load_crosscoder(crosscoder_path(model, task, L))
             if cc.decoder.shape[2] != index["d_model"]:
                 raise ArtifactError(f"{crosscoder_path(model, task, L)}: d_model {cc.decoder.shape[2]}, activations {index['d_model']} "
                                     "(re-run the diffing stage)")
@@ -82,6 +84,20 @@ class Dictionaries:
 
     def crosscoder_widths(self) -> list[int]:
         return [int(self.crosscoders[L][0].decoder.shape[1]) for L in self.layers]
+
+    def lenses(self, base: Any, lens_windows: list[list[int]], word_windows: list[tuple[list[int], list[int]]], words: list[str],
+               batch_size: int, pad: int) -> list[DictionaryDiffLens]:
+        """The difference lens through the fine-tuned SAEs and through the crosscoders
+        (lfp.readouts.sae_lens): one base forward pass over the word contexts gives both profiles."""
+        from lfp.measure.probe_codes import element_codes_sets
+
+        means = LensMeans(base, self.layers, lens_windows, batch_size)
+        keep = [i for i, (_, pos) in enumerate(word_windows) if pos]
+        kept_words = [words[i] for i in keep]
+        sae_codes, raw = element_codes_sets(base, [self.saes, self.identity], [word_windows[i] for i in keep], batch_size, pad,
+                                            "dictionary lens word codes")
+        return [sae_diff_lens(means, self.saes, sae_codes, kept_words),
+                crosscoder_diff_lens(means, [(*self.crosscoders[L], self.nu[L]) for L in self.layers], raw, kept_words)]
 
 
 def crosscoder_difference(crosscoders: list[tuple[Crosscoder, np.ndarray]], d_model: int, base_raw: np.ndarray,
