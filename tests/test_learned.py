@@ -35,3 +35,30 @@ def test_span_logprobs_equals_the_full_logits_computation(tiny_model_dir: Path):
     want = full_logits_reference(model, windows)
     assert np.isnan(got[-1]) and np.isnan(want[-1])
     np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-5, atol=1e-4)
+
+
+def test_context_reader_gives_the_log_probs_and_codes_of_two_separate_passes_from_one(tiny_model_dir: Path):
+    """The measure's one pass per run (lfp.tasks.lexicon_rl.context_reads) equals span_logprobs and
+    element_codes run apart, window for window, with NaN where a window scores nothing."""
+    from lfp.measure.probe_codes import element_codes
+    from lfp.sae.model import SparseAutoencoder
+    from lfp.tasks.lexicon_rl.context_reads import ContextReader
+
+    model, _ = load_model(tiny_model_dir)
+    model.eval()
+    d = model.config.hidden_size
+    sae = SparseAutoencoder(d, 2 * d)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    rng = np.random.default_rng(1)
+    windows = []
+    for n in (6, 3, 10, 8, 5):
+        ids = rng.integers(1, 200, size=n).tolist()
+        windows.append((ids, [n - 1]))
+    windows.insert(2, ([4, 5, 6], []))
+    words = ["a", "b", "none", "a", "c", "b"]
+    reader = ContextReader(windows, words, batch_size=2, pad=0)
+    read = reader.read(model, [{1: sae}], "test")
+    assert reader.kept_words == ["a", "b", "a", "c", "b"]
+    assert np.isnan(read.logprobs[2])
+    np.testing.assert_allclose(read.logprobs, span_logprobs(model, windows, batch_size=2, pad_id=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(read.codes[0], element_codes(model, {1: sae}, reader.kept_windows, 2, 0), rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@ tokens, concatenated in layer order. Padding never enters a mean; only the trans
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,12 @@ def element_codes(
 @torch.inference_mode()
 def element_codes_sets(
     model: Any, sae_sets: list[dict[int, Any]], windows: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
-    desc: str = "codes",
+    desc: str = "codes", on_hidden: Callable[[np.ndarray, torch.Tensor], None] | None = None,
 ) -> list[np.ndarray]:
     """`element_codes` through several dictionaries of the same layers from ONE forward pass (the
-    forward pass is the cost: a base model read through both its own and the fine-tuned SAEs)."""
+    forward pass is the cost: a base model read through both its own and the fine-tuned SAEs).
+    `on_hidden(window indices, last hidden state)` sees each batch's final states: a caller that also
+    needs the model's predictions on the same windows reads them from this pass instead of a second."""
     device = next(model.parameters()).device
     layers = list(sae_sets[0])
     if any(list(saes) != layers for saes in sae_sets):
@@ -53,7 +56,9 @@ def element_codes_sets(
             idx = order[b : b + batch_size]
             ids, attn, sel = _pad_batch([windows[i] for i in idx], pad_id)
             # the transformer body only: the hooks need no logits (Gemma's LM head is 256k wide)
-            model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
+            out_body = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
+            if on_hidden is not None:
+                on_hidden(idx, out_body.last_hidden_state)
             rows, cols = sel.nonzero(as_tuple=True)
             counts = sel.sum(1, keepdim=True).float().to(device)
             rows, cols = rows.to(device), cols.to(device)

@@ -87,22 +87,28 @@ def span_logprobs(model: Any, windows: list[tuple[list[int], list[int]]], batch_
             seq = windows[i][0]
             ids[r, : len(seq)] = torch.tensor(seq)
             attn[r, : len(seq)] = 1
-        # the LM head only where a token is scored (a real vocabulary is 49k-262k wide: full logits
-        # at every position cost more than the rest of a small model's forward)
         hidden = model.base_model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).last_hidden_state
-        rows = torch.tensor([r for r, i in enumerate(idx) for _ in windows[i][1]], dtype=torch.long)
-        cols = torch.tensor([p - 1 for i in idx for p in windows[i][1]], dtype=torch.long)
-        targets = torch.tensor([windows[i][0][p] for i in idx for p in windows[i][1]], dtype=torch.long)
-        logits = model.get_output_embeddings()(hidden[rows.to(device), cols.to(device)]).float()
-        cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 caps its logits; applied as the model does
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        logp = torch.log_softmax(logits, dim=-1).cpu()
-        scored = logp[torch.arange(len(targets)), targets].double()
-        ends = np.cumsum([len(windows[i][1]) for i in idx])
-        for i, chunk in zip(idx, np.split(scored.numpy(), ends[:-1])):
-            out[i] = float(sum(chunk.tolist()))
+        out[idx] = scored_spans(model, hidden, [windows[i] for i in idx])
     return out
+
+
+@torch.inference_mode()
+def scored_spans(model: Any, hidden: torch.Tensor, windows: list[tuple[list[int], list[int]]]) -> np.ndarray:
+    """Per window (row r of `hidden` is `windows[r]`), the summed log-prob of its selected tokens."""
+    device = hidden.device
+    # the LM head only where a token is scored (a real vocabulary is 49k-262k wide: full logits
+    # at every position cost more than the rest of a small model's forward)
+    rows = torch.tensor([r for r, (_, pos) in enumerate(windows) for _ in pos], dtype=torch.long)
+    cols = torch.tensor([p - 1 for _, pos in windows for p in pos], dtype=torch.long)
+    targets = torch.tensor([ids[p] for ids, pos in windows for p in pos], dtype=torch.long)
+    logits = model.get_output_embeddings()(hidden[rows.to(device), cols.to(device)]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-2 caps its logits; applied as the model does
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logp = torch.log_softmax(logits, dim=-1).cpu()
+    scored = logp[torch.arange(len(targets)), targets].double().numpy()
+    ends = np.cumsum([len(pos) for _, pos in windows])
+    return np.array([float(sum(chunk.tolist())) for chunk in np.split(scored, ends[:-1])])
 
 
 @dataclass

@@ -56,7 +56,8 @@ from lfp.report.figures import plot_error_vs_learned, plot_learned_values
 from lfp.tasks.lexicon_rl import reward, rl
 from lfp.tasks.lexicon_rl.heldout_reward import HeldoutReward, arms_keys, gain_keys
 from lfp.tasks.lexicon_rl.plant import make_plant
-from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned_values, natural_contexts, span_logprobs
+from lfp.tasks.lexicon_rl.context_reads import ContextReader
+from lfp.tasks.lexicon_rl.learned import LearnedValues, context_windows, learned_values, natural_contexts
 from lfp.tasks.lexicon_rl.measure_dictionaries import Dictionaries, dictionary_probes, split_seed_keys, split_seed_summary
 from lfp.tasks.lexicon_rl.measure_probes import (
     control_difference_probe,
@@ -115,14 +116,14 @@ def measure(params: Params, model: str, task: str) -> None:
             raise DataError(f"{test_file}: no occurrence of any contrastive or planted word")
         windows = context_windows(tok, ctx, cfg.context_tokens)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        lp_base = span_logprobs(base, windows, cfg.batch_size, pad)
-
-        def learned(policy: Any) -> LearnedValues:
-            return learned_values(ctx.words, span_logprobs(policy.to(stage.device), windows, cfg.batch_size, pad) - lp_base)
-
         finetuned = stage.load(paths.finetuned_dir(model, task))[0]
         saes = finetuned_saes(stage, params, model, task)
-        probe_view = probe_divergence(params, model, task, saes, windows, ctx.words, pad, base)
+        with clock("dictionaries_setup"):  # random dictionaries fitted, crosscoders loaded
+            dictionaries = Dictionaries(params, model, task, saes, stage.device)
+        reader = ContextReader(windows, ctx.words, cfg.batch_size, pad)  # one pass a run: log-probs and codes of the contexts
+        with clock("context_forward"):
+            base_read = reader.read(base, [saes, dictionaries.identity], "base contexts")
+        probe_view = probe_divergence(params, model, task, reader.kept_words, base_read.codes[0])
         lens = LogitDiffLens(base, tok, lens_windows(tok, texts, cfg.lens_tokens, cfg.lens_texts), words, cfg.batch_size)
         gains: dict[Any, dict[str, dict[str, float]]] = {}
         base_dir = paths.base_model_dir(model)
@@ -135,12 +136,11 @@ def measure(params: Params, model: str, task: str) -> None:
                 gains[key] = heldout.gains(policy, {"own": lex, **({"lexicon": None} if shuffled else {})})
             return policy
 
-        with clock("dictionaries_setup"):  # random dictionaries fitted, crosscoders loaded, base and main codes
-            dictionaries = Dictionaries(params, model, task, saes, stage.device)
+        with clock("dictionaries_setup"):  # base and main codes of the probe's rows
             base_codes = dictionaries.codes(base, triples, tok, pad, params, "base")
             main_codes = dictionaries.codes(finetuned, triples, tok, pad, params, "main")
         with clock("dictionary_lenses_setup"):  # the SAE and crosscoder difference lenses: base means and word profiles
-            dict_lenses = dictionaries.lenses(base, lens.windows, windows, ctx.words, cfg.batch_size, pad)
+            dict_lenses = dictionaries.lenses(base, lens.windows, *base_read.codes, reader.kept_words, cfg.batch_size)
         base_through_ft = base_codes.finetuned_sae
         inputs = load_probe_inputs(model, task, lexicon, base_through_ft, plant.held_out)
         diff_probe = difference_probe_readout(inputs, base_through_ft, params)
@@ -152,8 +152,10 @@ def measure(params: Params, model: str, task: str) -> None:
         def observe(key: Any, policy: Any) -> LearnedValues:
             """Every readout of one run (the learned values returned whole: rows need their CIs)."""
             policy = policy.to(stage.device)
+            with clock("context_forward"):
+                run_read = reader.read(policy, [saes], f"{key} contexts")
             with clock("probe_view"):
-                observed["probe_view"][key] = probe_view(policy)
+                observed["probe_view"][key] = probe_view(run_read.codes[0])
             for readout in (lens, *dict_lenses):  # the first dictionary lens pays the policy's lens forward pass
                 with clock(readout.name):
                     observed[readout.name][key] = readout.per_word(policy)
@@ -170,7 +172,7 @@ def measure(params: Params, model: str, task: str) -> None:
             if key in paths.CONTROLS:
                 run_codes[key] = codes.finetuned_sae
             with clock("learned_value"):
-                return learned(policy)
+                return learned_values(ctx.words, run_read.logprobs - base_read.logprobs)
 
         main = observe("main", finetuned)
         by_seed = {params.seed: main}

@@ -85,19 +85,14 @@ class Dictionaries:
     def crosscoder_widths(self) -> list[int]:
         return [int(self.crosscoders[L][0].decoder.shape[1]) for L in self.layers]
 
-    def lenses(self, base: Any, lens_windows: list[list[int]], word_windows: list[tuple[list[int], list[int]]], words: list[str],
-               batch_size: int, pad: int) -> list[DictionaryDiffLens]:
+    def lenses(self, base: Any, lens_windows: list[list[int]], word_sae_codes: np.ndarray, word_raw: np.ndarray, words: list[str],
+               batch_size: int) -> list[DictionaryDiffLens]:
         """The difference lens through the fine-tuned SAEs and through the crosscoders
-        (lfp.readouts.sae_lens): one base forward pass over the word contexts gives both profiles."""
-        from lfp.measure.probe_codes import element_codes_sets
-
+        (lfp.readouts.sae_lens); the word profiles come from the base model's read of the word
+        contexts (its SAE codes and raw MLP outputs: lfp.tasks.lexicon_rl.context_reads)."""
         means = LensMeans(base, self.layers, lens_windows, batch_size)
-        keep = [i for i, (_, pos) in enumerate(word_windows) if pos]
-        kept_words = [words[i] for i in keep]
-        sae_codes, raw = element_codes_sets(base, [self.saes, self.identity], [word_windows[i] for i in keep], batch_size, pad,
-                                            "dictionary lens word codes")
-        return [sae_diff_lens(means, self.saes, sae_codes, kept_words),
-                crosscoder_diff_lens(means, [(*self.crosscoders[L], self.nu[L]) for L in self.layers], raw, kept_words)]
+        return [sae_diff_lens(means, self.saes, word_sae_codes, words),
+                crosscoder_diff_lens(means, [(*self.crosscoders[L], self.nu[L]) for L in self.layers], word_raw, words)]
 
 
 def crosscoder_difference(crosscoders: list[tuple[Crosscoder, np.ndarray]], d_model: int, base_raw: np.ndarray,

@@ -156,27 +156,19 @@ def finetuned_saes(stage: StageContext, params: Params, model: str, task: str) -
     return {L: load_sae(paths.sae_path(model, task, L, min(params.sae.ratios))).to(stage.device).eval() for L in layers}
 
 
-def probe_divergence(params: Params, model: str, task: str, saes: dict[int, Any], windows: list, ctx_words: list[str],
-                     pad: int, base: Any) -> Callable[[Any], dict[str, float]]:
+def probe_divergence(params: Params, model: str, task: str, kept_words: list[str],
+                     base_codes: np.ndarray) -> Callable[[np.ndarray], dict[str, float]]:
     """The probe's view of what a fine-tune changed, per word: the ridge probe (fitted on all the
     fine-tuned model's contrastive rows, per-layer normalised) applied to the fine-tuned SAEs' codes
     of each word in its real contexts, under `policy` minus under the base model. A plant that
-    taught the model to disprefer a word should push its predicted feedback down."""
+    taught the model to disprefer a word should push its predicted feedback down. The returned
+    function takes a run's codes of the same contexts (lfp.tasks.lexicon_rl.context_reads)."""
     from sklearn.linear_model import Ridge
-
-    from lfp.measure.probe_codes import element_codes
 
     directory = paths.probe_data_dir(model, task)
     tensors, index = io.load_tensors(directory / "inputs.safetensors"), io.read_json(directory / "inputs.json")
     train = tensors["codes"].numpy().astype(float)
     scales = layer_scales(train, index["offsets"], index["widths"])
     probe = Ridge(alpha=params.probe.ridge_alpha).fit(train / scales, tensors["target"].numpy().astype(float))
-    keep = [i for i, (_, pos) in enumerate(windows) if pos]
-    kept_windows, kept_words = [windows[i] for i in keep], [ctx_words[i] for i in keep]
-    bs = params.measure.batch_size
-
-    def predicted(policy: Any) -> np.ndarray:
-        return probe.predict(element_codes(policy, saes, kept_windows, bs, pad, "measure codes") / scales)
-
-    base_pred = predicted(base)
-    return lambda policy: word_means(kept_words, predicted(policy) - base_pred)
+    base_pred = probe.predict(base_codes / scales)
+    return lambda codes: word_means(kept_words, probe.predict(codes / scales) - base_pred)
