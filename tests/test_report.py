@@ -272,3 +272,15 @@ def test_table_of_contents_links_every_section(in_tmp_project: Path):
     hrefs = re.findall(r"<li><a href='#([^']+)'>", html)
     assert ids == [a for _, a in toc] and hrefs == ids + ["feature-dashboards"]
     assert document.anchors(["A b", "A b", "Kendall τ (Tables 4 and 10)"]) == ["a-b", "a-b-1", "kendall-τ-tables-4-and-10"]
+
+
+def test_lens_sentence_names_tokens_latents_and_how_many_top_crosscoder_latents_are_fine_tune_specific() -> None:
+    from lfp.report.measure import lens_sentence
+
+    m = {"logit_diff_lens_promoted": ["great", "love"], "logit_diff_lens_demoted": ["bad"],
+         "sae_diff_lens_top_latents_positive": ["L1:5", "L2:9"], "sae_diff_lens_top_latents_negative": ["L1:3"],
+         "crosscoder_diff_lens_top_latents_positive": ["L1:7", "L2:1", "L2:4"], "crosscoder_diff_lens_top_latents_positive_nu": [0.05, None, 0.9]}
+    s = lens_sentence(m, 0.2)
+    assert "`great`, `love`" in s and "`bad`" in s and "L1:5" in s
+    assert "L1:7 (ν 0.05)" in s and "1 of the top 3 have |ν| < 0.2" in s
+    assert lens_sentence({}, 0.2) is None

@@ -320,3 +320,31 @@ def readout_sentence(m: dict[str, Any]) -> str | None:
             f"seen (paired AUC > 0.5, p < 0.01) by {label(sees)}; a within-sign order beyond every shuffled arm is seen by "
             f"{label(beyond)}. A readout that sees neither shows no learned feedback pattern on this run; "
             f"the table below gives each number.{powerless}")
+
+
+def lens_sentence(m: dict[str, Any], specific_nu: float | None = None) -> str | None:
+    """What the difference lenses name on the measured fine-tune, in words: the tokens the logit lens
+    promotes and demotes, and the dictionary latents the shift runs along (with ν for the crosscoder's:
+    a shift along latents the base model lacks, |ν| < cut, is a shift the fine-tune made its own)."""
+    promoted, demoted = m.get("logit_diff_lens_promoted"), m.get("logit_diff_lens_demoted")
+    if not promoted and not m.get("sae_diff_lens_top_latents_positive"):
+        return None
+    parts = []
+    if promoted:
+        parts.append(f"the logit-difference lens promotes {', '.join(f'`{t}`' for t in promoted[:8])} and demotes "
+                     f"{', '.join(f'`{t}`' for t in (demoted or [])[:8])}")
+    for r, what in (("sae_diff_lens", "SAE"), ("crosscoder_diff_lens", "crosscoder")):
+        pos, neg = m.get(f"{r}_top_latents_positive"), m.get(f"{r}_top_latents_negative")
+        if not pos:
+            continue
+        nus = m.get(f"{r}_top_latents_positive_nu")
+        if nus:
+            named = ", ".join(f"{n} (ν {dec(v, 2)})" for n, v in zip(pos[:5], nus[:5]))
+            cut = f" {sum(v is not None and abs(v) < specific_nu for v in nus)} of the top {len(nus)} have |ν| < {specific_nu}" \
+                if specific_nu is not None else ""
+            parts.append(f"the {what} lens's shift runs most along latents {named}" + (f";{cut}" if cut else ""))
+        else:
+            parts.append(f"the {what} lens's shift runs most along latents {', '.join(pos[:5])} (and against {', '.join((neg or [])[:3])})")
+    return ("**What the difference lenses name** (mean fine-tuned − base activation over the first tokens of held-out texts): "
+            + "; ".join(parts) + ". A name says where the fine-tune moved the model everywhere; whether that movement is the "
+            "feedback is the readouts table's question.")

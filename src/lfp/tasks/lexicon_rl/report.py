@@ -63,6 +63,8 @@ class LexiconReport:
             if sentence := measure_report.readout_sentence(r["measure"]):
                 sec.text.append(sentence)
             sec.tables.append(("Readouts × controls", pd.DataFrame(readout_rows, columns=measure_report.READOUT_COLUMNS)))
+        if lenses := measure_report.lens_sentence(r["measure"], inputs.params.diffing.specific_nu):
+            sec.text.append(lenses)
         figure = paths.report_dir(m, t) / "lfp_learned_values.png"
         if figure.exists():
             sec.images.append((f"{m}-{t}: learned value vs lexicon value, every word (replaces Fig. 4's empty axis)",
