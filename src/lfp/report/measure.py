@@ -331,8 +331,9 @@ def lens_sentence(m: dict[str, Any], specific_nu: float | None = None) -> str | 
         return None
     parts = []
     if promoted:
-        parts.append(f"the logit-difference lens promotes {', '.join(f'`{t}`' for t in promoted[:8])} and demotes "
-                     f"{', '.join(f'`{t}`' for t in (demoted or [])[:8])}")
+        token = lambda t: f"`{t}`" if t.strip() else "(a whitespace token)"  # noqa: E731
+        parts.append(f"the logit-difference lens promotes {', '.join(map(token, promoted[:8]))} and demotes "
+                     f"{', '.join(map(token, (demoted or [])[:8]))}")
     for r, what in (("sae_diff_lens", "SAE"), ("crosscoder_diff_lens", "crosscoder")):
         pos, neg = m.get(f"{r}_top_latents_positive"), m.get(f"{r}_top_latents_negative")
         if not pos:
