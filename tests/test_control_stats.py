@@ -113,6 +113,23 @@ def test_centred_shuffle_removes_the_lexicon_mean_and_keeps_the_spread() -> None
     assert all(centred[w] == pytest.approx(raw[w] - mean) for w in list(lex)[:50])
 
 
+def test_binned_shuffle_permutes_within_writing_frequency_bins_and_centres_each() -> None:
+    """`bin_words`: values move only among words the base model writes about as often (bins of that
+    size by writes; never-written words are one bin), each bin centred; 0 bins = the whole-lexicon
+    permutation, value for value; seeded."""
+    lex = lexicon()
+    ranked = sorted(lex)[:95]
+    writes = {w: 100 - i for i, w in enumerate(ranked)}  # 95 written words, the rest never
+    binned = shuffled_lexicon(3, centred=True, writes=writes, bin_words=20)
+    assert sorted(binned) == sorted(lex) and binned == shuffled_lexicon(3, centred=True, writes=writes, bin_words=20)
+    bins = [ranked[i : i + 20] for i in range(0, 95, 20)] + [[w for w in lex if w not in writes]]
+    for words in bins:
+        assert abs(sum(binned[w] for w in words)) < 1e-6  # centred per bin
+        mean = float(np.mean([lex[w] for w in words]))
+        assert sorted(round(binned[w] + mean, 9) for w in words) == sorted(round(lex[w], 9) for w in words)  # permuted within
+    assert shuffled_lexicon(3, centred=True, writes=writes, bin_words=0) == shuffled_lexicon(3, centred=True)
+
+
 def test_verdicts_read_the_paired_and_null_keys() -> None:
     from lfp.report import verdicts
 

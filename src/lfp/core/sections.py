@@ -290,6 +290,10 @@ class Measure:
     # words in a completion carries no reward (the lexicon mean is -0.18: uncentred, a permutation keeps a direction)
     shuffled_arms: int = _num(4, 1)
     shuffle_centred: bool = True
+    # > 0: permute within bins of this many lexicon words ranked by how often the base model writes them in its
+    # held-out completions (centred per bin): every arm's reward as learnable word for word as the real one
+    # (reward.shuffled_lexicon); 0: one permutation over the whole lexicon
+    shuffle_bin_words: int = _num(0, 0)
     # the logit-difference lens readout (lfp.readouts.diff_lens): the first `lens_tokens` tokens of up to `lens_texts`
     # held-out texts of the task
     lens_texts: int = _num(256, 1)

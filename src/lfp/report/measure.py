@@ -120,7 +120,9 @@ def _shuffled_null_sentence(m: dict[str, Any]) -> str | None:
     centred = m.get("shuffled_null_centred") is True
     learned = m.get("shuffled_learned") is True
     return (f"**Shuffled-reward null over {m.get('shuffled_arms', '—')} fine-tunes"
-            + (" (centred permutations)" if m.get("shuffle_centred") else "") + " — "
+            + (" (centred permutations" if m.get("shuffle_centred") else " (permutations")
+            + (f" within bins of {m['shuffle_bin_words']} words ranked by how often the base model writes them)"
+               if m.get("shuffle_bin_words") else ")") + " — "
             + ("centred on 0, as it should be" if centred else "NOT centred on 0") + ":** their learned values track the real lexicon "
             f"with mean τ {dec(num(m, 'learned_value_tau_null_mean'))} {dec_ci(m, 'learned_value_tau_null')} (range "
             f"{dec(num(m, 'learned_value_tau_null_min'))} to {dec(num(m, 'learned_value_tau_null_max'))}); the measured run's τ "

@@ -87,7 +87,6 @@ def measure(params: Params, model: str, task: str) -> None:
     lexicon = reward.lexicon()
     # permutation seeds of the shuffled arms; every arm trains with `seed` on the same data (arm 0 is the reported control)
     arm_seeds = [params.seed + k for k in range(cfg.shuffled_arms)]
-    arm_rewards = [reward.shuffled_lexicon(s, centred=cfg.shuffle_centred) for s in arm_seeds]
     triples = load_triples(task, lexicon=True)
     probe_words = {w.lower() for w in triples.words["positive"] + triples.words["negative"]}
     test_file, train_file = prepared_file(task, "test"), prepared_file(task, "train")
@@ -97,7 +96,9 @@ def measure(params: Params, model: str, task: str) -> None:
     tags = {"ground_truth": "learned_value_logprob_change", "probe_split": "by_word", "paper_method": "probe.json (split by triple)",
             "probe_seed_kind": "word_split",
             "difference_probe": "fine-tuned codes − base codes through the fine-tuned SAEs; target: the fine-tuned rows' signed delta",
-            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS), "plant": cfg.plant}
+            "controls": ",".join(paths.control_task(task, c) for c in paths.CONTROLS), "plant": cfg.plant,
+            "shuffle": (f"within bins of {cfg.shuffle_bin_words} words by base writes" if cfg.shuffle_bin_words else "whole lexicon")
+                       + (", centred" if cfg.shuffle_centred else "")}
     with open_stage("measure", params, model=model, task=task, tags=tags,
                     log_params={"seed": params.seed, "measure": section_dict(cfg), "finetune": {task: section_dict(ft_cfg)}}) as stage:
         base, tok = stage.load(paths.base_model_dir(model))
@@ -107,6 +108,7 @@ def measure(params: Params, model: str, task: str) -> None:
         plant = make_plant(cfg, params.seed, lexicon, probe_words, heldout.writes(), heldout.training_scale(ft_cfg.steps * ft_cfg.batch_size),
                            (r["text"] for r in train_rows))
         stage.run.set_tags({"planted_words": ",".join(sorted(plant.words))})  # recorded before any fine-tune runs
+        arm_rewards = [reward.shuffled_lexicon(s, cfg.shuffle_centred, heldout.writes(), cfg.shuffle_bin_words) for s in arm_seeds]
         planted = plant.words
         controls_of_plant = plant.controls if plant.drawn else None  # None: every other positive word (the fixed plant)
         rewards = {"planted": reward.replanted_lexicon(plant.values), "shuffled": arm_rewards[0]}
@@ -196,7 +198,7 @@ def measure(params: Params, model: str, task: str) -> None:
                                   cfg.permutations, params.seed, controls=controls_of_plant))
         arms = [(lv.by_word(), r) for lv, r in zip([control_lv["shuffled"], *extra_arms], arm_rewards)]
         out.update(shuffled_null(main.by_word(), arms, lexicon))
-        out.update({"shuffled_arm_seeds": arm_seeds, "shuffle_centred": cfg.shuffle_centred})
+        out.update({"shuffled_arm_seeds": arm_seeds, "shuffle_centred": cfg.shuffle_centred, "shuffle_bin_words": cfg.shuffle_bin_words})
         arm_keys = ["shuffled", *[("arm", k) for k in range(1, len(arm_rewards))]]
         out.update(arms_keys([gains[k]["own"] for k in arm_keys], [gains[k]["lexicon"] for k in arm_keys]))
         out.update(gain_keys("planted", gains["planted"]["own"]))

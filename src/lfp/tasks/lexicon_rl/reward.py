@@ -58,17 +58,35 @@ def replanted_lexicon(values: Mapping[str, float]) -> dict[str, float]:
     return {**lexicon(), **{w: float(v) for w, v in values.items()}}
 
 
-def shuffled_lexicon(seed: int, centred: bool = False) -> dict[str, float]:
+def shuffled_lexicon(seed: int, centred: bool = False, writes: Mapping[str, float] | None = None, bin_words: int = 0) -> dict[str, float]:
     """The VADER lexicon with its values permuted across words (seeded): the negative control's
     reward, which keeps the value distribution but breaks every word's meaning. `centred` subtracts
     the lexicon's mean (-0.18): an uncentred permutation still punishes every lexicon word a little,
     and the count of lexicon words in a completion correlates with the real reward, so its
-    advantages keep a direction (-0.045 correlation with the real ones; -0.003 centred)."""
+    advantages keep a direction (-0.045 correlation with the real ones; -0.003 centred).
+
+    `bin_words` > 0 (with `writes`, how often the base model writes each word) permutes within bins
+    of that many lexicon words ranked by writes (the words never written are one bin), and `centred`
+    then centres each bin: every value lands on a word the policy writes about as often as the word
+    that held it, so an arm's reward is as learnable word for word as the real one, and per-bin
+    centring removes the real lexicon's own tie between frequency and value (the words a model
+    writes most are mostly positive)."""
     import numpy as np
 
     lex = lexicon()
-    words = sorted(lex)
-    values = np.random.default_rng(seed).permutation([lex[w] for w in words])
-    if centred:
-        values = values - values.mean()
-    return dict(zip(words, (float(v) for v in values)))
+    rng = np.random.default_rng(seed)
+    if bin_words <= 0 or writes is None:
+        bins = [sorted(lex)]
+    else:
+        ranked = sorted(lex, key=lambda w: (-writes.get(w, 0), w))
+        written = [w for w in ranked if writes.get(w, 0) > 0]
+        bins = [written[i : i + bin_words] for i in range(0, len(written), bin_words)] + [[w for w in ranked if writes.get(w, 0) <= 0]]
+    out: dict[str, float] = {}
+    for words in bins:
+        if not words:
+            continue
+        values = rng.permutation([lex[w] for w in words])
+        if centred:
+            values = values - values.mean()
+        out.update(zip(words, (float(v) for v in values)))
+    return out
