@@ -16,9 +16,10 @@
    negative value, recorded before any fine-tune; the lexicon pool is held out of every probe); paired with the true-reward run, the planted words must fall more than their controls
    (AUC, permutation p), and the plant must be learned first (its own held-out reward rises,
    lfp.tasks.lexicon_rl.heldout_reward); the same test for every readout.
-4. A negative control: fine-tunes on shuffled lexicons (centred permutations, several arms); each
-   must raise its own held-out reward (it learned), and their learned values must not track the
-   real lexicon (a null centred on 0, over arms).
+4. A negative control: fine-tunes on shuffled lexicons (centred permutations, several arms; on real
+   models within bins of words ranked by how often the base model writes them, `shuffle_bin_words`);
+   each must raise its own held-out reward (it learned), and their learned values must not track
+   the real lexicon (a null centred on 0, over arms).
 5. Seeds: the learned-value τ of `seed` and of every `measure.seeds` fine-tune, mean and 95 % CI.
 6. Fig. 4 with a full axis: each held-out word's |probe error| against its learned value.
 Outputs: reports/runs/{m}-{t}/lfp.json (DVC metrics + MLflow), lfp_words.csv (per word), and the two
