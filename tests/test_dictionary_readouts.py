@@ -64,8 +64,8 @@ def test_crosscoder_probe_reads_a_planted_direction_and_nothing_from_the_base() 
     ft = base + np.outer(values / 3.0, planted).astype(np.float32)
     cc, scales = train_crosscoder(np.concatenate([base, _acts(4000, d, 2)]), np.concatenate([ft, _acts(4000, d, 2)]),
                                   CrosscoderSettings(n_latents=4 * d, k=8, steps=1500, learning_rate=5e-3, seed=0))
-    feats = crosscoder_difference([(cc, scales)], d, base, ft)
-    assert np.all(crosscoder_difference([(cc, scales)], d, base, base.copy()) == 0)
+    feats = crosscoder_difference([(cc, scales)], base, ft)
+    assert np.all(crosscoder_difference([(cc, scales)], base, base.copy()) == 0)
     is_test = word_split(words, 0.3, 0)
     probe = DifferenceProbe(feats, values, words, is_test, [0], [4 * d], 1.0, base, name="crosscoder_probe")
     assert probe.name == "crosscoder_probe"
@@ -76,7 +76,7 @@ def test_crosscoder_probe_reads_a_planted_direction_and_nothing_from_the_base() 
     assert kendalltau([read[w] for w in test_words], [value[w] for w in test_words]).statistic > 0.6
     perm = dict(zip(value, np.random.default_rng(3).permutation(list(value.values()))))
     shuffled = base + np.outer([perm[w] / 3.0 for w in words], planted).astype(np.float32)
-    read_null = probe.from_difference(crosscoder_difference([(cc, scales)], d, base, shuffled))
+    read_null = probe.from_difference(crosscoder_difference([(cc, scales)], base, shuffled))
     assert abs(kendalltau([read_null[w] for w in test_words], [value[w] for w in test_words]).statistic) < 0.35
 
 

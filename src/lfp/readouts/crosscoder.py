@@ -104,6 +104,18 @@ def crosscoder_codes(cc: Crosscoder, base: np.ndarray, finetuned: np.ndarray, sc
     return torch.cat([cc.encode(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
 
 
+def layered_codes(crosscoders: list[tuple[Crosscoder, np.ndarray]], base_raw: np.ndarray, run_raw: np.ndarray) -> np.ndarray:
+    """Per layer, the crosscoder codes of (base, run) activations, concatenated in layer order; the
+    raw arrays hold each layer's d_model block side by side (the identity dictionary's layout)."""
+    d_model = base_raw.shape[1] // len(crosscoders)
+    parts = []
+    for i, (cc, scales) in enumerate(crosscoders):
+        b = np.ascontiguousarray(base_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
+        r = np.ascontiguousarray(run_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
+        parts.append(crosscoder_codes(cc, b, r, scales))
+    return np.concatenate(parts, axis=1)
+
+
 @torch.no_grad()
 def quality(cc: Crosscoder, base: np.ndarray, finetuned: np.ndarray, scales: np.ndarray) -> dict[str, Any]:
     """FVU per model (1 − explained variance of the normalised activations), mean L0, dead latents."""

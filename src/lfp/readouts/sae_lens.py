@@ -140,16 +140,12 @@ def crosscoder_diff_lens(means: LensMeans, crosscoders: Sequence[tuple[Any, np.n
     """`crosscoder_diff_lens`: per layer (in `means.layers` order) a (crosscoder, norm scales, ν) of
     lfp.readouts.crosscoder; `base_raw` = the base model's pooled MLP outputs of each word context,
     the layers' blocks side by side. Profiles are the codes of (base, base): the crosscoder probe's reference."""
-    from lfp.readouts.crosscoder import crosscoder_codes
+    from lfp.readouts.crosscoder import layered_codes
 
-    d_model = base_raw.shape[1] // len(crosscoders)
-    codes = []
-    for i, (cc, scales, _) in enumerate(crosscoders):
-        b = np.ascontiguousarray(base_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
-        codes.append(crosscoder_codes(cc, b, b, scales))
+    codes = layered_codes([(cc, scales) for cc, scales, _ in crosscoders], base_raw, base_raw)
     nu = np.concatenate([np.asarray(n, dtype=np.float64) for _, _, n in crosscoders])
     return DictionaryDiffLens(
         "crosscoder_diff_lens",
         "the same mean MLP-output change on the crosscoder's fine-tuned decoder directions, weighted by each word's "
         "crosscoder latents in context",
-        means, [cc.decoder[1] for cc, _, _ in crosscoders], np.concatenate(codes, axis=1), words, latent_nu=nu)
+        means, [cc.decoder[1] for cc, _, _ in crosscoders], codes, words, latent_nu=nu)

@@ -27,7 +27,7 @@ from lfp.core.errors import ArtifactError
 from lfp.core.params import Params
 from lfp.measure.triples import windows_for
 from lfp.models.activation_cache import load_layer, read_index
-from lfp.readouts.crosscoder import Crosscoder, crosscoder_codes, crosscoder_path, load_crosscoder
+from lfp.readouts.crosscoder import Crosscoder, crosscoder_path, layered_codes, load_crosscoder
 from lfp.readouts.difference_probe import DifferenceProbe
 from lfp.readouts.random_dictionary import Identity, random_like
 from lfp.readouts.sae_lens import DictionaryDiffLens, LensMeans, crosscoder_diff_lens, sae_diff_lens
@@ -66,7 +66,6 @@ class Dictionaries:
                 raise ArtifactError(f"{crosscoder_path(model, task, L)}: d_model {cc.decoder.shape[2]}, activations {index['d_model']} "
                                     "(re-run the diffing stage)")
             self.crosscoders[L] = (cc, scales)
-        self.d_model = int(index["d_model"])
 
     def codes(self, lm: Any, triples: Any, tok: Any, pad: int, params: Params, desc: str) -> RunCodes:
         """The probe's rows (positive then negative element of each triple) through every dictionary."""
@@ -80,7 +79,7 @@ class Dictionaries:
         return RunCodes(*stacked)
 
     def crosscoder_features(self, base_raw: np.ndarray, run_raw: np.ndarray) -> np.ndarray:
-        return crosscoder_difference([self.crosscoders[L] for L in self.layers], self.d_model, base_raw, run_raw)
+        return crosscoder_difference([self.crosscoders[L] for L in self.layers], base_raw, run_raw)
 
     def crosscoder_widths(self) -> list[int]:
         return [int(self.crosscoders[L][0].decoder.shape[1]) for L in self.layers]
@@ -95,16 +94,10 @@ class Dictionaries:
                 crosscoder_diff_lens(means, [(*self.crosscoders[L], self.nu[L]) for L in self.layers], word_raw, words)]
 
 
-def crosscoder_difference(crosscoders: list[tuple[Crosscoder, np.ndarray]], d_model: int, base_raw: np.ndarray,
-                          run_raw: np.ndarray) -> np.ndarray:
-    """Per layer (blocks of `d_model` columns, in order), the crosscoder code of (base, run) minus the
-    code of (base, base), concatenated: 0 where the run's activations equal the base model's."""
-    parts = []
-    for i, (cc, scales) in enumerate(crosscoders):
-        b = np.ascontiguousarray(base_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
-        r = np.ascontiguousarray(run_raw[:, i * d_model : (i + 1) * d_model], dtype=np.float32)
-        parts.append(crosscoder_codes(cc, b, r, scales) - crosscoder_codes(cc, b, b, scales))
-    return np.concatenate(parts, axis=1).astype(np.float64)
+def crosscoder_difference(crosscoders: list[tuple[Crosscoder, np.ndarray]], base_raw: np.ndarray, run_raw: np.ndarray) -> np.ndarray:
+    """Per layer, the crosscoder code of (base, run) minus the code of (base, base), concatenated:
+    0 where the run's activations equal the base model's."""
+    return (layered_codes(crosscoders, base_raw, run_raw) - layered_codes(crosscoders, base_raw, base_raw)).astype(np.float64)
 
 
 def _layout(widths: list[int]) -> list[int]:
