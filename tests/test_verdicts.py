@@ -97,6 +97,15 @@ def test_preference_finetune_needs_a_ci_above_chance_and_falls_back_to_finetune_
     assert verdicts.finetune_preference(None, {"implicit_reward_accuracy": 0.6})[0] == NOT_RUN
 
 
+def test_preference_finetune_reads_the_larger_held_out_evaluation():
+    small = pair_lfp(n_pairs=120, implicit_reward_acc=0.55, implicit_reward_acc_ci_low=0.46, implicit_reward_acc_ci_high=0.64)
+    large = {"implicit_reward_accuracy": 0.59, "implicit_reward_accuracy_ci_low": 0.53, "implicit_reward_accuracy_ci_high": 0.65,
+             "eval_pairs": 256}
+    verdict, evidence = verdicts.finetune_preference(small, large)
+    assert verdict == PASSED and "256 held-out pairs (finetune.json; chance 50%)" in evidence
+    assert "1000 held-out pairs (lfp.json; chance 50%)" in verdicts.finetune_preference(pair_lfp(), large)[1]
+
+
 def test_planted_control_uses_the_flag_else_p_and_reads_the_control_run():
     assert verdicts.planted(lexicon_lfp(), None)[0] == PASSED
     assert verdicts.planted(lexicon_lfp(planted_detected=False), None)[0] == FAILED

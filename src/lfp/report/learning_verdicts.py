@@ -50,18 +50,21 @@ def shuffled_reward(m: Metrics) -> Judged:
 
 def finetune_preference(measure: Metrics, f: Metrics) -> Judged:
     """DPO learned a preference that generalises only if DPO's implicit reward ranks the preferred
-    reply higher on held-out pairs with a CI above 50% chance. Prefers the measure stage's larger
-    held-out set (lfp.json), else the fine-tune stage's own held-out evaluation (finetune.json)."""
+    reply higher on held-out pairs with a CI above 50% chance. Reads the larger of the two held-out
+    evaluations: the measure stage's (lfp.json) and the fine-tune stage's (finetune.json). Both take a
+    prefix of one seeded order of the held-out pairs, so the larger set holds the smaller one."""
+    found = []
     if measure is not None and num(measure, "implicit_reward_acc_ci_low") is not None:
-        m, key, n, where = measure, "implicit_reward_acc", measure.get("n_pairs"), "lfp.json"
-    elif f is not None and num(f, "implicit_reward_accuracy_ci_low") is not None:
-        m, key, n, where = f, "implicit_reward_accuracy", f.get("eval_pairs"), "finetune.json"
-    else:
+        found.append((measure, "implicit_reward_acc", measure.get("n_pairs"), "lfp.json"))
+    if f is not None and num(f, "implicit_reward_accuracy_ci_low") is not None:
+        found.append((f, "implicit_reward_accuracy", f.get("eval_pairs"), "finetune.json"))
+    if not found:
         return NOT_RUN, "no implicit-reward accuracy with a CI in lfp.json or finetune.json"
+    m, key, n, where = max(found, key=lambda e: e[2] if isinstance(e[2], int) else -1)  # a tie keeps lfp.json
     lo = num(m, f"{key}_ci_low")
     assert lo is not None
-    pairs = f" on {n} held-out pairs" if isinstance(n, int) else f" ({where})"
-    return (PASSED if lo > CHANCE else FAILED), f"implicit-reward accuracy {with_ci(m, key)}{pairs} (chance 50%)"
+    pairs = f" on {n} held-out pairs" if isinstance(n, int) else ""
+    return (PASSED if lo > CHANCE else FAILED), f"implicit-reward accuracy {with_ci(m, key)}{pairs} ({where}; chance 50%)"
 
 
 def planted_learned(m: Metrics) -> Judged:
