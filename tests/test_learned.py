@@ -62,3 +62,23 @@ def test_context_reader_gives_the_log_probs_and_codes_of_two_separate_passes_fro
     assert np.isnan(read.logprobs[2])
     np.testing.assert_allclose(read.logprobs, span_logprobs(model, windows, batch_size=2, pad_id=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(read.codes[0], element_codes(model, {1: sae}, reader.kept_windows, 2, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_context_reader_profiles_a_word_where_it_is_predicted(tiny_model_dir: Path):
+    """The `_at_prediction` lenses' profiles: each word token's position moves to the one before it
+    (where its log-prob is read), the start token is never used, and a word right after the start
+    token has no predicting position. The codes there are the codes of the previous token."""
+    from lfp.measure.probe_codes import element_codes
+    from lfp.readouts.random_dictionary import Identity
+    from lfp.tasks.lexicon_rl.context_reads import ContextReader
+
+    reader = ContextReader([([1, 5, 6, 7], [2, 3]), ([1, 9], [1]), ([1, 8, 9], []), ([1, 4, 5], [2])], ["a", "b", "c", "d"], 2, 0)
+    windows, words = reader.prediction_windows()
+    assert windows == [([1, 5, 6, 7], [1, 2]), ([1, 4, 5], [1])] and words == ["a", "d"]
+    model, _ = load_model(tiny_model_dir)
+    model.eval()
+    d = model.config.hidden_size
+    (codes,), read_words = reader.read_at_prediction(model, [{1: Identity(d)}], "test")
+    assert read_words == words
+    np.testing.assert_allclose(codes, element_codes(model, {1: Identity(d)}, windows, 2, 0), rtol=1e-6)
+    np.testing.assert_allclose(codes[1], element_codes(model, {1: Identity(d)}, [([1, 4, 5], [1])], 2, 0)[0], rtol=1e-4, atol=1e-6)

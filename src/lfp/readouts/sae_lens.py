@@ -15,6 +15,10 @@ word's latents. Two dictionaries, one lens:
   direction; profiles = the crosscoder codes of (base, base) activations, the same reference the
   crosscoder probe subtracts. Its top latents carry their Latent Scaling ν: a shift that runs along
   latents with ν ≈ 0 runs along what the base model lacks.
+Each is read twice, with the words profiled at two places (`PROFILED_AT`): at the word's own tokens,
+and at the positions that *predict* them (the token before each, `_at_prediction`). The learned value
+is a change of log p(word | context), decided at the predicting position, and the logit lens reads
+exactly that decision; a lens profiled at the word itself reads what the word means once it is there.
 Both lenses share one `LensMeans`: the policy's forward pass over the lens windows is paid once.
 """
 
@@ -30,6 +34,7 @@ import torch
 from lfp.models.loading import capture_mlp_outputs
 
 EPS = 1e-12
+PROFILED_AT = {"": "the word's own tokens", "_at_prediction": "the positions that predict the word's tokens"}
 
 
 @torch.inference_mode()
@@ -95,8 +100,8 @@ class DictionaryDiffLens:
     differential = True
 
     def __init__(self, name: str, description: str, means: LensMeans, directions: list[torch.Tensor], codes: np.ndarray,
-                 words: Sequence[str], latent_nu: np.ndarray | None = None) -> None:
-        self.name, self.description, self.means = name, description, means
+                 words: Sequence[str], latent_nu: np.ndarray | None = None, at: str = "") -> None:
+        self.name, self.description, self.means, self.at = name, description, means, at
         self.directions = [unit_rows(d) for d in directions]  # per layer: latents x d
         self.widths = [int(d.shape[0]) for d in self.directions]
         self.profiles = word_profiles(codes, words, self.widths)
@@ -125,18 +130,19 @@ class DictionaryDiffLens:
         return out
 
 
-def sae_diff_lens(means: LensMeans, saes: dict[int, Any], base_codes: np.ndarray, words: Sequence[str]) -> DictionaryDiffLens:
-    """`sae_diff_lens`: the fine-tuned SAEs' decoder rows; `base_codes` = the base model's codes of
-    each word context through those SAEs (element_codes order)."""
+def sae_diff_lens(means: LensMeans, saes: dict[int, Any], base_codes: np.ndarray, words: Sequence[str],
+                  at: str = "") -> DictionaryDiffLens:
+    """`sae_diff_lens{at}`: the fine-tuned SAEs' decoder rows; `base_codes` = the base model's codes of
+    each word context through those SAEs (element_codes order), read where `at` says (PROFILED_AT)."""
     return DictionaryDiffLens(
-        "sae_diff_lens",
+        f"sae_diff_lens{at}",
         "mean (fine-tuned − base) MLP output over the first tokens of held-out texts, on the SAEs' decoder directions, "
-        "weighted by each word's latents in context",
-        means, [sae.dictionary() for sae in saes.values()], base_codes, words)
+        f"weighted by each word's latents in context at {PROFILED_AT[at]}",
+        means, [sae.dictionary() for sae in saes.values()], base_codes, words, at=at)
 
 
 def crosscoder_diff_lens(means: LensMeans, crosscoders: Sequence[tuple[Any, np.ndarray, np.ndarray]], base_raw: np.ndarray,
-                         words: Sequence[str]) -> DictionaryDiffLens:
+                         words: Sequence[str], at: str = "") -> DictionaryDiffLens:
     """`crosscoder_diff_lens`: per layer (in `means.layers` order) a (crosscoder, norm scales, ν) of
     lfp.readouts.crosscoder; `base_raw` = the base model's pooled MLP outputs of each word context,
     the layers' blocks side by side. Profiles are the codes of (base, base): the crosscoder probe's reference."""
@@ -145,7 +151,7 @@ def crosscoder_diff_lens(means: LensMeans, crosscoders: Sequence[tuple[Any, np.n
     codes = layered_codes([(cc, scales) for cc, scales, _ in crosscoders], base_raw, base_raw)
     nu = np.concatenate([np.asarray(n, dtype=np.float64) for _, _, n in crosscoders])
     return DictionaryDiffLens(
-        "crosscoder_diff_lens",
+        f"crosscoder_diff_lens{at}",
         "the same mean MLP-output change on the crosscoder's fine-tuned decoder directions, weighted by each word's "
-        "crosscoder latents in context",
-        means, [cc.decoder[1] for cc, _, _ in crosscoders], codes, words, latent_nu=nu)
+        f"crosscoder latents in context at {PROFILED_AT[at]}",
+        means, [cc.decoder[1] for cc, _, _ in crosscoders], codes, words, latent_nu=nu, at=at)

@@ -264,6 +264,8 @@ READOUT_LABELS = {
     "logit_diff_lens": "logit-difference lens (mean final-state change on first tokens, through the unembedding)",
     "sae_diff_lens": "SAE-difference lens (mean MLP-output change on first tokens, on the SAE latents each word uses)",
     "crosscoder_diff_lens": "crosscoder-difference lens (the same change on the crosscoder's fine-tuned decoder directions)",
+    "sae_diff_lens_at_prediction": "SAE-difference lens, words profiled at the positions that predict them",
+    "crosscoder_diff_lens_at_prediction": "crosscoder-difference lens, words profiled at the positions that predict them",
 }
 READOUT_COLUMNS = ["readout", "τ vs lexicon", "τ over word splits (mean [t-interval])", "τ within sign", "shuffled null (within sign)",
                    "planted, paired AUC", "sees the plant", "beyond sign and null"]

@@ -47,3 +47,16 @@ class ContextReader:
         logprobs = np.full(len(self.windows), np.nan)
         logprobs[self.kept] = kept_lp
         return ContextReads(logprobs, codes)
+
+    def prediction_windows(self) -> tuple[list[tuple[list[int], list[int]]], list[str]]:
+        """The kept windows with each word token's position moved to the one that predicts it (p − 1:
+        where the learned value's log-probs are read), the start token left out (its state carries no
+        context); with the word of each window that keeps a position."""
+        moved = [(ids, [p - 1 for p in pos if p > 1]) for ids, pos in self.kept_windows]
+        keep = [i for i, (_, pos) in enumerate(moved) if pos]
+        return [moved[i] for i in keep], [self.kept_words[i] for i in keep]
+
+    def read_at_prediction(self, model: Any, sae_sets: list[dict[int, Any]], desc: str) -> tuple[list[np.ndarray], list[str]]:
+        """Codes at the predicting positions (one row per window `prediction_windows` keeps), and those windows' words."""
+        windows, words = self.prediction_windows()
+        return element_codes_sets(model, sae_sets, windows, self.batch_size, self.pad, desc), words

@@ -143,7 +143,9 @@ def measure(params: Params, model: str, task: str) -> None:
             base_codes = dictionaries.codes(base, triples, tok, pad, params, "base")
             main_codes = dictionaries.codes(finetuned, triples, tok, pad, params, "main")
         with clock("dictionary_lenses_setup"):  # the SAE and crosscoder difference lenses: base means and word profiles
-            dict_lenses = dictionaries.lenses(base, lens.windows, *base_read.codes, reader.kept_words, cfg.batch_size)
+            at_prediction = reader.read_at_prediction(base, [saes, dictionaries.identity], "base contexts, predicting positions")
+            dict_lenses = dictionaries.lenses(base, lens.windows, {"": (base_read.codes, reader.kept_words),
+                                                                  "_at_prediction": at_prediction}, cfg.batch_size)
         base_through_ft = base_codes.finetuned_sae
         inputs = load_probe_inputs(model, task, lexicon, base_through_ft, plant.held_out)
         diff_probe = difference_probe_readout(inputs, base_through_ft, params)
@@ -214,7 +216,7 @@ def measure(params: Params, model: str, task: str) -> None:
         out.update({f"{lens.name}_n_texts": len(lens.windows), f"{lens.name}_tokens": cfg.lens_tokens,
                     f"{lens.name}_n_single_token_words": len(lens.word_ids), "readouts": sorted(readout_values)})
         out.update({f"{lens.name}_{k}": v for k, v in lens.top_tokens(finetuned).items()})
-        for d in dict_lenses:
+        for d in (d for d in dict_lenses if not d.at):  # the shift, and so its top latents, is the same wherever words are profiled
             out.update({f"{d.name}_top_latents_{k}": v for k, v in d.top_latents(finetuned).items()})
         control_m = {c: control_metrics(c, task, lv, lexicon, rewards[c], shifts[c], cfg.bootstrap, params.seed) for c, lv in control_lv.items()}
         control_m["planted"].update(planted_summary(control_lv["planted"].by_word(), main.by_word(), shifts["planted"], shifts["finetuned"],

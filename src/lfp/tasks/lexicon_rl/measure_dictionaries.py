@@ -84,14 +84,16 @@ class Dictionaries:
     def crosscoder_widths(self) -> list[int]:
         return [int(self.crosscoders[L][0].decoder.shape[1]) for L in self.layers]
 
-    def lenses(self, base: Any, lens_windows: list[list[int]], word_sae_codes: np.ndarray, word_raw: np.ndarray, words: list[str],
+    def lenses(self, base: Any, lens_windows: list[list[int]], word_reads: dict[str, tuple[list[np.ndarray], list[str]]],
                batch_size: int) -> list[DictionaryDiffLens]:
         """The difference lens through the fine-tuned SAEs and through the crosscoders
-        (lfp.readouts.sae_lens); the word profiles come from the base model's read of the word
-        contexts (its SAE codes and raw MLP outputs: lfp.tasks.lexicon_rl.context_reads)."""
+        (lfp.readouts.sae_lens), once per place the words are profiled: `word_reads` maps a
+        PROFILED_AT suffix to the base model's read there ([its SAE codes, its raw MLP outputs], words:
+        lfp.tasks.lexicon_rl.context_reads). One LensMeans: the policy's lens pass is paid once."""
         means = LensMeans(base, self.layers, lens_windows, batch_size)
-        return [sae_diff_lens(means, self.saes, word_sae_codes, words),
-                crosscoder_diff_lens(means, [(*self.crosscoders[L], self.nu[L]) for L in self.layers], word_raw, words)]
+        crosscoders = [(*self.crosscoders[L], self.nu[L]) for L in self.layers]
+        return [lens for at, ((sae_codes, raw), words) in word_reads.items()
+                for lens in (sae_diff_lens(means, self.saes, sae_codes, words, at), crosscoder_diff_lens(means, crosscoders, raw, words, at))]
 
 
 def crosscoder_difference(crosscoders: list[tuple[Crosscoder, np.ndarray]], base_raw: np.ndarray, run_raw: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ from lfp.tasks.lexicon_rl.word_probes import HeldoutProbe
 CSV_FIELDS = ("word", "lexicon_value", "reward_value", "learned_value", "learned_ci_low", "learned_ci_high",
               "n_contexts", "learned_value_planted_model", "learned_value_shuffled_model", "pred_finetuned",
               "pred_base", "pred_difference", "probe_shift", "split", "planted",
-              "readout_logit_diff_lens", "readout_sae_diff_lens", "readout_crosscoder_diff_lens", "readout_difference_probe", "readout_random_dictionary_probe", "readout_crosscoder_probe",
+              "readout_logit_diff_lens", "readout_sae_diff_lens", "readout_crosscoder_diff_lens",
+              "readout_sae_diff_lens_at_prediction", "readout_crosscoder_diff_lens_at_prediction", "readout_difference_probe", "readout_random_dictionary_probe", "readout_crosscoder_probe",
               "readout_probe_view")
 # the controls' difference-probe keys repeated in the measured task's lfp.json (prefixed `planted_` / `shuffled_`)
 DIFFERENCE_SUMMARY = ("probe_tau_word_heldout_difference", "probe_tau_word_heldout_difference_p",
