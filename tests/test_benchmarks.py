@@ -35,6 +35,7 @@ SMOKE = {
     "local_llm.py": ["server start + endpoint check:", "seconds per explanation + label:", "seconds per grade + rewrite:"],
     "sae_peers.py": ["worst fvu_ratio", "SAELens loads lfp's topk directories", "| 64x64 relu_l1 |"],
     "precision.py": None,  # run through run_all.py --smoke
+    "grpo_step.py": ["grpo_step: fp32 step_seconds=", "grpo_step: bf16 step_seconds=", "sampling_share="],
 }
 
 
@@ -77,6 +78,11 @@ def test_micro_benchmarks_smoke() -> None:
     """run_all.py --smoke runs sae_train.py, activations_cache.py and precision.py (what `make bench` runs first)."""
     out = _smoke("run_all.py")
     assert "== sae_train.py --smoke" in out and "== activations_cache.py --smoke" in out and "== precision.py --smoke" in out
+
+
+def test_grpo_step_smoke() -> None:
+    """grpo_step.py --smoke: a saved tiny model through lfp's GRPO set-up, one timed step per precision."""
+    _smoke("grpo_step.py")
 
 
 @pytest.mark.e2e

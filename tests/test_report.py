@@ -284,3 +284,14 @@ def test_lens_sentence_names_tokens_latents_and_how_many_top_crosscoder_latents_
     assert "`great`, `love`" in s and "`bad`" in s and "L1:5" in s
     assert "L1:7 (ν 0.05)" in s and "1 of the top 3 have |ν| < 0.2" in s
     assert lens_sentence({}, 0.2) is None
+
+
+def test_proxy_data_note_names_a_subset_and_a_swap():
+    """A task on part of HH-RLHF says which part; a swapped proxy says it is swapped; the paper's data says nothing."""
+    def params(**spec):
+        return NS(task=lambda t: NS(**{"proxy": True, "swap": False, "source": "hh-rlhf", "subsets": ["helpful-base"], **spec}))
+
+    assert inputs.proxy_data_note(params(), "hh") == "hh data: the helpful-base pairs of HH-RLHF only (a subset standing in for the paper's data)"
+    assert "swapped" in inputs.proxy_data_note(params(swap=True, subsets=["harmless-base"]), "toxic")
+    assert inputs.proxy_data_note(params(source="data/raw/toxic.jsonl"), "toxic") == "toxic data: `data/raw/toxic.jsonl` (proxy for the paper's data)"
+    assert inputs.proxy_data_note(params(proxy=False), "hh") is None

@@ -224,3 +224,21 @@ def test_a_readout_that_reads_no_planted_word_is_not_applicable_not_failed():
     assert readout_plant({"readout_x_planted_paired_n": 0, "readout_x_planted_paired_auc": nan}, "x")[0] == NA
     assert readout_plant({"readout_x_planted_paired_n": 6, "readout_x_planted_paired_auc": 0.9, "readout_x_planted_paired_p": 0.001,
                           "readout_x_planted_paired_detected": True}, "x")[0] == PASSED
+
+
+def test_preference_verdicts_read_the_split_seeds_where_measured():
+    """A lucky reported split (80.6 % vs bag-of-words 47.2 %) must not carry the verdict: the mean and
+    t-interval over the dialogue split seeds do, and the evidence says which was read."""
+    splits = {"pair_split_seeds": list(range(10)),
+              "pairwise_accuracy_finetuned_split_mean": 0.63, "pairwise_accuracy_finetuned_split_ci_low": 0.50,
+              "pairwise_accuracy_finetuned_split_ci_high": 0.70, "pairwise_accuracy_bow_split_mean": 0.55,
+              "pairwise_accuracy_bow_split_ci_low": 0.50, "pairwise_accuracy_bow_split_ci_high": 0.60,
+              "pairwise_accuracy_diff_split_mean": 0.006, "pairwise_accuracy_diff_split_ci_low": -0.024,
+              "pairwise_accuracy_diff_split_ci_high": 0.035}
+    verdict, evidence = verdicts.probe_vs_bow(pair_lfp(**splits))
+    assert verdict == FAILED and "63.0% [50.0%, 70.0%] vs bag-of-words 55.0%" in evidence and "mean over 10 dialogue splits" in evidence
+    assert verdicts.probe_vs_bow(pair_lfp())[1].endswith("(one split)")
+    verdict, evidence = verdicts.probe_vs_base_preference(pair_lfp(**splits))
+    assert verdict == FAILED and "+0.006 [-0.024, +0.035] (mean over 10 dialogue splits)" in evidence
+    partial = {k: v for k, v in splits.items() if not k.startswith("pairwise_accuracy_bow")}
+    assert verdicts.probe_vs_bow(pair_lfp(**partial))[1].endswith("(one split)")  # every key over splits, or none

@@ -100,6 +100,8 @@ def proxy_data_note(params: Params, task: str) -> str | None:
         return None
     if spec.swap:
         return f"{task} data: {'/'.join(spec.subsets)} pairs with chosen/rejected swapped (proxy for the paper's data)"
+    if spec.source == "hh-rlhf":
+        return f"{task} data: the {'/'.join(spec.subsets)} pairs of HH-RLHF only (a subset standing in for the paper's data)"
     return f"{task} data: `{spec.source}` (proxy for the paper's data)"
 
 
